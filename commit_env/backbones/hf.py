@@ -1,0 +1,644 @@
+"""A :class:`~commit_env.backbones.base.Backbone` around a Hugging Face transformers checkpoint.
+
+Three families are supported:
+
+* ``masked-lm``: any ``AutoModelForMaskedLM`` checkpoint (BERT, RoBERTa, ModernBERT, MDLM-style
+  models). Logit ``i`` already scores token ``i``.
+* ``llada``: LLaDA checkpoints (remote code, ``trust_remote_code=True``). Also aligned.
+* ``dream``: Dream checkpoints (remote code). Dream is initialised from an autoregressive model, so
+  its raw logit ``i - 1`` predicts token ``i``; the adapter shifts them so the output is aligned.
+
+transformers is imported lazily inside the functions that load a model, so importing this module
+(and :mod:`commit_env.backbones`) stays cheap.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from commit_env.backbones.base import BackboneOutput
+from commit_env.errors import BackboneUnavailable
+
+__all__ = ["HFBackbone", "Kind", "resolve_device", "resolve_dtype"]
+
+Kind = Literal["auto", "masked-lm", "llada", "dream"]
+_KINDS: tuple[str, ...] = ("auto", "masked-lm", "llada", "dream")
+
+# LLaDA's released checkpoints use this id for ``<|mdm_mask|>``; older configs do not record it.
+_LLADA_MASK_TOKEN_ID = 126336
+
+_DTYPE_ALIASES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+}
+
+# Config attributes that hold the context length, in order of preference.
+_MAX_LENGTH_ATTRS = ("max_position_embeddings", "n_positions", "max_sequence_length")
+_HIDDEN_SIZE_ATTRS = ("hidden_size", "d_model", "n_embd", "dim")
+# Tokenizers report a huge sentinel (``int(1e30)``) for "no limit".
+_TOKENIZER_NO_LIMIT = 1_000_000
+_DEFAULT_MAX_LENGTH = 4096
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """Turn a device argument into a :class:`torch.device`.
+
+    Args:
+        device: ``None`` (CUDA when available, else CPU), a device string, or a device.
+
+    Returns:
+        The resolved device.
+    """
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """Turn a dtype argument into a floating :class:`torch.dtype`.
+
+    Args:
+        dtype: ``None`` (bfloat16 on a CUDA device that supports it, else float32), a name such as
+            ``"bf16"``/``"float32"``/``"fp16"``, or a torch floating dtype.
+        device: The device the model will live on (decides the default).
+
+    Returns:
+        The resolved dtype.
+
+    Raises:
+        ValueError: If ``dtype`` is not a recognised floating point type.
+    """
+    if dtype is None:
+        if device.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        if not dtype.is_floating_point:
+            raise ValueError(f"dtype must be a floating point type, got {dtype}")
+        return dtype
+    if isinstance(dtype, str):
+        key = dtype.lower().removeprefix("torch.")
+        if key in _DTYPE_ALIASES:
+            return _DTYPE_ALIASES[key]
+    raise ValueError(
+        f"unsupported dtype {dtype!r}; use a torch floating dtype or one of "
+        f"{', '.join(sorted(_DTYPE_ALIASES))}"
+    )
+
+
+def _detect_kind(config: Any) -> str:
+    model_type = str(getattr(config, "model_type", "") or "").lower()
+    if "llada" in model_type:
+        return "llada"
+    if "dream" in model_type:
+        return "dream"
+    return "masked-lm"
+
+
+def _config_attr(config: Any, names: Sequence[str]) -> Any:
+    """Return the first non-None attribute among ``names``, looking in the text sub-config too."""
+    configs = [config]
+    get_text_config = getattr(config, "get_text_config", None)
+    if callable(get_text_config):
+        try:
+            text_config = get_text_config()
+        except Exception:  # noqa: BLE001 - exotic configs; the top level config is enough
+            text_config = None
+        if text_config is not None and text_config is not config:
+            configs.append(text_config)
+    for cfg in configs:
+        for name in names:
+            value = getattr(cfg, name, None)
+            if value is not None:
+                return value
+    return None
+
+
+def _as_id_list(value: Any) -> list[int]:
+    if value is None:
+        return []
+    if isinstance(value, int):
+        return [value]
+    if isinstance(value, Sequence | torch.Tensor):
+        return [int(v) for v in value]
+    return [int(value)]
+
+
+def _extract_logits(output: Any) -> torch.Tensor | None:
+    logits = getattr(output, "logits", None)
+    if logits is None and isinstance(output, dict):
+        logits = output.get("logits")
+    if logits is None and isinstance(output, tuple | list) and output:
+        # return_dict=False style outputs put the logits first.
+        first = output[0]
+        if isinstance(first, torch.Tensor) and first.dim() == 3:
+            logits = first
+    return logits if isinstance(logits, torch.Tensor) else None
+
+
+def _extract_hidden_states(output: Any) -> tuple[torch.Tensor, ...] | None:
+    hidden = getattr(output, "hidden_states", None)
+    if hidden is None and isinstance(output, dict):
+        hidden = output.get("hidden_states")
+    return tuple(hidden) if hidden is not None else None
+
+
+def _position_offset(model: torch.nn.Module) -> int:
+    """Offset the checkpoint adds to position ids (RoBERTa-style embeddings start at pad + 1).
+
+    RoBERTa-family models reserve the first ``padding_idx + 1`` rows of their learned position
+    table and mark that with ``padding_idx`` on the embedding; every other model counts from 0.
+    """
+    for name, module in model.named_modules():
+        if not isinstance(module, torch.nn.Embedding):
+            continue
+        if name.rsplit(".", 1)[-1] not in ("position_embeddings", "embed_positions"):
+            continue
+        if module.padding_idx is not None:
+            return int(module.padding_idx) + 1
+        return 0
+    return 0
+
+
+class HFBackbone:
+    """A frozen transformers model + tokenizer exposed through the ``Backbone`` protocol.
+
+    Build one with :meth:`from_pretrained` (or :func:`commit_env.backbones.load_backbone`). The
+    model is put in eval mode with gradients disabled and every forward runs under
+    :func:`torch.inference_mode`.
+
+    Left padding: the decode engine left-pads prompts so that the generation region is the same
+    slice ``[:, P:]`` of every row. When the model's ``forward`` takes ``position_ids`` the adapter
+    passes ``attention_mask.cumsum(-1) - 1`` (clamped at 0, plus the checkpoint's position offset),
+    so each row's first real token sits at position 0 exactly as if it had been run alone
+    unpadded; together with the attention mask, padding then does not change a row's logits.
+
+    Attributes:
+        name: The spec the backbone was loaded from.
+        kind: ``"masked-lm"``, ``"llada"`` or ``"dream"``.
+        model: The underlying transformers model.
+        tokenizer: The transformers tokenizer.
+        mask_token_id: Id of the mask token.
+        pad_token_id: Id used for left padding (differs from ``mask_token_id``).
+        eos_token_ids: Ids that end a completion.
+        vocab_size: Size of the logits' last dimension.
+        hidden_size: Width of one hidden layer.
+        max_length: Longest canvas accepted by :meth:`forward`.
+        device: Device of the model's parameters.
+        dtype: Floating point type of the model.
+        add_special_tokens: Whether :meth:`encode` adds the tokenizer's special tokens.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        name: str,
+        kind: str = "masked-lm",
+        mask_token_id: int | None = None,
+        pad_token_id: int | None = None,
+        eos_token_ids: Sequence[int] = (),
+        max_length: int | None = None,
+        add_special_tokens: bool = True,
+    ) -> None:
+        """Wrap an already loaded model and tokenizer.
+
+        Args:
+            model: A transformers model whose forward returns ``.logits`` of shape ``[B, L, V]``.
+            tokenizer: The matching transformers tokenizer.
+            name: Spec string recorded as :attr:`name`.
+            kind: ``"masked-lm"``, ``"llada"`` or ``"dream"`` (``"dream"`` shifts logits right).
+            mask_token_id: Override of the mask token id (default: tokenizer, then config).
+            pad_token_id: Override of the padding id (default: tokenizer, then config, then EOS).
+            eos_token_ids: Extra ids that end a completion, added to the tokenizer/config ones.
+            max_length: Override of the longest accepted canvas (default: from the config).
+            add_special_tokens: Whether :meth:`encode` adds the tokenizer's special tokens.
+
+        Raises:
+            BackboneUnavailable: If no mask token or no usable padding id can be found, or the
+                model's forward does not return logits.
+            ValueError: If ``kind`` is not one of the concrete kinds.
+        """
+        if kind not in ("masked-lm", "llada", "dream"):
+            raise ValueError(f"kind must be 'masked-lm', 'llada' or 'dream', got {kind!r}")
+        self.name = name
+        self.kind = kind
+        self.model = model
+        self.tokenizer = tokenizer
+        self.add_special_tokens = bool(add_special_tokens)
+        config = model.config
+
+        model.eval()
+        model.requires_grad_(False)
+        first_param = next(model.parameters(), None)
+        self.device = first_param.device if first_param is not None else torch.device("cpu")
+        self.dtype = first_param.dtype if first_param is not None else torch.float32
+
+        self.mask_token_id = self._find_mask_token_id(mask_token_id)
+        self.eos_token_ids = self._find_eos_token_ids(eos_token_ids)
+        self.pad_token_id = self._find_pad_token_id(pad_token_id)
+
+        self._forward_params = frozenset(inspect.signature(model.forward).parameters)
+        # Dream's own modeling code does not take a 2-D padding mask: it wants the string "full"
+        # or a 4-D [B, 1, L, L] mask (see _dream_attention_mask).
+        self._dream_masking = "dream" in str(getattr(config, "model_type", "") or "").lower()
+        self._position_offset = _position_offset(model)
+
+        if max_length is None:
+            max_length = self._find_max_length()
+        if max_length < 1:
+            raise ValueError(f"max_length must be positive, got {max_length}")
+        self.max_length = int(max_length)
+
+        hidden_size = _config_attr(config, _HIDDEN_SIZE_ATTRS)
+        self.hidden_size = int(hidden_size) if hidden_size is not None else 0
+
+        # One tiny forward checks that the model really yields logits and reads V off them, which
+        # can differ from config.vocab_size when the embedding table was padded.
+        probe = torch.full((1, 1), self.mask_token_id, dtype=torch.long, device=self.device)
+        try:
+            logits = self._raw_logits(probe, torch.ones_like(probe), hidden=False)[0]
+        except (IndexError, RuntimeError) as exc:
+            raise BackboneUnavailable(
+                f"a forward of {self.name!r} on the mask token {self.mask_token_id} failed (is the "
+                f"id inside the vocabulary?): {exc}"
+            ) from exc
+        if not 0 <= self.mask_token_id < logits.shape[-1]:
+            raise BackboneUnavailable(
+                f"mask_token_id {self.mask_token_id} is outside the vocabulary of {self.name!r} "
+                f"(size {logits.shape[-1]})"
+            )
+        self.vocab_size = int(logits.shape[-1])
+        if self.hidden_size == 0:
+            hidden = self._raw_logits(probe, torch.ones_like(probe), hidden=True)[1]
+            self.hidden_size = int(hidden[-1].shape[-1]) if hidden else 0
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | Path,
+        *,
+        kind: Kind = "auto",
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        trust_remote_code: bool = False,
+        name: str | None = None,
+        mask_token_id: int | None = None,
+        pad_token_id: int | None = None,
+        eos_token_ids: Sequence[int] = (),
+        max_length: int | None = None,
+        add_special_tokens: bool = True,
+    ) -> HFBackbone:
+        """Load a checkpoint from the Hub or a local directory.
+
+        Args:
+            name_or_path: Hub repository id or local checkpoint directory.
+            kind: ``"auto"`` detects from ``config.model_type`` (contains ``"llada"`` -> llada,
+                ``"dream"`` -> dream, anything else -> masked-lm).
+            device: Where to put the model; default CUDA when available, else CPU.
+            dtype: Model dtype (torch dtype or ``"float32"``, ``"bf16"``, ``"fp16"`` ...); default
+                bfloat16 on CUDA when supported, else float32.
+            trust_remote_code: Allow the checkpoint's own modeling code (LLaDA, Dream).
+            name: Spec recorded as :attr:`name`; default ``"hf:<name_or_path>"``.
+            mask_token_id: Mask id for checkpoints whose tokenizer and config lack one.
+            pad_token_id: Padding id override.
+            eos_token_ids: Extra end-of-completion ids.
+            max_length: Override of the longest accepted canvas.
+            add_special_tokens: Whether :meth:`encode` adds the tokenizer's special tokens.
+
+        Returns:
+            The loaded backbone.
+
+        Raises:
+            BackboneUnavailable: If the checkpoint cannot be loaded, needs ``trust_remote_code``,
+                has no mask token, or its model does not return logits.
+            ValueError: If ``kind`` or ``dtype`` is invalid.
+        """
+        if kind not in _KINDS:
+            raise ValueError(f"kind must be one of {', '.join(_KINDS)}, got {kind!r}")
+        resolved_device = resolve_device(device)
+        resolved_dtype = resolve_dtype(dtype, resolved_device)
+        source = str(name_or_path)
+
+        import transformers  # noqa: PLC0415 - deferred: importing transformers costs seconds
+
+        try:
+            config = transformers.AutoConfig.from_pretrained(
+                source, trust_remote_code=trust_remote_code
+            )
+        except (OSError, ValueError, KeyError) as exc:
+            hint = (
+                "" if trust_remote_code else " (custom architectures need trust_remote_code=True)"
+            )
+            raise BackboneUnavailable(f"cannot load the config of {source!r}{hint}: {exc}") from exc
+        if kind == "auto":
+            kind = _detect_kind(config)  # type: ignore[assignment]
+
+        try:
+            tokenizer = transformers.AutoTokenizer.from_pretrained(
+                source, trust_remote_code=trust_remote_code
+            )
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise BackboneUnavailable(f"cannot load the tokenizer of {source!r}: {exc}") from exc
+
+        model = cls._load_model(
+            transformers,
+            source,
+            config=config,
+            kind=kind,
+            device=resolved_device,
+            dtype=resolved_dtype,
+            trust_remote_code=trust_remote_code,
+        )
+        return cls(
+            model,
+            tokenizer,
+            name=name if name is not None else f"hf:{source}",
+            kind=kind,
+            mask_token_id=mask_token_id,
+            pad_token_id=pad_token_id,
+            eos_token_ids=eos_token_ids,
+            max_length=max_length,
+            add_special_tokens=add_special_tokens,
+        )
+
+    @staticmethod
+    def _load_model(
+        transformers: Any,
+        source: str,
+        *,
+        config: Any,
+        kind: str,
+        device: torch.device,
+        dtype: torch.dtype,
+        trust_remote_code: bool,
+    ) -> Any:
+        """Load the model, trying the auto classes that fit ``kind`` until one yields logits."""
+        if kind == "masked-lm":
+            candidates = ["AutoModelForMaskedLM"]
+        else:
+            # LLaDA/Dream remote code maps AutoModel to the LM class; checkpoints that map it to a
+            # headless base model still load through the causal-LM head.
+            candidates = ["AutoModel", "AutoModelForCausalLM", "AutoModelForMaskedLM"]
+        errors: list[str] = []
+        for auto_name in candidates:
+            auto_cls = getattr(transformers, auto_name)
+            try:
+                model = auto_cls.from_pretrained(
+                    source, config=config, dtype=dtype, trust_remote_code=trust_remote_code
+                )
+            except (OSError, ValueError, KeyError) as exc:
+                errors.append(f"{auto_name}: {exc}")
+                continue
+            model.to(device)
+            model.eval()
+            model.requires_grad_(False)
+            if len(candidates) == 1 or _yields_logits(model, device):
+                return model
+            errors.append(f"{auto_name}: {type(model).__name__} returns no logits")
+            del model
+        detail = "; ".join(errors)
+        hint = "" if trust_remote_code else " (custom architectures need trust_remote_code=True)"
+        raise BackboneUnavailable(f"cannot load {source!r} as a {kind} model{hint}: {detail}")
+
+    # ------------------------------------------------------------------ token ids
+
+    def _special_id(self, attr: str) -> int | None:
+        value = getattr(self.tokenizer, attr, None)
+        if value is None:
+            value = _config_attr(self.model.config, (attr,))
+        return int(value) if isinstance(value, int) else None
+
+    def _find_mask_token_id(self, override: int | None) -> int:
+        if override is not None:
+            return int(override)
+        mask = self._special_id("mask_token_id")
+        if mask is None and self.kind == "llada":
+            mask = _LLADA_MASK_TOKEN_ID
+        if mask is None:
+            raise BackboneUnavailable(
+                f"checkpoint {self.name!r} has no mask token: neither its tokenizer nor its config "
+                "defines mask_token_id; pass mask_token_id=<id> (e.g. "
+                "load_backbone(spec, mask_token_id=...)) to name the token that fills the canvas"
+            )
+        return mask
+
+    def _find_eos_token_ids(self, extra: Sequence[int]) -> tuple[int, ...]:
+        ids: list[int] = []
+        ids += _as_id_list(getattr(self.tokenizer, "eos_token_id", None))
+        ids += _as_id_list(_config_attr(self.model.config, ("eos_token_id",)))
+        generation_config = getattr(self.model, "generation_config", None)
+        if generation_config is not None:
+            ids += _as_id_list(getattr(generation_config, "eos_token_id", None))
+        ids += _as_id_list(list(extra))
+        # dict.fromkeys keeps first-seen order while dropping duplicates.
+        return tuple(i for i in dict.fromkeys(ids) if i != self.mask_token_id)
+
+    def _find_pad_token_id(self, override: int | None) -> int:
+        if override is not None:
+            pad = int(override)
+        else:
+            pad = self._special_id("pad_token_id")
+            if pad is None or pad == self.mask_token_id:
+                pad = self.eos_token_ids[0] if self.eos_token_ids else None
+        if pad is None or pad == self.mask_token_id:
+            raise BackboneUnavailable(
+                f"checkpoint {self.name!r} has no padding id distinct from the mask id "
+                f"{self.mask_token_id}; pass pad_token_id=<id>"
+            )
+        return pad
+
+    def _find_max_length(self) -> int:
+        from_config = _config_attr(self.model.config, _MAX_LENGTH_ATTRS)
+        if isinstance(from_config, int) and from_config > 0:
+            return from_config - self._position_offset
+        from_tokenizer = getattr(self.tokenizer, "model_max_length", None)
+        if isinstance(from_tokenizer, int) and 0 < from_tokenizer < _TOKENIZER_NO_LIMIT:
+            return from_tokenizer
+        return _DEFAULT_MAX_LENGTH
+
+    # ------------------------------------------------------------------ forward
+
+    def _raw_logits(
+        self, canvas: torch.Tensor, attention_mask: torch.Tensor, *, hidden: bool
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
+        model_mask: Any = attention_mask
+        if self._dream_masking:
+            model_mask = _dream_attention_mask(attention_mask)
+        kwargs: dict[str, Any] = {"input_ids": canvas, "attention_mask": model_mask}
+        if "position_ids" in self._forward_params:
+            positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+            kwargs["position_ids"] = positions + self._position_offset
+        if "return_dict" in self._forward_params:
+            kwargs["return_dict"] = True
+        if hidden:
+            kwargs["output_hidden_states"] = True
+        with torch.inference_mode():
+            output = self.model(**kwargs)
+        logits = _extract_logits(output)
+        if logits is None or logits.dim() != 3:
+            raise BackboneUnavailable(
+                f"{type(self.model).__name__} ({self.name!r}) did not return [B, L, V] logits"
+            )
+        return logits, _extract_hidden_states(output) if hidden else None
+
+    def _align(self, tensor: torch.Tensor) -> torch.Tensor:
+        # Dream convention: raw position i - 1 predicts token i; position 0 has no predecessor and
+        # reuses its own row.
+        if self.kind != "dream" or tensor.shape[1] < 2:
+            return tensor
+        return torch.cat([tensor[:, :1], tensor[:, :-1]], dim=1)
+
+    def forward(
+        self,
+        canvas: torch.Tensor,
+        attention_mask: torch.Tensor,
+        hidden_layers: Sequence[int] | None = None,
+    ) -> BackboneOutput:
+        """Run one forward pass over a left-padded canvas.
+
+        Args:
+            canvas: Integer tensor ``[B, L]`` of token ids, left-padded.
+            attention_mask: Integer/bool tensor ``[B, L]``, 0 on padding.
+            hidden_layers: Indices into the model's hidden states (``-1`` = last layer, ``0`` = the
+                embedding output) to concatenate on the last dimension, or ``None``.
+
+        Returns:
+            Aligned logits ``[B, L, V]`` in the model's dtype (callers upcast) and, if requested,
+            hidden states ``[B, L, H * len(hidden_layers)]`` (shifted like the logits for Dream, so
+            row ``i`` is the state that scored token ``i``).
+
+        Raises:
+            TypeError: If ``canvas`` or ``attention_mask`` is not a tensor, or ``canvas`` is not
+                integer.
+            ValueError: If the shapes are not ``[B, L]``, differ, ``L`` exceeds
+                :attr:`max_length`, or a hidden layer index is out of range.
+        """
+        if not isinstance(canvas, torch.Tensor) or not isinstance(attention_mask, torch.Tensor):
+            raise TypeError("canvas and attention_mask must be torch tensors")
+        if canvas.dim() != 2:
+            raise ValueError(f"canvas must have shape [B, L], got {tuple(canvas.shape)}")
+        if attention_mask.shape != canvas.shape:
+            raise ValueError(
+                f"attention_mask shape {tuple(attention_mask.shape)} does not match canvas shape "
+                f"{tuple(canvas.shape)}"
+            )
+        if canvas.dtype.is_floating_point or canvas.dtype == torch.bool:
+            raise TypeError(f"canvas must hold integer token ids, got {canvas.dtype}")
+        length = canvas.shape[1]
+        if length == 0 or canvas.shape[0] == 0:
+            raise ValueError(f"canvas must be non-empty, got shape {tuple(canvas.shape)}")
+        if length > self.max_length:
+            raise ValueError(
+                f"canvas length {length} exceeds max_length {self.max_length} of {self.name!r}"
+            )
+        layers = None if hidden_layers is None else [int(i) for i in hidden_layers]
+        if layers is not None and not layers:
+            raise ValueError("hidden_layers must name at least one layer (or be None)")
+
+        canvas = canvas.to(self.device, dtype=torch.long)
+        attention_mask = attention_mask.to(self.device, dtype=torch.long)
+        logits, hidden_states = self._raw_logits(canvas, attention_mask, hidden=layers is not None)
+
+        hidden = None
+        if layers is not None:
+            if not hidden_states:
+                raise BackboneUnavailable(
+                    f"{type(self.model).__name__} ({self.name!r}) does not return hidden states"
+                )
+            n = len(hidden_states)
+            bad = [i for i in layers if not -n <= i < n]
+            if bad:
+                raise ValueError(
+                    f"hidden layer indices {bad} out of range for {n} hidden states "
+                    f"(valid: {-n}..{n - 1})"
+                )
+            hidden = self._align(torch.cat([hidden_states[i] for i in layers], dim=-1))
+        return BackboneOutput(logits=self._align(logits), hidden=hidden)
+
+    __call__ = forward
+
+    # ------------------------------------------------------------------ text
+
+    def encode(self, texts: Sequence[str]) -> list[list[int]]:
+        """Tokenize prompts into id lists without padding.
+
+        Args:
+            texts: The prompts.
+
+        Returns:
+            One id list per text, with special tokens when :attr:`add_special_tokens` is set.
+
+        Raises:
+            TypeError: If ``texts`` is a single string rather than a sequence of strings.
+        """
+        if isinstance(texts, str):
+            raise TypeError("encode() takes a sequence of strings; wrap a single text in a list")
+        return [
+            list(self.tokenizer(text, add_special_tokens=self.add_special_tokens)["input_ids"])
+            for text in texts
+        ]
+
+    def decode(self, ids: Sequence[int] | torch.Tensor) -> str:
+        """Turn completion ids into text, dropping special tokens (mask, pad, EOS ...).
+
+        Args:
+            ids: Token ids (a list or a 1-D tensor).
+
+        Returns:
+            The decoded text; spaces are not cleaned up.
+        """
+        if isinstance(ids, torch.Tensor):
+            ids = ids.tolist()
+        return self.tokenizer.decode(
+            [int(i) for i in ids], skip_special_tokens=True, clean_up_tokenization_spaces=False
+        )
+
+    def __repr__(self) -> str:
+        """Short description naming the spec, kind, device and dtype."""
+        return (
+            f"HFBackbone(name={self.name!r}, kind={self.kind!r}, device={self.device}, "
+            f"dtype={self.dtype}, vocab_size={self.vocab_size}, max_length={self.max_length})"
+        )
+
+
+def _dream_attention_mask(attention_mask: torch.Tensor) -> str | torch.Tensor:
+    """Translate a 2-D padding mask into the form Dream's modeling code accepts.
+
+    Dream treats ``"full"`` as "every position sees every position" and otherwise expects a 4-D
+    mask. Only the key axis is masked: padded query rows still attend to the real tokens, so their
+    (ignored) outputs stay finite instead of becoming NaN from an all-masked softmax row.
+    """
+    if bool(attention_mask.all()):
+        return "full"
+    keys = attention_mask.bool()[:, None, None, :]
+    return keys.expand(-1, 1, attention_mask.shape[1], -1)
+
+
+def _yields_logits(model: Any, device: torch.device) -> bool:
+    """Whether a one-token forward of ``model`` returns ``[B, L, V]`` logits."""
+    probe = torch.zeros((1, 1), dtype=torch.long, device=device)
+    # Remote code differs in which mask forms it takes; an all-ones 2-D mask is the common one.
+    for kwargs in ({"attention_mask": torch.ones_like(probe)}, {}):
+        try:
+            with torch.inference_mode():
+                output = model(input_ids=probe, **kwargs)
+        except Exception:  # noqa: BLE001 - any failure means "try another form / auto class"
+            continue
+        logits = _extract_logits(output)
+        return logits is not None and logits.dim() == 3
+    return False

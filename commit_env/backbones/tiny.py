@@ -1,0 +1,301 @@
+"""The embedded tiny masked-diffusion backbone: tokenizer, training corpus and trainer.
+
+The checkpoint that ships in ``commit_env/backbones/data/tiny`` is a small bidirectional BERT
+(transformers ``BertForMaskedLM``) with a character-level tokenizer, trained with the masked
+diffusion objective on the embedded task families (``qa``, ``math``, ``code``, both difficulty
+levels). Rebuild it with::
+
+    commit-env train-backbone --out commit_env/backbones/data/tiny
+
+Layout convention (shared with the decode engine): each sequence is ``prompt ++ completion ++ EOS*``
+left-padded with ``[PAD]``; position ids count from the first real token, so a row's positions do
+not depend on how much padding its batch needed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "TINY_CHARS",
+    "TINY_SPECIAL_TOKENS",
+    "TinyBackboneTrainConfig",
+    "build_tiny_tokenizer",
+    "make_training_batch",
+    "train_tiny_backbone",
+]
+
+logger = logging.getLogger(__name__)
+
+TINY_SPECIAL_TOKENS: tuple[str, ...] = ("[PAD]", "[MASK]", "[EOS]", "[UNK]")
+TINY_CHARS: str = "abcdefghijklmnopqrstuvwxyz0123456789 :,+-*()=.?'_;"
+
+
+def build_tiny_tokenizer() -> Any:
+    """Build the character-level tokenizer of the embedded backbone.
+
+    Returns:
+        A ``transformers.PreTrainedTokenizerFast`` with ids 0-3 for ``[PAD] [MASK] [EOS] [UNK]``
+        followed by one id per character of :data:`TINY_CHARS`.
+    """
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate(list(TINY_SPECIAL_TOKENS) + list(TINY_CHARS))}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    core.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")  # one char = one id
+    core.decoder = decoders.Fuse()  # join characters back without separators
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        pad_token="[PAD]",
+        mask_token="[MASK]",
+        eos_token="[EOS]",
+        unk_token="[UNK]",
+        clean_up_tokenization_spaces=False,
+    )
+
+
+@dataclass(frozen=True)
+class TinyBackboneTrainConfig:
+    """How to train the embedded backbone (defaults reproduce the shipped checkpoint)."""
+
+    out: str = "commit_env/backbones/data/tiny"
+    """Directory the checkpoint is written to (replaced atomically)."""
+    steps: int = 4500
+    """Optimizer steps."""
+    batch_size: int = 128
+    """Sequences per step."""
+    lr: float = 1e-3
+    """Peak learning rate (AdamW), reached after ``warmup`` steps, cosine-decayed to ``lr / 10``."""
+    warmup: int = 200
+    """Linear warm-up steps."""
+    weight_decay: float = 0.01
+    """AdamW weight decay."""
+    min_gen: int = 14
+    """Shortest generation region in the corpus."""
+    max_gen: int = 32
+    """Longest generation region in the corpus."""
+    hidden_size: int = 128
+    """Transformer width."""
+    num_layers: int = 4
+    """Transformer depth."""
+    num_heads: int = 4
+    """Attention heads."""
+    max_position_embeddings: int = 128
+    """Longest canvas (prompt + generation) the model accepts."""
+    seed: int = 0
+    """Seeds torch and the corpus generator."""
+    log_dir: str | None = "runs/train-backbone"
+    """TensorBoard directory, or ``None`` for no logs."""
+    log_every: int = 25
+    """Steps between TensorBoard scalars."""
+    save_every: int = 500
+    """Steps between checkpoint saves (the last step always saves)."""
+    device: str = "cpu"
+    """Training device."""
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1:
+            raise ValueError(f"steps and batch_size must be >= 1, got {self.steps}, {self.batch_size}")
+        if not 1 <= self.min_gen <= self.max_gen:
+            raise ValueError(f"need 1 <= min_gen <= max_gen, got {self.min_gen}, {self.max_gen}")
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} not divisible by {self.num_heads} heads")
+
+
+def _corpus_tasks() -> list[Any]:
+    from commit_env.tasks import EMBEDDED_TASKS, get_task
+
+    tasks = []
+    for name in EMBEDDED_TASKS:
+        probe = get_task(name)
+        tasks.extend(get_task(name, difficulty=level) for level in probe.levels)
+    return tasks
+
+
+def make_training_batch(
+    rng: np.random.Generator,
+    tasks: list[Any],
+    tokenizer: Any,
+    batch_size: int,
+    min_gen: int,
+    max_gen: int,
+) -> dict[str, torch.Tensor]:
+    """Draw one masked-diffusion training batch from the embedded task families.
+
+    Each row is ``prompt ++ answer ++ EOS*`` (generation length drawn in ``[min_gen, max_gen]``),
+    left-padded; a mask ratio ``t ~ U(0, 1)`` is drawn per row and each generation position is
+    masked with probability ``t`` (at least one).
+
+    Args:
+        rng: Source of every random choice.
+        tasks: Embedded task instances (with ``sample`` and ``sample_answer``).
+        tokenizer: The tiny tokenizer.
+        batch_size: B, rows in the batch.
+        min_gen: Shortest generation region.
+        max_gen: Longest generation region.
+
+    Returns:
+        Dict of ``input_ids`` (int64 ``[B, L]``, masked), ``labels`` (int64 ``[B, L]``, -100 where
+        not masked), ``attention_mask`` and ``position_ids`` (int64 ``[B, L]``).
+    """
+    eos, pad, mask = tokenizer.eos_token_id, tokenizer.pad_token_id, tokenizer.mask_token_id
+    rows, gens = [], []
+    for _ in range(batch_size):
+        task = tasks[int(rng.integers(len(tasks)))]
+        example = task.sample(rng)
+        prompt = tokenizer(example.prompt, add_special_tokens=False)["input_ids"]
+        answer = tokenizer(task.sample_answer(example, rng), add_special_tokens=False)["input_ids"]
+        gen_len = int(rng.integers(max(min_gen, len(answer)), max(max_gen, len(answer)) + 1))
+        gen = answer + [eos] * (gen_len - len(answer))
+        rows.append((prompt, gen))
+    length = max(len(p) + len(g) for p, g in rows)
+    input_ids = np.full((batch_size, length), pad, dtype=np.int64)
+    labels = np.full((batch_size, length), -100, dtype=np.int64)
+    attention = np.zeros((batch_size, length), dtype=np.int64)
+    for b, (prompt, gen) in enumerate(rows):
+        seq = prompt + gen
+        start = length - len(seq)
+        input_ids[b, start:] = seq
+        attention[b, start:] = 1
+        gen_start = length - len(gen)
+        ratio = rng.uniform(0.0, 1.0)
+        masked = rng.random(len(gen)) < ratio
+        if not masked.any():
+            masked[int(rng.integers(len(gen)))] = True
+        cols = gen_start + np.flatnonzero(masked)
+        labels[b, cols] = input_ids[b, cols]
+        input_ids[b, cols] = mask
+        gens.append(len(gen))
+    attention_t = torch.from_numpy(attention)
+    return {
+        "input_ids": torch.from_numpy(input_ids),
+        "labels": torch.from_numpy(labels),
+        "attention_mask": attention_t,
+        "position_ids": (attention_t.cumsum(-1) - 1).clamp(min=0),
+    }
+
+
+def _lr_at(step: int, cfg: TinyBackboneTrainConfig) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress))))
+
+
+def _save_atomically(model: Any, tokenizer: Any, out: Path, extra: dict[str, Any]) -> None:
+    """Write the checkpoint to a temp dir beside ``out`` and swap it in with renames."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    (tmp / "training_args.json").write_text(json.dumps(extra, indent=2, sort_keys=True))
+    old = out.with_name(f".{out.name}.old")
+    if old.exists():
+        shutil.rmtree(old)
+    if out.exists():
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def train_tiny_backbone(cfg: TinyBackboneTrainConfig) -> dict[str, Any]:
+    """Train the embedded backbone from scratch and save it with ``save_pretrained``.
+
+    Args:
+        cfg: Training configuration.
+
+    Returns:
+        Summary with ``steps``, ``final_loss`` (mean of the last 50 steps), ``seconds`` and
+        ``checkpoint_bytes``.
+    """
+    from tqdm.auto import tqdm
+    from transformers import BertConfig, BertForMaskedLM
+
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    tokenizer = build_tiny_tokenizer()
+    tasks = _corpus_tasks()
+    model_cfg = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.hidden_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        intermediate_size=4 * cfg.hidden_size,
+        max_position_embeddings=cfg.max_position_embeddings,
+        type_vocab_size=1,
+        pad_token_id=tokenizer.pad_token_id,
+        mask_token_id=tokenizer.mask_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    model = BertForMaskedLM(model_cfg).to(cfg.device)
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr,
+        betas=(0.9, 0.98),
+    )
+    writer = None
+    if cfg.log_dir:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(cfg.log_dir)
+        writer.add_text("hyperparameters", json.dumps(dataclasses.asdict(cfg), indent=2))
+    out = Path(cfg.out)
+    losses: list[float] = []
+    start = time.perf_counter()
+    model.train()
+    bar = tqdm(range(cfg.steps), desc="train-backbone", unit="step")
+    for step in bar:
+        for group in optimizer.param_groups:
+            group["lr"] = _lr_at(step, cfg)
+        batch = make_training_batch(rng, tasks, tokenizer, cfg.batch_size, cfg.min_gen, cfg.max_gen)
+        batch = {k: v.to(cfg.device) for k, v in batch.items()}
+        logits = model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            position_ids=batch["position_ids"],
+        ).logits
+        loss = F.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(), ignore_index=-100)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        losses.append(float(loss))
+        if step % cfg.log_every == 0:
+            bar.set_postfix(loss=f"{np.mean(losses[-cfg.log_every:]):.3f}")
+            if writer is not None:
+                writer.add_scalar("train/loss", float(np.mean(losses[-cfg.log_every :])), step)
+                writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], step)
+        if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
+            seconds = time.perf_counter() - start
+            summary = {
+                "config": dataclasses.asdict(cfg),
+                "steps": step + 1,
+                "final_loss": float(np.mean(losses[-50:])),
+                "seconds": seconds,
+                "torch_threads": torch.get_num_threads(),
+            }
+            model.eval()
+            _save_atomically(model, tokenizer, out, summary)
+            model.train()
+    if writer is not None:
+        writer.close()
+    summary["checkpoint_bytes"] = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
+    return summary

@@ -1,0 +1,34 @@
+"""The batched decode engine, trace state, features and accounting.
+
+Dimension glossary (used in every docstring and shape comment):
+    B   rows (slots) in a batch
+    P   prompt width (prompts are left-padded to P)
+    G   generation length (masked positions after the prompt)
+    L   canvas length, P + G
+    V   vocabulary size
+    K   top-k probabilities kept per position
+    H   KL history length
+    D   hidden-feature projection width
+    F   stacked feature columns
+"""
+
+from commit_env.decoding.config import DecodeConfig, parse_window
+from commit_env.decoding.engine import Decoder
+from commit_env.decoding.features import FEATURE_GROUPS, FEATURES, FeatureBuilder, FeatureSpec
+from commit_env.decoding.run import DecodeResult, completion_text, decode
+from commit_env.decoding.state import CommitDecision, TraceState
+
+__all__ = [
+    "FEATURES",
+    "FEATURE_GROUPS",
+    "CommitDecision",
+    "DecodeConfig",
+    "DecodeResult",
+    "Decoder",
+    "FeatureBuilder",
+    "FeatureSpec",
+    "TraceState",
+    "completion_text",
+    "decode",
+    "parse_window",
+]

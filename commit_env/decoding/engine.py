@@ -1,0 +1,373 @@
+"""The one batched decode engine.
+
+Every consumer (heuristic policies, the trace collector, the Gym environments, evaluation) drives
+this state machine; nothing else in the project runs a decode loop of its own.
+
+One :meth:`Decoder.step`:
+
+1. keep only the eligible bits of the commit mask (masked and inside the window);
+2. rows that have used their step budget, or that a policy sent "all-in", fill every remaining mask
+   from the current proposals;
+3. progress guarantee: a row that commits nothing gets its highest-confidence eligible position
+   (counted in ``forced_commits``);
+4. finish rows that are complete, or (``eos_stop``) whose committed EOS has every earlier position
+   committed: their tail is filled with EOS without a forward;
+5. run **one** batched forward over the unfinished rows only and refresh proposals and features.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+from commit_env.backbones.base import Backbone
+from commit_env.decoding.config import DecodeConfig
+from commit_env.decoding.state import CommitDecision, TraceState
+
+__all__ = ["Decoder", "STABLE_CAP"]
+
+STABLE_CAP = 8  # stable-step counts above this are rare and uninformative; features saturate here
+
+
+class Decoder:
+    """Batched decode state machine over a frozen backbone.
+
+    Args:
+        backbone: The denoiser.
+        config: Decode settings.
+
+    Example:
+        >>> decoder = Decoder(backbone, DecodeConfig(gen_length=16))  # doctest: +SKIP
+        >>> state = decoder.start(["name a fruit:"])  # doctest: +SKIP
+        >>> while not state.all_done:  # doctest: +SKIP
+        ...     state = decoder.step(state, policy.select(state))
+    """
+
+    def __init__(self, backbone: Backbone, config: DecodeConfig) -> None:
+        if backbone.pad_token_id == backbone.mask_token_id:
+            raise ValueError("backbone pad_token_id must differ from mask_token_id")
+        if not backbone.eos_token_ids and config.eos_stop:
+            raise ValueError("eos_stop=True needs a backbone with at least one EOS id")
+        self.backbone = backbone
+        self.config = config
+        self.device = torch.device(backbone.device)
+        G = config.gen_length
+        self._positions = torch.arange(G, device=self.device)  # [G]
+        self._eos_ids = torch.tensor(backbone.eos_token_ids or (-1,), device=self.device)
+        self._fill_eos = int(backbone.eos_token_ids[0]) if backbone.eos_token_ids else -1
+        self._log_vocab = math.log(backbone.vocab_size)
+        self._projection = None
+        if config.hidden_features:
+            # Fixed seeded Gaussian projection: identical across runs, so features are comparable.
+            gen = torch.Generator().manual_seed(1234)
+            proj = torch.randn(backbone.hidden_size, config.hidden_features, generator=gen)
+            self._projection = (proj / math.sqrt(backbone.hidden_size)).to(self.device)
+
+    # ----------------------------------------------------------------------------- start
+    def start(
+        self,
+        prompts: Sequence[str] | Sequence[Sequence[int]],
+        *,
+        seeds: Sequence[int] | None = None,
+        row_ids: Sequence[int] | None = None,
+        prompt_width: int | None = None,
+    ) -> TraceState:
+        """Build the canvas for a batch of prompts and run the first forward.
+
+        Args:
+            prompts: B prompt strings (tokenized with the backbone's tokenizer) or id lists.
+            seeds: Per-row sampler seeds (only used when ``temperature > 0``); default
+                ``config.seed + row index``.
+            row_ids: Caller's index of each row (kept in ``state.row_ids``); default ``0..B-1``.
+            prompt_width: Left-pad prompts to this width P instead of the longest prompt (lets
+                separately started states share one canvas width).
+
+        Returns:
+            The state after the first forward pass (``nfe == 1`` for every row).
+
+        Raises:
+            ValueError: On an empty batch, an empty prompt, a canvas longer than the backbone's
+                maximum length, or a prompt longer than ``prompt_width``.
+        """
+        if len(prompts) == 0:
+            raise ValueError("prompts must be a non-empty sequence")
+        ids = [
+            list(self.backbone.encode([p])[0]) if isinstance(p, str) else [int(t) for t in p]
+            for p in prompts
+        ]
+        B, G = len(ids), self.config.gen_length
+        lengths = [len(x) for x in ids]
+        if min(lengths) == 0:
+            raise ValueError(f"prompt {lengths.index(0)} is empty after tokenization")
+        P = max(lengths) if prompt_width is None else prompt_width
+        if max(lengths) > P:
+            raise ValueError(f"a prompt has {max(lengths)} tokens, more than prompt_width={P}")
+        if P + G > self.backbone.max_length:
+            row = lengths.index(max(lengths))
+            raise ValueError(
+                f"prompt {row} has {lengths[row]} tokens; with gen_length {G} the canvas needs "
+                f"{P + G} positions but backbone {self.backbone.name!r} accepts at most "
+                f"{self.backbone.max_length}"
+            )
+        dev = self.device
+        canvas = torch.full((B, P + G), self.backbone.pad_token_id, dtype=torch.long)
+        attention = torch.zeros((B, P + G), dtype=torch.long)
+        for b, x in enumerate(ids):  # once per row at start, not per step
+            canvas[b, P - len(x) : P] = torch.tensor(x, dtype=torch.long)
+            attention[b, P - len(x) :] = 1
+        canvas[:, P:] = self.backbone.mask_token_id
+        zeros_bg = torch.zeros((B, G), device=dev)
+        zeros_b = torch.zeros(B, dtype=torch.long, device=dev)
+        K, H, D = self.config.top_k, self.config.history, self.config.hidden_features
+        state = TraceState(
+            canvas=canvas.to(dev),
+            attention_mask=attention.to(dev),
+            prompt_len=torch.tensor(lengths, dtype=torch.long, device=dev),
+            committed=torch.zeros((B, G), dtype=torch.bool, device=dev),
+            eligible=torch.zeros((B, G), dtype=torch.bool, device=dev),
+            window_start=zeros_b.clone(),
+            window_end=zeros_b.clone(),
+            proposal=torch.zeros((B, G), dtype=torch.long, device=dev),
+            confidence=zeros_bg.clone(),
+            margin=zeros_bg.clone(),
+            entropy=zeros_bg.clone(),
+            logit_gap=zeros_bg.clone(),
+            topk_probs=torch.zeros((B, G, K), device=dev),
+            prev_confidence=zeros_bg.clone(),
+            stable_steps=torch.zeros((B, G), dtype=torch.long, device=dev),
+            kl=zeros_bg.clone(),
+            kl_history=torch.full((B, G, H), math.inf, device=dev),
+            hidden=torch.zeros((B, G, D), device=dev) if D else None,
+            step=zeros_b.clone(),
+            nfe=zeros_b.clone(),
+            budget=self.config.budget,
+            vocab_size=self.backbone.vocab_size,
+            done=torch.zeros(B, dtype=torch.bool, device=dev),
+            commit_step=torch.full((B, G), -1, dtype=torch.long, device=dev),
+            forced_commits=zeros_b.clone(),
+            budget_fills=zeros_b.clone(),
+            early_fills=zeros_b.clone(),
+            filled_without_forward=zeros_b.clone(),
+            forward_tokens=zeros_b.clone(),
+            row_ids=torch.tensor(
+                list(range(B)) if row_ids is None else list(row_ids), dtype=torch.long, device=dev
+            ),
+            prev_logp=torch.zeros((B, G, 1), device=dev),
+        )
+        if self.config.temperature > 0:
+            seeds = [self.config.seed + b for b in range(B)] if seeds is None else list(seeds)
+            if len(seeds) != B:
+                raise ValueError(f"got {len(seeds)} seeds for {B} prompts")
+            state.extras["generators"] = [
+                torch.Generator(device=dev).manual_seed(int(s)) for s in seeds
+            ]
+        if self.config.record_trace:
+            state.extras["trace"] = []
+        self._forward(state)
+        self._update_window(state)
+        return state
+
+    # ----------------------------------------------------------------------------- step
+    def step(self, state: TraceState, decision: torch.Tensor | CommitDecision) -> TraceState:
+        """Commit, finish rows, and run one batched forward over the unfinished rows.
+
+        Bits of the mask at non-eligible positions (committed, outside the window, finished row)
+        are ignored. The state is updated in place and returned.
+
+        Args:
+            state: The current state (from :meth:`start` or a previous :meth:`step`).
+            decision: bool tensor ``[B, G]`` commit mask, or a :class:`CommitDecision`.
+
+        Returns:
+            The same state object, advanced by one step.
+
+        Raises:
+            TypeError: If the mask is not a bool tensor.
+            ValueError: If the mask's shape is not ``[B, G]``.
+        """
+        mask, fill_rows = _unpack(decision)
+        B, G = state.batch_size, state.gen_length
+        if not isinstance(mask, torch.Tensor):
+            raise TypeError(f"commit mask must be a torch.Tensor of shape [B, G] = [{B}, {G}]")
+        if tuple(mask.shape) != (B, G):
+            raise ValueError(
+                f"commit mask has shape {tuple(mask.shape)}; expected [B, G] = [{B}, {G}]"
+            )
+        if mask.dtype != torch.bool:
+            raise TypeError(f"commit mask must have dtype torch.bool, got {mask.dtype}")
+        active = ~state.done  # [B]
+        mask = mask.to(self.device) & state.eligible  # [B, G]
+        out_of_budget = active & (state.nfe >= state.budget)  # [B]
+        fill = out_of_budget.clone()
+        if fill_rows is not None:
+            if tuple(fill_rows.shape) != (B,) or fill_rows.dtype != torch.bool:
+                raise ValueError(f"fill_rows must be a bool tensor of shape [B] = [{B}]")
+            fill |= fill_rows.to(self.device) & active
+        masked = ~state.committed  # [B, G]
+        fill_mask = masked & fill[:, None]  # [B, G]
+
+        # Progress guarantee: a row that commits nothing gets its best eligible position.
+        idle = active & ~fill & ~mask.any(-1)  # [B]
+        if bool(idle.any()):
+            best = state.confidence.masked_fill(~state.eligible, -1.0).argmax(-1)  # [B]
+            forced = torch.zeros_like(mask).scatter_(1, best[:, None], True)
+            mask |= forced & idle[:, None] & state.eligible
+            state.forced_commits += idle.long()
+        extra = fill_mask & ~mask
+        state.budget_fills += (extra & out_of_budget[:, None]).sum(-1)
+        state.early_fills += (extra & ~out_of_budget[:, None]).sum(-1)
+        commit = mask | fill_mask  # [B, G]
+
+        gen = state.canvas[:, -G:]
+        state.canvas[:, -G:] = torch.where(commit, state.proposal, gen)
+        state.committed |= commit
+        state.commit_step = torch.where(commit, state.step[:, None], state.commit_step)
+        state.step += active.long()
+        if self.config.record_trace:
+            state.extras["trace"].append({"commit": commit.cpu(), "step": state.step.cpu()})
+        self._finish_rows(state)
+        self._forward(state)
+        self._update_window(state)
+        return state
+
+    # ----------------------------------------------------------------------------- internals
+    def _finish_rows(self, state: TraceState) -> None:
+        G = state.gen_length
+        masked = ~state.committed  # [B, G]
+        newly_done = ~masked.any(-1) & ~state.done  # [B]
+        if self.config.eos_stop:
+            gen = state.canvas[:, -G:]
+            is_eos = state.committed & torch.isin(gen, self._eos_ids)  # [B, G]
+            has_eos = is_eos.any(-1)  # [B]
+            first_eos = torch.where(has_eos, is_eos.long().argmax(-1), G)  # [B]
+            before = masked & (self._positions[None, :] < first_eos[:, None])  # [B, G]
+            stop = has_eos & ~before.any(-1) & ~state.done  # [B]
+            tail = masked & stop[:, None]  # [B, G] every remaining mask lies after the EOS
+            if bool(tail.any()):
+                state.canvas[:, -G:] = torch.where(tail, self._fill_eos, gen)
+                state.committed |= tail
+                state.commit_step = torch.where(tail, state.step[:, None] - 1, state.commit_step)
+                state.filled_without_forward += tail.sum(-1)
+            newly_done |= stop
+        state.done |= newly_done
+
+    def _forward(self, state: TraceState) -> None:
+        """One backbone forward over the unfinished rows; refresh their proposals/features."""
+        active = ~state.done
+        n_active = int(active.sum())
+        if n_active == 0:
+            return
+        everyone = n_active == state.batch_size
+        rows = None if everyone else active.nonzero().squeeze(1)  # [b]
+        canvas = state.canvas if everyone else state.canvas[rows]
+        attention = state.attention_mask if everyone else state.attention_mask[rows]
+        hidden_layers = (-1,) if self._projection is not None else None
+        out = self.backbone.forward(canvas, attention, hidden_layers=hidden_layers)
+        G = state.gen_length
+        logits = out.logits[:, -G:, :].float()  # [b, G, V]
+        logp = logits.log_softmax(-1)  # [b, G, V]
+        probs = logp.exp()
+        top_p, top_i = probs.topk(self.config.top_k, dim=-1)  # [b, G, K]
+        top_logits = logits.topk(2, dim=-1).values  # [b, G, 2]
+        if self.config.temperature > 0:
+            proposal = self._sample(state, rows, logits)  # [b, G]
+            confidence = probs.gather(-1, proposal[..., None]).squeeze(-1)
+        else:
+            proposal, confidence = top_i[..., 0], top_p[..., 0]
+        first = state.nfe if everyone else state.nfe[rows]
+        seen = (first > 0)[:, None]  # [b, 1] rows that had a previous forward
+        prev_logp = state.prev_logp if everyone else state.prev_logp[rows]
+        if prev_logp.shape[-1] == logp.shape[-1]:
+            kl = (probs * (logp - prev_logp)).sum(-1).clamp_(min=0.0)  # [b, G]
+            kl = torch.where(seen, kl, torch.zeros_like(kl))
+        else:
+            kl = torch.zeros_like(confidence)
+        old = _take(state, rows, ("proposal", "confidence", "stable_steps", "kl_history"))
+        stable = torch.where(seen & (proposal == old["proposal"]), old["stable_steps"] + 1, 0)
+        history = torch.cat([old["kl_history"][..., 1:], kl[..., None]], dim=-1)
+        history = torch.where(seen[..., None], history, old["kl_history"])  # [b, G, H]
+        updates = {
+            "proposal": proposal,
+            "confidence": confidence,
+            "margin": top_p[..., 0] - top_p[..., 1],
+            "entropy": (-(probs * logp).sum(-1) / self._log_vocab).clamp_(0.0, 1.0),
+            "logit_gap": top_logits[..., 0] - top_logits[..., 1],
+            "topk_probs": top_p,
+            "prev_confidence": torch.where(seen, old["confidence"], confidence),
+            "stable_steps": stable,
+            "kl": kl,
+            "kl_history": history,
+        }
+        if self._projection is not None:
+            assert out.hidden is not None, "backbone returned no hidden states"
+            h = out.hidden[:, -G:, :].float()  # [b, G, H_model]
+            h = torch.nn.functional.layer_norm(h, h.shape[-1:])
+            updates["hidden"] = (h @ self._projection).clamp_(-5.0, 5.0)  # [b, G, D]
+        if everyone:
+            for name, value in updates.items():
+                setattr(state, name, value)
+            state.prev_logp = logp
+        else:
+            for name, value in updates.items():
+                getattr(state, name)[rows] = value
+            if state.prev_logp.shape[-1] != logp.shape[-1]:
+                state.prev_logp = torch.zeros(
+                    (state.batch_size, G, logp.shape[-1]), device=self.device
+                )
+            state.prev_logp[rows] = logp
+        state.nfe += active.long()
+        state.forward_tokens += (state.attention_mask.sum(-1)) * active.long()
+        if self.config.record_trace:
+            state.extras["trace"].append(
+                {"proposal": state.proposal.cpu(), "confidence": state.confidence.cpu()}
+            )
+
+    def _sample(
+        self, state: TraceState, rows: torch.Tensor | None, logits: torch.Tensor
+    ) -> torch.Tensor:
+        """Gumbel-max sampling with one generator per row (a row's draws ignore its batch)."""
+        generators = state.extras["generators"]
+        index = range(state.batch_size) if rows is None else rows.tolist()
+        noise = torch.stack(
+            [  # one draw per row (not per position) keeps rows independent of batch composition
+                torch.rand(logits.shape[1:], generator=generators[i], device=self.device,
+                           dtype=torch.float64)
+                for i in index
+            ]
+        )  # [b, G, V]
+        gumbel = -torch.log(-torch.log(noise.clamp_(1e-20, 1.0)))
+        scores = logits.double() / self.config.temperature + gumbel
+        return scores.argmax(-1)
+
+    def _update_window(self, state: TraceState) -> None:
+        G, W = state.gen_length, self.config.window_width
+        masked = ~state.committed  # [B, G]
+        first = torch.where(masked.any(-1), masked.long().argmax(-1), G)  # [B] first masked
+        kind = self.config.window_kind
+        if kind == "block":
+            start = torch.div(first, W, rounding_mode="floor") * W
+        elif kind == "sliding":
+            start = first
+        else:
+            start = torch.zeros_like(first)
+        end = (start + W).clamp(max=G) if kind != "full" else torch.full_like(first, G)
+        pos = self._positions[None, :]
+        in_window = (pos >= start[:, None]) & (pos < end[:, None])  # [B, G]
+        state.window_start, state.window_end = start, end
+        state.eligible = masked & in_window & ~state.done[:, None]
+
+
+def _unpack(decision: torch.Tensor | CommitDecision) -> tuple[torch.Tensor, torch.Tensor | None]:
+    if isinstance(decision, CommitDecision):
+        return decision.mask, decision.fill_rows
+    return decision, None
+
+
+def _take(
+    state: TraceState, rows: torch.Tensor | None, names: tuple[str, ...]
+) -> dict[str, torch.Tensor]:
+    if rows is None:
+        return {n: getattr(state, n) for n in names}
+    return {n: getattr(state, n)[rows] for n in names}

@@ -1,0 +1,135 @@
+"""The trace state: everything a commitment policy may look at, batch-first on the device."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import torch
+
+__all__ = ["TraceState", "CommitDecision"]
+
+
+@dataclass
+class CommitDecision:
+    """What a policy may return instead of a bare mask.
+
+    Attributes:
+        mask: bool tensor ``[B, G]``; bits outside ``state.eligible`` are ignored.
+        fill_rows: bool tensor ``[B]`` or ``None``; rows set here commit *every* remaining masked
+            position from the current proposals in this step, window or not (Prophet's early
+            "all-in" exit). Counted in ``DecodeResult.early_fills``.
+    """
+
+    mask: torch.Tensor
+    fill_rows: torch.Tensor | None = None
+
+
+@dataclass
+class TraceState:
+    """Batched decode state after the latest forward pass.
+
+    All tensors live on the backbone's device. ``[B, G]`` tensors cover the generation region only;
+    the canvas is ``[B, L]`` with ``L = P + G`` (prompts left-padded to width P).
+
+    Attributes:
+        canvas: int64 ``[B, L]`` token ids (prompt, committed tokens, ``[MASK]`` elsewhere).
+        attention_mask: int64 ``[B, L]``, 0 on left padding.
+        prompt_len: int64 ``[B]`` real prompt tokens per row.
+        committed: bool ``[B, G]`` positions locked so far.
+        eligible: bool ``[B, G]`` masked, inside the window and in an unfinished row.
+        window_start: int64 ``[B]`` first generation index of the window.
+        window_end: int64 ``[B]`` one past the window's last generation index.
+        proposal: int64 ``[B, G]`` proposed token per position (argmax or sample).
+        confidence: float32 ``[B, G]`` probability of the proposal.
+        margin: float32 ``[B, G]`` top-1 minus top-2 probability.
+        entropy: float32 ``[B, G]`` entropy divided by ``log V`` (in ``[0, 1]``).
+        logit_gap: float32 ``[B, G]`` top-1 minus top-2 raw logit (Prophet's signal).
+        topk_probs: float32 ``[B, G, K]`` the K largest probabilities, descending.
+        prev_confidence: float32 ``[B, G]`` confidence of the previous step's proposal.
+        stable_steps: int64 ``[B, G]`` consecutive forwards with an unchanged proposal.
+        kl: float32 ``[B, G]`` KL(p_t || p_{t-1}) per position (0 after the first forward).
+        kl_history: float32 ``[B, G, H]`` the last H values of ``kl`` (newest last; ``inf``
+            before they exist).
+        hidden: float32 ``[B, G, D]`` projected hidden state, or ``None``.
+        step: int64 ``[B]`` commit steps taken.
+        nfe: int64 ``[B]`` forward passes that included the row.
+        budget: int the configured step budget (max NFE per row).
+        vocab_size: int V (for policies that need entropies in nats: ``entropy * log V``).
+        done: bool ``[B]`` finished rows.
+        commit_step: int64 ``[B, G]`` step at which each position was committed (-1: not yet).
+        forced_commits: int64 ``[B]`` progress-guarantee commits.
+        budget_fills: int64 ``[B]`` tokens filled because the budget ran out.
+        early_fills: int64 ``[B]`` tokens filled by a policy's all-in exit.
+        filled_without_forward: int64 ``[B]`` tail tokens filled with EOS after an early stop.
+        forward_tokens: int64 ``[B]`` real tokens processed by the row's forwards.
+        row_ids: int64 ``[B]`` caller's index of each row (stable across batch shrinking).
+        prev_logp: float32 ``[B, G, V]`` previous log-probabilities (for KL), engine-internal.
+        extras: Free-form per-state data for policies (for example an oracle's references).
+    """
+
+    canvas: torch.Tensor
+    attention_mask: torch.Tensor
+    prompt_len: torch.Tensor
+    committed: torch.Tensor
+    eligible: torch.Tensor
+    window_start: torch.Tensor
+    window_end: torch.Tensor
+    proposal: torch.Tensor
+    confidence: torch.Tensor
+    margin: torch.Tensor
+    entropy: torch.Tensor
+    logit_gap: torch.Tensor
+    topk_probs: torch.Tensor
+    prev_confidence: torch.Tensor
+    stable_steps: torch.Tensor
+    kl: torch.Tensor
+    kl_history: torch.Tensor
+    hidden: torch.Tensor | None
+    step: torch.Tensor
+    nfe: torch.Tensor
+    budget: int
+    vocab_size: int
+    done: torch.Tensor
+    commit_step: torch.Tensor
+    forced_commits: torch.Tensor
+    budget_fills: torch.Tensor
+    early_fills: torch.Tensor
+    filled_without_forward: torch.Tensor
+    forward_tokens: torch.Tensor
+    row_ids: torch.Tensor
+    prev_logp: torch.Tensor
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def batch_size(self) -> int:
+        """B, rows in the state."""
+        return int(self.canvas.shape[0])
+
+    @property
+    def gen_length(self) -> int:
+        """G, generation positions per row."""
+        return int(self.committed.shape[1])
+
+    @property
+    def masked(self) -> torch.Tensor:
+        """bool ``[B, G]``: positions not committed yet."""
+        return ~self.committed
+
+    @property
+    def gen_tokens(self) -> torch.Tensor:
+        """int64 ``[B, G]``: the generation region of the canvas."""
+        return self.canvas[:, -self.gen_length :]
+
+    @property
+    def all_done(self) -> bool:
+        """Whether every row has finished."""
+        return bool(self.done.all())
+
+    def tensor_fields(self) -> list[str]:
+        """Names of the per-row tensor fields (first dimension B)."""
+        return [
+            f.name
+            for f in fields(self)
+            if isinstance(getattr(self, f.name), torch.Tensor)
+        ]

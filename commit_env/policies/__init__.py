@@ -1,0 +1,92 @@
+"""Heuristic and oracle commitment policies, and the name -> policy registry.
+
+Every policy implements :class:`CommitPolicy` (``select(state) -> [B, G] bool mask``). Build one
+by name with :func:`make_policy`; :func:`list_policies` names them all.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from commit_env.policies.base import CommitPolicy, rank_within_eligible, top_k_mask
+from commit_env.policies.entropy_bound import EntropyBoundPolicy
+from commit_env.policies.klass import KLASSPolicy
+from commit_env.policies.oracle import OraclePolicy
+from commit_env.policies.prophet import ProphetPolicy
+from commit_env.policies.threshold import FactorPolicy, ThresholdPolicy
+from commit_env.policies.topk import TopKPolicy, even_schedule_k
+
+__all__ = [
+    "POLICIES",
+    "CommitPolicy",
+    "EntropyBoundPolicy",
+    "FactorPolicy",
+    "KLASSPolicy",
+    "OraclePolicy",
+    "ProphetPolicy",
+    "ThresholdPolicy",
+    "TopKPolicy",
+    "even_schedule_k",
+    "list_policies",
+    "make_policy",
+    "rank_within_eligible",
+    "top_k_mask",
+]
+
+POLICIES: dict[str, type[CommitPolicy]] = {
+    "topk": TopKPolicy,
+    "threshold": ThresholdPolicy,
+    "factor": FactorPolicy,
+    "eb": EntropyBoundPolicy,
+    "klass": KLASSPolicy,
+    "prophet": ProphetPolicy,
+    "oracle": OraclePolicy,
+}
+
+
+def list_policies() -> list[str]:
+    """Return the registered policy names, sorted."""
+    return sorted(POLICIES)
+
+
+def make_policy(name: str, **params: Any) -> CommitPolicy:
+    """Build a registered policy.
+
+    Args:
+        name: A name from :func:`list_policies`.
+        **params: The policy's parameters (dataclass fields); string values from a command line
+            are converted to the field's type.
+
+    Returns:
+        The policy.
+
+    Raises:
+        ValueError: On an unknown name or parameter (the message lists the valid ones) or a
+            value the policy rejects.
+    """
+    if name not in POLICIES:
+        raise ValueError(f"unknown policy {name!r}; expected one of {list_policies()}")
+    cls = POLICIES[name]
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(params) - set(fields))
+    if unknown:
+        raise ValueError(f"policy {name!r} has no parameter(s) {unknown}; valid: {sorted(fields)}")
+    converted = {k: _convert(v, fields[k].default) for k, v in params.items()}
+    return cls(**converted)
+
+
+def _convert(value: Any, default: Any) -> Any:
+    if not isinstance(value, str) or isinstance(default, str):
+        return value
+    if value.lower() in ("none", "null"):
+        return None
+    if isinstance(default, bool):
+        return value.lower() in ("1", "true", "yes")
+    for kind in (int, float):
+        if isinstance(default, kind) or default is None:
+            try:
+                return kind(value)
+            except ValueError:
+                continue
+    return value

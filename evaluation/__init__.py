@@ -1,0 +1,1 @@
+"""Benchmarks, sweeps, reports and the ``commit-env`` command line (the top layer)."""

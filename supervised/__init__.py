@@ -1,0 +1,1 @@
+"""Supervised future-stability controller: trace collection, model, trainer, deployable policy."""
