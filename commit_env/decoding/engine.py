@@ -23,8 +23,8 @@ from collections.abc import Sequence
 import torch
 
 from commit_env.backbones.base import Backbone
-from commit_env.decoding.config import DecodeConfig
-from commit_env.decoding.state import CommitDecision, TraceState
+from commit_env.decoding.config import DecodeConfig, parse_window
+from commit_env.decoding.state import WINDOW_CODES, CommitDecision, TraceState
 
 __all__ = ["Decoder", "STABLE_CAP"]
 
@@ -73,6 +73,9 @@ class Decoder:
         seeds: Sequence[int] | None = None,
         row_ids: Sequence[int] | None = None,
         prompt_width: int | None = None,
+        gen_lengths: Sequence[int] | None = None,
+        windows: Sequence[str] | None = None,
+        budgets: Sequence[int | None] | None = None,
     ) -> TraceState:
         """Build the canvas for a batch of prompts and run the first forward.
 
@@ -83,13 +86,17 @@ class Decoder:
             row_ids: Caller's index of each row (kept in ``state.row_ids``); default ``0..B-1``.
             prompt_width: Left-pad prompts to this width P instead of the longest prompt (lets
                 separately started states share one canvas width).
+            gen_lengths: Per-row generation lengths (each <= ``config.gen_length``, which is the
+                canvas width G); default ``config.gen_length``.
+            windows: Per-row window specs (``"block:B"``, ...); default ``config.window``.
+            budgets: Per-row step budgets (``None`` = unlimited); default ``config.step_budget``.
 
         Returns:
             The state after the first forward pass (``nfe == 1`` for every row).
 
         Raises:
             ValueError: On an empty batch, an empty prompt, a canvas longer than the backbone's
-                maximum length, or a prompt longer than ``prompt_width``.
+                maximum length, a prompt longer than ``prompt_width``, or invalid per-row settings.
         """
         if len(prompts) == 0:
             raise ValueError("prompts must be a non-empty sequence")
@@ -117,15 +124,23 @@ class Decoder:
         for b, x in enumerate(ids):  # once per row at start, not per step
             canvas[b, P - len(x) : P] = torch.tensor(x, dtype=torch.long)
             attention[b, P - len(x) :] = 1
-        canvas[:, P:] = self.backbone.mask_token_id
+        row_g, row_kind, row_width, row_budget = self._row_settings(B, gen_lengths, windows, budgets)
+        valid = torch.arange(G)[None, :] < torch.tensor(row_g)[:, None]  # [B, G]
+        canvas[:, P:] = torch.where(valid, self.backbone.mask_token_id, self.backbone.pad_token_id)
+        attention[:, P:] = valid.long()
         zeros_bg = torch.zeros((B, G), device=dev)
         zeros_b = torch.zeros(B, dtype=torch.long, device=dev)
+        as_long = {"dtype": torch.long, "device": dev}
         K, H, D = self.config.top_k, self.config.history, self.config.hidden_features
         state = TraceState(
             canvas=canvas.to(dev),
             attention_mask=attention.to(dev),
-            prompt_len=torch.tensor(lengths, dtype=torch.long, device=dev),
-            committed=torch.zeros((B, G), dtype=torch.bool, device=dev),
+            prompt_len=torch.tensor(lengths, **as_long),
+            valid=valid.to(dev),
+            gen_len=torch.tensor(row_g, **as_long),
+            window_kind=torch.tensor(row_kind, **as_long),
+            window_width=torch.tensor(row_width, **as_long),
+            committed=~valid.to(dev),
             eligible=torch.zeros((B, G), dtype=torch.bool, device=dev),
             window_start=zeros_b.clone(),
             window_end=zeros_b.clone(),
@@ -142,7 +157,7 @@ class Decoder:
             hidden=torch.zeros((B, G, D), device=dev) if D else None,
             step=zeros_b.clone(),
             nfe=zeros_b.clone(),
-            budget=self.config.budget,
+            budget=torch.tensor(row_budget, **as_long),
             vocab_size=self.backbone.vocab_size,
             done=torch.zeros(B, dtype=torch.bool, device=dev),
             commit_step=torch.full((B, G), -1, dtype=torch.long, device=dev),
@@ -168,6 +183,36 @@ class Decoder:
         self._forward(state)
         self._update_window(state)
         return state
+
+    def _row_settings(
+        self,
+        B: int,
+        gen_lengths: Sequence[int] | None,
+        windows: Sequence[str] | None,
+        budgets: Sequence[int | None] | None,
+    ) -> tuple[list[int], list[int], list[int], list[int]]:
+        """Validate per-row settings; return gen lengths, window codes, widths and budgets."""
+        cfg, G = self.config, self.config.gen_length
+        row_g = [G] * B if gen_lengths is None else [int(g) for g in gen_lengths]
+        row_w = [cfg.window] * B if windows is None else list(windows)
+        row_b = [cfg.step_budget] * B if budgets is None else list(budgets)
+        for name, values in (("gen_lengths", row_g), ("windows", row_w), ("budgets", row_b)):
+            if len(values) != B:
+                raise ValueError(f"got {len(values)} {name} for {B} prompts")
+        kinds, widths, budget_out = [], [], []
+        for g, w, b in zip(row_g, row_w, row_b, strict=True):
+            if not 1 <= g <= G:
+                raise ValueError(f"per-row gen_length {g} must be in [1, {G}] (config.gen_length)")
+            kind, width = parse_window(w)
+            width = g if width is None else min(width, g)
+            if kind == "block" and g % width:
+                raise ValueError(f"block width {width} must divide gen_length {g}")
+            if b is not None and b < 1:
+                raise ValueError(f"step budget must be >= 1 or None, got {b}")
+            kinds.append(WINDOW_CODES[kind])
+            widths.append(width)
+            budget_out.append(g if b is None else int(b))
+        return row_g, kinds, widths, budget_out
 
     # ----------------------------------------------------------------------------- step
     def step(self, state: TraceState, decision: torch.Tensor | CommitDecision) -> TraceState:
@@ -342,17 +387,20 @@ class Decoder:
         return scores.argmax(-1)
 
     def _update_window(self, state: TraceState) -> None:
-        G, W = state.gen_length, self.config.window_width
+        G = state.gen_length
         masked = ~state.committed  # [B, G]
         first = torch.where(masked.any(-1), masked.long().argmax(-1), G)  # [B] first masked
-        kind = self.config.window_kind
-        if kind == "block":
-            start = torch.div(first, W, rounding_mode="floor") * W
-        elif kind == "sliding":
-            start = first
-        else:
-            start = torch.zeros_like(first)
-        end = (start + W).clamp(max=G) if kind != "full" else torch.full_like(first, G)
+        width = state.window_width  # [B]
+        kind = state.window_kind  # [B]
+        block_start = torch.div(first, width, rounding_mode="floor") * width
+        start = torch.where(
+            kind == WINDOW_CODES["block"],
+            block_start,
+            torch.where(kind == WINDOW_CODES["sliding"], first, torch.zeros_like(first)),
+        )  # [B]
+        end = torch.where(
+            kind == WINDOW_CODES["full"], state.gen_len, (start + width).minimum(state.gen_len)
+        )  # [B]
         pos = self._positions[None, :]
         in_window = (pos >= start[:, None]) & (pos < end[:, None])  # [B, G]
         state.window_start, state.window_end = start, end

@@ -49,7 +49,7 @@ FEATURES: tuple[FeatureSpec, ...] = (
     FeatureSpec("kl", "history", 0.0, 1.0, "1 - exp(-KL(p_t || p_t-1))"),
     FeatureSpec("masked", "position", 0.0, 1.0, "1 if not committed"),
     FeatureSpec("eligible", "position", 0.0, 1.0, "1 if masked and inside the window"),
-    FeatureSpec("gen_pos", "position", 0.0, 1.0, "index / (G - 1)"),
+    FeatureSpec("gen_pos", "position", 0.0, 1.0, "index / (row's gen length - 1)"),
     FeatureSpec("window_pos", "position", -1.0, 2.0, "(index - window start) / window width"),
     FeatureSpec("progress", "global", 0.0, 1.0, "NFE / step budget"),
     FeatureSpec("masked_frac", "global", 0.0, 1.0, "fraction of positions still masked"),
@@ -132,12 +132,13 @@ class FeatureBuilder:
             width = (state.window_end - state.window_start).clamp(min=1).float()[:, None]
             out["masked"] = state.masked.float()
             out["eligible"] = state.eligible.float()
-            out["gen_pos"] = (pos / max(G - 1, 1)).expand(B, G)
+            last = (state.gen_len - 1).clamp(min=1).float()[:, None]  # [B, 1]
+            out["gen_pos"] = (pos / last).clamp(0.0, 1.0)
             out["window_pos"] = ((pos - state.window_start[:, None]) / width).clamp(-1.0, 2.0)
         if "global" in self.groups:
-            masked_frac = state.masked.float().mean(-1)  # [B]
-            progress = (state.nfe.float() / state.budget).clamp(0.0, 1.0)
-            window = (state.window_end - state.window_start).float() / G
+            masked_frac = state.masked.float().sum(-1) / state.gen_len.float()  # [B]
+            progress = (state.nfe.float() / state.budget.float()).clamp(0.0, 1.0)
+            window = state.window_width.float() / state.gen_len.float()
             out["progress"] = progress[:, None].expand(B, G)
             out["masked_frac"] = masked_frac[:, None].expand(B, G)
             out["window_frac"] = window.clamp(0.0, 1.0)[:, None].expand(B, G)

@@ -40,6 +40,7 @@ class DecodeResult:
         early_fills: int64 ``[N]`` tokens filled by a policy's all-in exit.
         filled_without_forward: int64 ``[N]`` EOS tail tokens filled after an early stop.
         forward_tokens: int64 ``[N]`` tokens processed by the row's forwards.
+        gen_len: int64 ``[N]`` each row's generation length.
         wall_time: Seconds for the whole call.
         device: Where the backbone ran.
         config: The decode configuration.
@@ -56,6 +57,7 @@ class DecodeResult:
     early_fills: torch.Tensor
     filled_without_forward: torch.Tensor
     forward_tokens: torch.Tensor
+    gen_len: torch.Tensor
     wall_time: float
     device: str
     config: DecodeConfig
@@ -63,8 +65,8 @@ class DecodeResult:
 
     @property
     def tokens_per_forward(self) -> torch.Tensor:
-        """float ``[N]``: generated positions per forward pass (``G / NFE``)."""
-        return self.tokens.shape[1] / self.nfe.clamp(min=1).float()
+        """float ``[N]``: generated positions per forward pass (row's gen length / NFE)."""
+        return self.gen_len.float() / self.nfe.clamp(min=1).float()
 
     @property
     def forced_commit_rate(self) -> float:
@@ -112,6 +114,7 @@ _ACCOUNTS = (
     "early_fills",
     "filled_without_forward",
     "forward_tokens",
+    "gen_len",
 )
 
 
@@ -186,6 +189,7 @@ def decode(
         early_fills=cat["early_fills"],
         filled_without_forward=cat["filled_without_forward"],
         forward_tokens=cat["forward_tokens"],
+        gen_len=cat["gen_len"],
         wall_time=wall,
         device=str(backbone.device),
         config=config,

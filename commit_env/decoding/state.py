@@ -7,7 +7,9 @@ from typing import Any
 
 import torch
 
-__all__ = ["TraceState", "CommitDecision"]
+__all__ = ["TraceState", "CommitDecision", "WINDOW_CODES"]
+
+WINDOW_CODES: dict[str, int] = {"full": 0, "block": 1, "sliding": 2}
 
 
 @dataclass
@@ -36,7 +38,12 @@ class TraceState:
         canvas: int64 ``[B, L]`` token ids (prompt, committed tokens, ``[MASK]`` elsewhere).
         attention_mask: int64 ``[B, L]``, 0 on left padding.
         prompt_len: int64 ``[B]`` real prompt tokens per row.
-        committed: bool ``[B, G]`` positions locked so far.
+        valid: bool ``[B, G]`` positions inside the row's own generation length (rows may use a
+            shorter ``gen_len`` than the batch's G; the rest is padding, committed from the start).
+        gen_len: int64 ``[B]`` the row's generation length.
+        window_kind: int64 ``[B]`` 0 = full, 1 = block, 2 = sliding (see ``WINDOW_CODES``).
+        window_width: int64 ``[B]`` the row's window width.
+        committed: bool ``[B, G]`` positions locked so far (padding positions count as locked).
         eligible: bool ``[B, G]`` masked, inside the window and in an unfinished row.
         window_start: int64 ``[B]`` first generation index of the window.
         window_end: int64 ``[B]`` one past the window's last generation index.
@@ -54,7 +61,7 @@ class TraceState:
         hidden: float32 ``[B, G, D]`` projected hidden state, or ``None``.
         step: int64 ``[B]`` commit steps taken.
         nfe: int64 ``[B]`` forward passes that included the row.
-        budget: int the configured step budget (max NFE per row).
+        budget: int64 ``[B]`` the row's step budget (max NFE).
         vocab_size: int V (for policies that need entropies in nats: ``entropy * log V``).
         done: bool ``[B]`` finished rows.
         commit_step: int64 ``[B, G]`` step at which each position was committed (-1: not yet).
@@ -71,6 +78,10 @@ class TraceState:
     canvas: torch.Tensor
     attention_mask: torch.Tensor
     prompt_len: torch.Tensor
+    valid: torch.Tensor
+    gen_len: torch.Tensor
+    window_kind: torch.Tensor
+    window_width: torch.Tensor
     committed: torch.Tensor
     eligible: torch.Tensor
     window_start: torch.Tensor
@@ -88,7 +99,7 @@ class TraceState:
     hidden: torch.Tensor | None
     step: torch.Tensor
     nfe: torch.Tensor
-    budget: int
+    budget: torch.Tensor
     vocab_size: int
     done: torch.Tensor
     commit_step: torch.Tensor
@@ -113,7 +124,7 @@ class TraceState:
 
     @property
     def masked(self) -> torch.Tensor:
-        """bool ``[B, G]``: positions not committed yet."""
+        """bool ``[B, G]``: positions not committed yet (never padding)."""
         return ~self.committed
 
     @property
