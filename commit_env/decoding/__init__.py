@@ -15,7 +15,8 @@ Dimension glossary (used in every docstring and shape comment):
 from commit_env.decoding.config import DecodeConfig, parse_window
 from commit_env.decoding.engine import Decoder
 from commit_env.decoding.features import FEATURE_GROUPS, FEATURES, FeatureBuilder, FeatureSpec
-from commit_env.decoding.run import DecodeResult, completion_text, decode
+from commit_env.decoding.run import DecodeResult, completion_text, decode, run_to_completion
+from commit_env.decoding.snapshot import concat_states, select_rows
 from commit_env.decoding.state import CommitDecision, TraceState
 
 __all__ = [
@@ -31,4 +32,7 @@ __all__ = [
     "completion_text",
     "decode",
     "parse_window",
+    "run_to_completion",
+    "select_rows",
+    "concat_states",
 ]

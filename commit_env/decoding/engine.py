@@ -157,7 +157,8 @@ class Decoder:
             hidden=torch.zeros((B, G, D), device=dev) if D else None,
             step=zeros_b.clone(),
             nfe=zeros_b.clone(),
-            budget=torch.tensor(row_budget, **as_long),
+            budget=torch.tensor([b for b, _ in row_budget], **as_long),
+            budget_limited=torch.tensor([lim for _, lim in row_budget], device=dev),
             vocab_size=self.backbone.vocab_size,
             done=torch.zeros(B, dtype=torch.bool, device=dev),
             commit_step=torch.full((B, G), -1, dtype=torch.long, device=dev),
@@ -190,7 +191,7 @@ class Decoder:
         gen_lengths: Sequence[int] | None,
         windows: Sequence[str] | None,
         budgets: Sequence[int | None] | None,
-    ) -> tuple[list[int], list[int], list[int], list[int]]:
+    ) -> tuple[list[int], list[int], list[int], list[tuple[int, bool]]]:
         """Validate per-row settings; return gen lengths, window codes, widths and budgets."""
         cfg, G = self.config, self.config.gen_length
         row_g = [G] * B if gen_lengths is None else [int(g) for g in gen_lengths]
@@ -211,7 +212,7 @@ class Decoder:
                 raise ValueError(f"step budget must be >= 1 or None, got {b}")
             kinds.append(WINDOW_CODES[kind])
             widths.append(width)
-            budget_out.append(g if b is None else int(b))
+            budget_out.append((g, False) if b is None else (int(b), True))
         return row_g, kinds, widths, budget_out
 
     # ----------------------------------------------------------------------------- step
@@ -244,7 +245,7 @@ class Decoder:
             raise TypeError(f"commit mask must have dtype torch.bool, got {mask.dtype}")
         active = ~state.done  # [B]
         mask = mask.to(self.device) & state.eligible  # [B, G]
-        out_of_budget = active & (state.nfe >= state.budget)  # [B]
+        out_of_budget = active & state.budget_limited & (state.nfe >= state.budget)  # [B]
         fill = out_of_budget.clone()
         if fill_rows is not None:
             if tuple(fill_rows.shape) != (B,) or fill_rows.dtype != torch.bool:

@@ -14,7 +14,7 @@ from commit_env.decoding.config import DecodeConfig
 from commit_env.decoding.engine import Decoder
 from commit_env.decoding.state import CommitDecision, TraceState
 
-__all__ = ["DecodeResult", "SupportsSelect", "decode", "completion_text"]
+__all__ = ["DecodeResult", "SupportsSelect", "decode", "completion_text", "run_to_completion"]
 
 
 class SupportsSelect(Protocol):
@@ -106,6 +106,22 @@ def completion_text(backbone: Backbone, tokens: torch.Tensor) -> list[str]:
     return texts
 
 
+def run_to_completion(decoder: Decoder, state: TraceState, policy: SupportsSelect) -> TraceState:
+    """Step ``state`` with ``policy`` until every row is done (the one decode loop).
+
+    Args:
+        decoder: The engine that produced ``state``.
+        state: A started (or partially decoded, e.g. snapshot) state.
+        policy: The commitment policy.
+
+    Returns:
+        The finished state (the same object).
+    """
+    while not state.all_done:
+        state = decoder.step(state, policy.select(state))
+    return state
+
+
 _ACCOUNTS = (
     "nfe",
     "step",
@@ -166,8 +182,7 @@ def decode(
         state = decoder.start(prompts[lo:hi], seeds=seeds[lo:hi], row_ids=range(lo, hi))
         if hasattr(policy, "reset"):
             policy.reset(state)
-        while not state.all_done:
-            state = decoder.step(state, policy.select(state))
+        run_to_completion(decoder, state, policy)
         part = {name: getattr(state, name).cpu() for name in _ACCOUNTS}
         part["tokens"] = state.gen_tokens.cpu()
         part["commit_step"] = state.commit_step.cpu()

@@ -61,7 +61,8 @@ class TraceState:
         hidden: float32 ``[B, G, D]`` projected hidden state, or ``None``.
         step: int64 ``[B]`` commit steps taken.
         nfe: int64 ``[B]`` forward passes that included the row.
-        budget: int64 ``[B]`` the row's step budget (max NFE).
+        budget: int64 ``[B]`` the row's step budget (max NFE; G when unlimited).
+        budget_limited: bool ``[B]`` whether a budget was set (only then do budget fills happen).
         vocab_size: int V (for policies that need entropies in nats: ``entropy * log V``).
         done: bool ``[B]`` finished rows.
         commit_step: int64 ``[B, G]`` step at which each position was committed (-1: not yet).
@@ -100,6 +101,7 @@ class TraceState:
     step: torch.Tensor
     nfe: torch.Tensor
     budget: torch.Tensor
+    budget_limited: torch.Tensor
     vocab_size: int
     done: torch.Tensor
     commit_step: torch.Tensor

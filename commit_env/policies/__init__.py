@@ -72,21 +72,35 @@ def make_policy(name: str, **params: Any) -> CommitPolicy:
     unknown = sorted(set(params) - set(fields))
     if unknown:
         raise ValueError(f"policy {name!r} has no parameter(s) {unknown}; valid: {sorted(fields)}")
-    converted = {k: _convert(v, fields[k].default) for k, v in params.items()}
+    converted = {k: _convert(k, v, fields[k].default) for k, v in params.items()}
     return cls(**converted)
 
 
-def _convert(value: Any, default: Any) -> Any:
+def _convert(key: str, value: Any, default: Any) -> Any:
+    """Convert a command-line string to the type of the field's default.
+
+    Raises:
+        ValueError: If a string cannot be read as the field's numeric type.
+    """
     if not isinstance(value, str) or isinstance(default, str):
         return value
     if value.lower() in ("none", "null"):
         return None
     if isinstance(default, bool):
         return value.lower() in ("1", "true", "yes")
-    for kind in (int, float):
-        if isinstance(default, kind) or default is None:
+    if default is None:  # optional: the narrowest numeric type that parses, else the string
+        for kind in (int, float):
             try:
                 return kind(value)
             except ValueError:
                 continue
+        return value
+    for kind in (int, float):
+        if isinstance(default, kind):
+            try:
+                return kind(value)
+            except ValueError:
+                raise ValueError(
+                    f"parameter {key!r} expects {kind.__name__}, got {value!r}"
+                ) from None
     return value

@@ -52,7 +52,8 @@ class KLASSPolicy(CommitPolicy):
         H = state.kl_history.shape[-1]
         if self.history > H:
             raise ValueError(
-                f"KLASS history={self.history} needs DecodeConfig.history >= {self.history} (got {H})"
+                f"KLASS history={self.history} needs DecodeConfig.history >= {self.history} "
+                f"(got {H})"
             )
         recent = state.kl_history[..., H - self.history :]  # [B, G, h]
         stable = (recent < self.kl_threshold).all(-1)  # [B, G]

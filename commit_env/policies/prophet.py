@@ -1,8 +1,9 @@
 """Prophet: early all-in commit on the top-2 logit gap.
 
 Reference: pixeli99/Prophet ``generate_earlyexit.py``; arXiv 2508.19982. Prophet measures the mean
-top-1 minus top-2 *raw logit* gap over an answer span and, once it clears a threshold that falls with
-progress (7.5 / 5.0 / 2.5 below 33% / 67% / above), fills every remaining mask in the same step.
+top-1 minus top-2 *raw logit* gap over an answer span and, once it clears a threshold that falls
+with progress (7.5 / 5.0 / 2.5 below 33% / 67% / above), fills every remaining mask in the same
+step.
 Without answer-format constraints the span here is every still-masked position (or the first
 ``span`` of them).
 """

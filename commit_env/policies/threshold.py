@@ -46,8 +46,8 @@ class FactorPolicy(CommitPolicy):
     """Fast-dLLM factor rule: the longest confidence-sorted prefix with ``(r+1)(1-c_(r)) <= f``.
 
     With eligible confidences sorted descending ``c_(1) >= c_(2) >= ...``, rank r passes when
-    ``(r + 1) * (1 - c_(r)) <= factor``; the step commits the longest prefix of passing ranks (rank 1
-    always), a union-bound argument that the product of marginals stays close to the joint.
+    ``(r + 1) * (1 - c_(r)) <= factor``; the step commits the longest prefix of passing ranks
+    (rank 1 always), a union-bound argument that the product of marginals stays close to the joint.
 
     Args:
         factor: f (Fast-dLLM ships no default; 1.0 here).

@@ -164,3 +164,38 @@ def distinct_prompts(n: int, *, vocab_size: int = 12, seed: int = 0) -> list[lis
         if p not in out:
             out.append(p)
     return out
+
+
+class ScriptedBackbone(FakeBackbone):
+    """Proposes ``script[i]`` at generation position ``i`` with probability ``confidence[i]``.
+
+    The logits ignore the canvas, so the proposals and their confidences are known exactly (the
+    remaining probability is spread evenly over the other word ids).
+    """
+
+    def __init__(self, script: Sequence[int], confidence: Sequence[float], **kw) -> None:
+        super().__init__(**kw)
+        assert len(script) == len(confidence)
+        self.script = [int(t) for t in script]
+        self.confidence = [float(c) for c in confidence]
+
+    def forward(
+        self,
+        canvas: torch.Tensor,
+        attention_mask: torch.Tensor,
+        hidden_layers: Sequence[int] | None = None,
+    ) -> BackboneOutput:
+        B, L = canvas.shape
+        G, V = len(self.script), self.vocab_size
+        probs = torch.full((B, L, V), 1e-6)
+        probs[:, :, FIRST_WORD:] = 1.0
+        for i, (tok, conf) in enumerate(zip(self.script, self.confidence, strict=True)):
+            row = torch.full((V,), (1.0 - conf) / (V - 3))
+            row[PAD] = row[MASK] = 1e-6
+            row[tok] = conf
+            probs[:, L - G + i] = row
+        logits = probs.log()
+        hidden = None
+        if hidden_layers is not None:
+            hidden = torch.zeros(B, L, self.hidden_size * len(hidden_layers))
+        return BackboneOutput(logits=logits, hidden=hidden)
