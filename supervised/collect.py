@@ -1,0 +1,329 @@
+"""Trace collection: decode with a behaviour policy, record every state, label future stability.
+
+Round 0 decodes with the reference policy itself; a position's label is 1 when its proposal at that
+step equals the final token of the decode (TraceLock's future-stability label). On-policy rounds
+decode with the controller mixed with the reference policy and relabel every visited state by
+completing a snapshot of it with the reference policy, so the labels answer "would this proposal
+survive if we continued from *here*?" - the states the deployed controller actually reaches.
+
+Usage (embedded backbone, CPU, about a minute)::
+
+    commit-env collect --out traces/round0 --n 768
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from commit_env.backbones import load_backbone
+from commit_env.backbones.base import Backbone
+from commit_env.decoding import (
+    DecodeConfig,
+    Decoder,
+    FeatureBuilder,
+    TraceState,
+    completion_text,
+    concat_states,
+    run_to_completion,
+    select_rows,
+)
+from commit_env.evaluate import score_completions
+from commit_env.policies import CommitPolicy, make_policy
+from commit_env.tasks import Example, get_task
+from commit_env.traces import TraceWriter
+
+__all__ = ["CollectConfig", "MixedPolicy", "collect_traces", "draw_examples", "DEFAULT_TASKS"]
+
+DEFAULT_TASKS: tuple[str, ...] = ("qa", "qa:hard", "math", "math:hard", "code", "code:hard")
+
+
+@dataclass(frozen=True)
+class CollectConfig:
+    """What to collect.
+
+    Attributes:
+        out: Trace directory (resumed if it exists with the same settings).
+        backbone: Backbone spec.
+        tasks: Task names (``name:difficulty``) drawn uniformly per example.
+        n: Examples to decode in total.
+        seed: Seed of the example draw.
+        gen_length: G.
+        window: Decode window of the collection.
+        step_budget: Step budget (None = unlimited).
+        reference: Reference policy name (``topk`` = one token per step by confidence).
+        reference_params: Its parameters.
+        feature_groups: Feature groups recorded (see ``FEATURE_GROUPS``).
+        hidden_features: D, hidden-state projection width (0 = none).
+        batch_size: Rows per engine batch.
+        shard_traces: Traces per shard.
+        device: Backbone device (None = CUDA if available).
+    """
+
+    out: str = "traces/round0"
+    backbone: str = "tiny"
+    tasks: tuple[str, ...] = DEFAULT_TASKS
+    n: int = 768
+    seed: int = 0
+    gen_length: int = 16
+    window: str = "block:4"
+    step_budget: int | None = None
+    reference: str = "topk"
+    reference_params: tuple[tuple[str, Any], ...] = ()
+    feature_groups: tuple[str, ...] = ("confidence", "history", "position", "global", "hidden")
+    hidden_features: int = 16
+    batch_size: int = 128
+    shard_traces: int = 256
+    device: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.n < 1 or self.batch_size < 1:
+            raise ValueError("n and batch_size must be >= 1")
+        if not self.tasks:
+            raise ValueError("tasks must name at least one task")
+
+    def decode_config(self) -> DecodeConfig:
+        """The decode configuration of this collection."""
+        return DecodeConfig(
+            gen_length=self.gen_length,
+            window=self.window,
+            step_budget=self.step_budget,
+            hidden_features=self.hidden_features,
+        )
+
+    def feature_builder(self) -> FeatureBuilder:
+        """The feature builder whose columns the shards store."""
+        return FeatureBuilder(self.feature_groups, top_k=3, hidden_dim=self.hidden_features)
+
+
+@dataclass
+class MixedPolicy(CommitPolicy):
+    """Per row and step, follow ``learner`` with probability ``beta``, else ``reference``.
+
+    Args:
+        learner: The policy being trained.
+        reference: The reference policy.
+        beta: Probability of following the learner.
+        seed: Seed of the coin flips.
+    """
+
+    name = "mixed"
+    learner: Any = None
+    reference: Any = None
+    beta: float = 0.5
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.beta <= 1.0:
+            raise ValueError(f"beta must be in [0, 1], got {self.beta}")
+        self._generator = torch.Generator().manual_seed(self.seed)
+
+    def select(self, state: TraceState) -> torch.Tensor:
+        """Row-wise coin flip between the two policies' masks."""
+        coin = torch.rand(state.batch_size, generator=self._generator) < self.beta
+        learner = _as_mask(self.learner.select(state))
+        reference = _as_mask(self.reference.select(state))
+        return torch.where(coin.to(learner.device)[:, None], learner, reference)
+
+
+def _as_mask(decision: Any) -> torch.Tensor:
+    return decision.mask if hasattr(decision, "mask") else decision
+
+
+class _Recorder:
+    """Wraps a policy; before each selection, stores the visited state of every active row."""
+
+    def __init__(self, policy: Any, builder: FeatureBuilder, keep_snapshots: bool) -> None:
+        self.policy = policy
+        self.builder = builder
+        self.keep_snapshots = keep_snapshots
+        self.steps: list[dict[str, np.ndarray]] = []
+        self.snapshots: list[TraceState] = []
+
+    def reset(self, state: TraceState) -> None:
+        if hasattr(self.policy, "reset"):
+            self.policy.reset(state)
+
+    def select(self, state: TraceState) -> Any:
+        active = ~state.done
+        feats = self.builder.stack(state)[active]  # [b, G, F]
+        self.steps.append(
+            {
+                "row": state.row_ids[active].cpu().numpy(),
+                "nfe": state.nfe[active].cpu().numpy(),
+                "budget": state.budget[active].cpu().numpy(),
+                "gen_len": state.gen_len[active].cpu().numpy(),
+                "window_start": state.window_start[active].cpu().numpy(),
+                "window_end": state.window_end[active].cpu().numpy(),
+                "tokens": state.gen_tokens[active].cpu().numpy().astype(np.int32),
+                "proposal": state.proposal[active].cpu().numpy().astype(np.int32),
+                "eligible": state.eligible[active].cpu().numpy().astype(np.uint8),
+                "masked": (state.masked & state.valid)[active].cpu().numpy(),
+                "features": feats.cpu().numpy().astype(np.float16),
+            }
+        )
+        if self.keep_snapshots:
+            self.snapshots.append(select_rows(state, active.nonzero().squeeze(1)))
+        return self.policy.select(state)
+
+
+def draw_examples(tasks: Sequence[str], n: int, seed: int) -> list[tuple[str, Example]]:
+    """Draw ``n`` (task name, example) pairs; the task of each example is drawn uniformly.
+
+    Args:
+        tasks: Task names.
+        n: Examples.
+        seed: Seed.
+
+    Returns:
+        The pairs, identical for identical arguments (so collection can resume mid-way).
+    """
+    rng = np.random.default_rng(seed)
+    built = {name: get_task(name) for name in tasks}
+    out = []
+    for _ in range(n):
+        name = tasks[int(rng.integers(len(tasks)))]
+        out.append((name, built[name].sample(rng)))
+    return out
+
+
+def collect_traces(
+    cfg: CollectConfig,
+    *,
+    backbone: Backbone | None = None,
+    behaviour: Any | None = None,
+    relabel_with_reference: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Decode ``cfg.n`` examples, record every visited state, label it, write shards.
+
+    Args:
+        cfg: The collection settings.
+        backbone: A loaded backbone (default: ``load_backbone(cfg.backbone)``).
+        behaviour: Policy that drives the decode (default: the reference policy).
+        relabel_with_reference: Label each visited state by completing a snapshot of it with the
+            reference policy (on-policy rounds); otherwise by the decode's own final tokens.
+        progress: Show a progress bar.
+
+    Returns:
+        Summary: traces written, step records, mean score, on-disk bytes per position-step.
+    """
+    from tqdm.auto import tqdm
+
+    from commit_env.traces import TraceDataset
+
+    backbone = backbone or load_backbone(cfg.backbone, device=cfg.device)
+    config = cfg.decode_config()
+    builder = cfg.feature_builder()
+    reference = make_policy(cfg.reference, **dict(cfg.reference_params))
+    meta = {
+        "backbone": backbone.name,
+        "vocab_size": backbone.vocab_size,
+        "mask_token_id": backbone.mask_token_id,
+        "feature_names": builder.names,
+        "feature_groups": list(builder.groups),
+        "feature_dim": builder.dim,
+        "hidden_features": cfg.hidden_features,
+        "gen_length": cfg.gen_length,
+        "window": cfg.window,
+        "step_budget": cfg.step_budget,
+        "reference": reference.describe(),
+        "tasks": list(cfg.tasks),
+        "seed": cfg.seed,
+        "on_policy": behaviour is not None,
+    }
+    writer = TraceWriter(cfg.out, meta, shard_traces=cfg.shard_traces)
+    examples = draw_examples(cfg.tasks, cfg.n, cfg.seed)
+    tasks = {name: get_task(name) for name in cfg.tasks}
+    decoder = Decoder(backbone, config)
+    start = writer.examples_done
+    scores: list[float] = []
+    bar = tqdm(total=cfg.n, initial=start, desc="collect", unit="ex", disable=not progress)
+    for lo in range(start, cfg.n, cfg.batch_size):
+        batch = examples[lo : lo + cfg.batch_size]
+        recorder = _Recorder(behaviour or reference, builder, relabel_with_reference)
+        state = decoder.start([e.prompt for _, e in batch], row_ids=range(lo, lo + len(batch)))
+        recorder.reset(state)
+        run_to_completion(decoder, state, recorder)
+        final = state.gen_tokens.cpu().numpy().astype(np.int32)  # [b, G]
+        texts = completion_text(backbone, state.gen_tokens)
+        batch_scores = np.zeros(len(batch))
+        for name in {n for n, _ in batch}:
+            idx = [i for i, (n, _) in enumerate(batch) if n == name]
+            got = score_completions(tasks[name], [batch[i][1] for i in idx], [texts[i] for i in idx])
+            batch_scores[idx] = got
+        scores.extend(batch_scores.tolist())
+        targets = _relabel_targets(decoder, recorder, reference) if relabel_with_reference else None
+        _write_batch(writer, backbone, batch, lo, final, batch_scores, recorder.steps, targets)
+        bar.update(len(batch))
+    writer.flush()
+    bar.close()
+    dataset = TraceDataset(cfg.out)
+    return {
+        "traces": writer.examples_done,
+        "steps": len(dataset),
+        "mean_score_this_run": float(np.mean(scores)) if scores else float("nan"),
+        "bytes_per_position_step": dataset.bytes_per_position_step(),
+        "config": dataclasses.asdict(cfg),
+    }
+
+
+def _relabel_targets(
+    decoder: Decoder, recorder: _Recorder, reference: CommitPolicy
+) -> list[np.ndarray]:
+    """Complete every recorded snapshot with the reference policy; return its final tokens."""
+    targets = []
+    for snap in recorder.snapshots:
+        snap.done = torch.zeros_like(snap.done)  # snapshots only hold active rows
+        snapshot = concat_states([snap])
+        run_to_completion(decoder, snapshot, reference)
+        targets.append(snapshot.gen_tokens.cpu().numpy().astype(np.int32))
+    return targets
+
+
+def _write_batch(
+    writer: TraceWriter,
+    backbone: Backbone,
+    batch: Sequence[tuple[str, Example]],
+    lo: int,
+    final: np.ndarray,
+    scores: np.ndarray,
+    steps: list[dict[str, np.ndarray]],
+    targets: list[np.ndarray] | None,
+) -> None:
+    per_trace: dict[int, list[dict[str, Any]]] = {lo + i: [] for i in range(len(batch))}
+    for s, step in enumerate(steps):
+        target = targets[s] if targets is not None else final[step["row"] - lo]  # [b, G]
+        stable = step["proposal"] == target
+        label = np.where(step["masked"], stable.astype(np.int8), np.int8(-1)).astype(np.int8)
+        for j, row in enumerate(step["row"].tolist()):
+            per_trace[row].append(
+                {
+                    "trace_id": row,
+                    "nfe": int(step["nfe"][j]),
+                    "budget": int(step["budget"][j]),
+                    "gen_len": int(step["gen_len"][j]),
+                    "window_start": int(step["window_start"][j]),
+                    "window_end": int(step["window_end"][j]),
+                    "tokens": step["tokens"][j].tobytes(),
+                    "proposal": step["proposal"][j].tobytes(),
+                    "eligible": step["eligible"][j].tobytes(),
+                    "label": label[j].tobytes(),
+                    "features": step["features"][j].tobytes(),
+                }
+            )
+    for i, (_, example) in enumerate(batch):
+        prompt = np.asarray(backbone.encode([example.prompt])[0], dtype=np.int32)
+        trace = {
+            "trace_id": lo + i,
+            "prompt_ids": prompt.tobytes(),
+            "final_tokens": final[i].tobytes(),
+            "score": float(scores[i]),
+            "example_index": lo + i,
+        }
+        writer.add_trace(trace, per_trace[lo + i])
