@@ -4,6 +4,8 @@ Subcommands:
     list             tasks, policies and backbones
     eval             score one policy on one task setting
     train-backbone   rebuild the embedded tiny backbone
+    collect          record labelled decode traces for the supervised controller
+    train-controller train the future-stability controller on traces
 """
 
 from __future__ import annotations
@@ -76,7 +78,90 @@ def build_parser() -> argparse.ArgumentParser:
     tb.add_argument("--batch-size", type=int, default=None)
     tb.add_argument("--seed", type=int, default=None)
     tb.add_argument("--log-dir", default="runs/train-backbone")
+    co = sub.add_parser("collect", help="record labelled decode traces")
+    co.add_argument("--out", default="traces/round0")
+    co.add_argument("--backbone", default="tiny")
+    co.add_argument("--device", default=None)
+    co.add_argument("--task", action="append", default=None,
+                    help="task (repeatable; default: every embedded family at both levels)")
+    co.add_argument("--n", type=int, default=768, help="examples to decode")
+    co.add_argument("--seed", type=int, default=0)
+    co.add_argument("--gen-length", type=int, default=16)
+    co.add_argument("--window", default="block:4")
+    co.add_argument("--budget", type=int, default=None)
+    co.add_argument("--reference", default="topk", help="reference policy name")
+    co.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                    help="reference policy parameter")
+    co.add_argument("--hidden-features", type=int, default=16, help="0 = no hidden features")
+    co.add_argument("--batch-size", type=int, default=128)
+
+    tc = sub.add_parser("train-controller", help="train the stability controller")
+    tc.add_argument("--traces", action="append", required=True, help="trace dir (repeatable)")
+    tc.add_argument("--out", default="runs/controller")
+    tc.add_argument("--epochs", type=int, default=None)
+    tc.add_argument("--batch-size", type=int, default=None)
+    tc.add_argument("--lr", type=float, default=None)
+    tc.add_argument("--threshold", type=float, default=None)
+    tc.add_argument("--no-tau", action="store_true", help="ablation: no learned threshold")
+    tc.add_argument("--drop-group", action="append", default=[],
+                    help="ablation: zero a feature group (hidden, history, ...)")
+    tc.add_argument("--rollout-n", type=int, default=None, help="held-out closed-loop prompts")
+    tc.add_argument("--seed", type=int, default=None)
+    tc.add_argument("--device", default=None)
+    tc.add_argument("--skip-corrupt", action="store_true", help="skip unreadable shards")
+    tc.add_argument("--resume", action="store_true")
     return parser
+
+
+def _cmd_collect(args: argparse.Namespace) -> int:
+    from supervised.collect import DEFAULT_TASKS, CollectConfig, collect_traces
+
+    cfg = CollectConfig(
+        out=args.out,
+        backbone=args.backbone,
+        tasks=tuple(args.task) if args.task else DEFAULT_TASKS,
+        n=args.n,
+        seed=args.seed,
+        gen_length=args.gen_length,
+        window=args.window,
+        step_budget=args.budget,
+        reference=args.reference,
+        reference_params=tuple(parse_params(args.param).items()),
+        feature_groups=("confidence", "history", "position", "global")
+        + (("hidden",) if args.hidden_features else ()),
+        hidden_features=args.hidden_features,
+        batch_size=args.batch_size,
+        device=args.device,
+    )
+    summary = collect_traces(cfg)
+    print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2))
+    return 0
+
+
+def _cmd_train_controller(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from supervised.train import TrainConfig, train
+
+    overrides = {
+        "traces": tuple(args.traces),
+        "out": args.out,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "threshold": args.threshold,
+        "rollout_n": args.rollout_n,
+        "seed": args.seed,
+        "device": args.device,
+        "drop_groups": tuple(args.drop_group),
+        "use_tau": not args.no_tau,
+        "skip_corrupt": args.skip_corrupt,
+        "resume": args.resume,
+    }
+    cfg = dataclasses.replace(TrainConfig(), **{k: v for k, v in overrides.items() if v is not None})
+    summary = train(cfg)
+    print(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2))
+    return 0
 
 
 def _cmd_list(_: argparse.Namespace) -> int:
@@ -184,7 +269,13 @@ def _cmd_train_backbone(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"list": _cmd_list, "eval": _cmd_eval, "train-backbone": _cmd_train_backbone}
+_COMMANDS = {
+    "list": _cmd_list,
+    "eval": _cmd_eval,
+    "train-backbone": _cmd_train_backbone,
+    "collect": _cmd_collect,
+    "train-controller": _cmd_train_controller,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

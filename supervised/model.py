@@ -152,7 +152,7 @@ class StabilityController(nn.Module):
         bce = F.binary_cross_entropy_with_logits(margin, labels, weight=weight, reduction="sum")
         bce = bce / weight.sum().clamp(min=1e-6)
         penalty = self.config.tau_penalty * (tau**2).mean()
-        return bce + penalty, {"bce": float(bce), "tau_penalty": float(penalty)}
+        return bce + penalty, {"bce": float(bce.detach()), "tau_penalty": float(penalty.detach())}
 
     def configure_optimizers(self, lr: float, weight_decay: float) -> torch.optim.Optimizer:
         """AdamW with decay on matrices only (embeddings and norms excluded)."""

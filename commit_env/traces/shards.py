@@ -158,9 +158,14 @@ class TraceWriter:
             return
         pa, _ = _pa()
         index = len(self.manifest["shards"])
-        names = {"steps": f"steps-{index:05d}.parquet", "traces": f"traces-{index:05d}.parquet"}
-        _atomic_write_table(pa.Table.from_pylist(self._steps), self.directory / names["steps"])
-        _atomic_write_table(pa.Table.from_pylist(self._traces), self.directory / names["traces"])
+        names = {
+            "steps_file": f"steps-{index:05d}.parquet",
+            "traces_file": f"traces-{index:05d}.parquet",
+        }
+        _atomic_write_table(pa.Table.from_pylist(self._steps), self.directory / names["steps_file"])
+        _atomic_write_table(
+            pa.Table.from_pylist(self._traces), self.directory / names["traces_file"]
+        )
         self.manifest["shards"].append({**names, "traces": len(self._traces), "steps": len(self._steps)})
         self.manifest["examples_done"] = int(max(t["example_index"] for t in self._traces)) + 1
         self.manifest["steps"] = int(self.manifest["steps"]) + len(self._steps)
@@ -209,7 +214,7 @@ class TraceDataset:
     def _read_shard(self, shard: dict[str, Any]) -> tuple[Any, Any] | None:
         _, pq = _pa()
         tables = []
-        for key in ("steps", "traces"):
+        for key in ("steps_file", "traces_file"):
             path = self.directory / shard[key]
             try:
                 tables.append(pq.read_table(path))
@@ -261,7 +266,7 @@ class TraceDataset:
         total = sum(
             (self.directory / s[k]).stat().st_size
             for s in self.manifest["shards"]
-            for k in ("steps", "traces")
+            for k in ("steps_file", "traces_file")
         )
         positions = sum(int(s["steps"]) for s in self.manifest["shards"]) * int(self.meta["gen_length"])
         return total / max(positions, 1)
