@@ -78,6 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
     tb.add_argument("--batch-size", type=int, default=None)
     tb.add_argument("--seed", type=int, default=None)
     tb.add_argument("--log-dir", default="runs/train-backbone")
+    sw = sub.add_parser("sweep", help="every heuristic (and the oracle) on tasks: a score/NFE table")
+    _add_decode_args(sw)
+    sw.add_argument("--tasks", default="qa,math,code", help="comma-separated task names")
+    sw.add_argument("--json-out", default=None, help="also write the records to this file")
+
     co = sub.add_parser("collect", help="record labelled decode traces")
     co.add_argument("--out", default="traces/round0")
     co.add_argument("--backbone", default="tiny")
@@ -111,6 +116,29 @@ def build_parser() -> argparse.ArgumentParser:
     tc.add_argument("--skip-corrupt", action="store_true", help="skip unreadable shards")
     tc.add_argument("--resume", action="store_true")
     return parser
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from commit_env.backbones import load_backbone
+    from commit_env.tasks import get_task
+    from evaluation.sweeps import Setting, heuristic_grid, markdown_table, run_sweep
+
+    tasks = [t for t in args.tasks.split(",") if t]
+    for t in tasks:
+        get_task(t)  # validate before loading a model
+    gen_length = args.gen_length or 16
+    setting = Setting(gen_length, args.window, args.budget)
+    backbone = load_backbone(args.backbone, kind=args.kind, device=args.device, dtype=args.dtype,
+                             trust_remote_code=args.trust_remote_code)
+    records = run_sweep(backbone, tasks, heuristic_grid(gen_length), [setting], n=args.n,
+                        seed=args.seed, batch_size=args.batch_size)
+    print(f"setting: {setting.label}, n={args.n}, seed={args.seed}, backbone={args.backbone}")
+    print(markdown_table(records))
+    if args.json_out:
+        from evaluation.io import write_json_atomic
+
+        write_json_atomic(args.json_out, records)
+    return 0
 
 
 def _cmd_collect(args: argparse.Namespace) -> int:
@@ -273,6 +301,7 @@ _COMMANDS = {
     "list": _cmd_list,
     "eval": _cmd_eval,
     "train-backbone": _cmd_train_backbone,
+    "sweep": _cmd_sweep,
     "collect": _cmd_collect,
     "train-controller": _cmd_train_controller,
 }

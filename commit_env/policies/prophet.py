@@ -4,8 +4,9 @@ Reference: pixeli99/Prophet ``generate_earlyexit.py``; arXiv 2508.19982. Prophet
 top-1 minus top-2 *raw logit* gap over an answer span and, once it clears a threshold that falls
 with progress (7.5 / 5.0 / 2.5 below 33% / 67% / above), fills every remaining mask in the same
 step.
-Without answer-format constraints the span here is every still-masked position (or the first
-``span`` of them).
+Without answer-format constraints the span here is the first ``span`` still-masked positions
+(Prophet's span length, 5, by default; ``None`` = every masked position). Averaging over every
+masked position instead lets a confident EOS tail trigger the exit on the first step.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ class ProphetPolicy(CommitPolicy):
         low: Gap threshold afterwards.
         early: First progress boundary (progress = NFE / step budget).
         late: Second progress boundary.
-        span: Masked positions (leftmost first) whose gaps are averaged; ``None`` = all.
+        span: Masked positions (leftmost first) whose gaps are averaged (Prophet: 5); ``None`` =
+            all masked positions.
         k: Positions per step before the exit (``0`` = LLaDA's even schedule over the budget).
 
     Raises:
@@ -45,7 +47,7 @@ class ProphetPolicy(CommitPolicy):
     low: float = 2.5
     early: float = 0.33
     late: float = 0.67
-    span: int | None = None
+    span: int | None = 5
     k: int = 1
 
     def __post_init__(self) -> None:

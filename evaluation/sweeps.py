@@ -1,0 +1,255 @@
+"""Policy sweeps: every policy x parameters x setting x task, measured the same way.
+
+Records are plain dicts (JSON-ready); reports and plots consume them and never decode.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from commit_env.backbones.base import Backbone
+from commit_env.decoding import DecodeConfig
+from commit_env.evaluate import (
+    PolicyEval,
+    evaluate_policy,
+    reference_tokens,
+    sample_examples,
+)
+from commit_env.policies import make_policy
+from commit_env.tasks import Example, get_task
+
+__all__ = [
+    "PolicySpec",
+    "Setting",
+    "heuristic_grid",
+    "run_sweep",
+    "record_key",
+    "markdown_table",
+    "paired_difference",
+]
+
+
+@dataclass(frozen=True)
+class PolicySpec:
+    """A policy by name and parameters, plus the family it is plotted with.
+
+    Attributes:
+        family: Curve label (``threshold``, ``eb``, ``sequential`` ...).
+        name: Registry name (``make_policy``), or ``controller``/``ppo`` for learned policies.
+        params: Parameters.
+        factory: Builds the policy for a setting (learned policies); ``None`` = ``make_policy``.
+    """
+
+    family: str
+    name: str
+    params: tuple[tuple[str, Any], ...] = ()
+    factory: Callable[[DecodeConfig], Any] | None = None
+
+    @property
+    def label(self) -> str:
+        """``name(k=v, ...)``."""
+        inner = ", ".join(f"{k}={v}" for k, v in self.params)
+        return f"{self.name}({inner})"
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One decode setting of the grid.
+
+    Attributes:
+        gen_length: G.
+        window: Window spec.
+        step_budget: Budget (None = unlimited).
+    """
+
+    gen_length: int = 16
+    window: str = "full"
+    step_budget: int | None = None
+
+    def config(self, **overrides: Any) -> DecodeConfig:
+        """The decode configuration."""
+        return DecodeConfig(
+            gen_length=self.gen_length,
+            window=self.window,
+            step_budget=self.step_budget,
+            **overrides,
+        )
+
+    @property
+    def label(self) -> str:
+        """``G=16 block:4 S=8``."""
+        return f"G={self.gen_length} {self.window} S={self.step_budget or '-'}"
+
+
+def heuristic_grid(gen_length: int) -> list[PolicySpec]:
+    """Every training-free heuristic at its published defaults plus a sweep, and the oracle.
+
+    Args:
+        gen_length: G (for the all-at-once policy).
+
+    Returns:
+        Policy specs in plotting order.
+    """
+    specs = [
+        PolicySpec("sequential", "topk", (("k", 1),)),
+        PolicySpec("topk", "topk", (("k", 2),)),
+        PolicySpec("topk", "topk", (("k", 4),)),
+        PolicySpec("topk-even", "topk", (("schedule", "even"),)),
+        PolicySpec("topk-margin", "topk", (("score", "margin"),)),
+        PolicySpec("topk-entropy", "topk", (("score", "entropy"),)),
+        PolicySpec("topk-random", "topk", (("score", "random"),)),
+        PolicySpec("all-at-once", "topk", (("k", gen_length),)),
+    ]
+    specs += [PolicySpec("threshold", "threshold", (("threshold", t),))
+              for t in (0.5, 0.7, 0.9, 0.95, 0.99)]
+    specs += [PolicySpec("factor", "factor", (("factor", f),)) for f in (0.5, 1.0, 2.0, 4.0)]
+    specs += [PolicySpec("eb", "eb", (("gamma", g),)) for g in (0.01, 0.1, 0.5, 1.0, 2.0)]
+    specs += [
+        PolicySpec("klass", "klass", ()),
+        PolicySpec("klass", "klass", (("conf_threshold", 0.9), ("kl_threshold", 0.001))),
+        PolicySpec("klass", "klass", (("conf_threshold", 0.3), ("kl_threshold", 0.05))),
+    ]
+    specs += [
+        PolicySpec("prophet", "prophet", ()),
+        PolicySpec("prophet", "prophet", (("high", 5.0), ("mid", 3.0), ("low", 1.5))),
+    ]
+    specs.append(PolicySpec("oracle", "oracle", ()))
+    return specs
+
+
+def record_key(record: dict[str, Any]) -> tuple[Any, ...]:
+    """Identity of a result record (used to resume an interrupted sweep)."""
+    return (
+        record["task"],
+        record["policy"],
+        record["params_label"],
+        record["gen_length"],
+        record["window"],
+        record["step_budget"],
+    )
+
+
+def run_sweep(
+    backbone: Backbone,
+    tasks: Sequence[str],
+    policies: Sequence[PolicySpec],
+    settings: Sequence[Setting],
+    *,
+    n: int = 100,
+    seed: int = 0,
+    batch_size: int = 128,
+    done: Iterable[tuple[Any, ...]] = (),
+    on_record: Callable[[dict[str, Any]], None] | None = None,
+    progress: bool = True,
+    keep_scores: bool = True,
+) -> list[dict[str, Any]]:
+    """Evaluate every policy on every task and setting, on the same seeded examples.
+
+    Args:
+        backbone: The denoiser.
+        tasks: Task names.
+        policies: Policy specs.
+        settings: Decode settings.
+        n: Examples per task (the same for every policy and setting).
+        seed: Seed of the example draw.
+        batch_size: Rows per engine batch.
+        done: Keys (:func:`record_key`) already measured; skipped (resume).
+        on_record: Called with each new record (e.g. to append it to disk atomically).
+        progress: Show a progress bar.
+        keep_scores: Store per-example scores in records (for paired comparisons).
+
+    Returns:
+        The new records.
+    """
+    from tqdm.auto import tqdm
+
+    done = set(done)
+    examples: dict[str, list[Example]] = {t: sample_examples(get_task(t), n, seed) for t in tasks}
+    jobs = [(t, s, p) for t in tasks for s in settings for p in policies]
+    records = []
+    refs: dict[tuple[str, Setting], Any] = {}
+    for task_name, setting, spec in tqdm(jobs, desc="sweep", unit="run", disable=not progress):
+        base = {
+            "task": task_name,
+            "policy": spec.name,
+            "family": spec.family,
+            "params": dict(spec.params),
+            "params_label": spec.label,
+            "gen_length": setting.gen_length,
+            "window": setting.window,
+            "step_budget": setting.step_budget,
+        }
+        if record_key(base) in done:
+            continue
+        task = get_task(task_name)
+        config = setting.config()
+        prompts = [e.prompt for e in examples[task_name]]
+        if spec.factory is not None:
+            policy = spec.factory(config)
+            config = getattr(policy, "decode_config", lambda c: c)(config)
+        elif spec.name == "oracle":
+            if (task_name, setting) not in refs:
+                refs[(task_name, setting)] = reference_tokens(
+                    backbone, prompts, config, batch_size=batch_size
+                )
+            policy = make_policy("oracle", reference=refs[(task_name, setting)])
+        else:
+            policy = make_policy(spec.name, **dict(spec.params))
+        ev: PolicyEval = evaluate_policy(
+            backbone, task, policy, config, examples=examples[task_name], batch_size=batch_size
+        )
+        record = {**base, **ev.summary(seed=seed), "seed": seed}
+        if keep_scores:
+            record["scores"] = ev.scores.tolist()
+            record["nfe_per_example"] = ev.result.nfe.tolist()
+        records.append(record)
+        if on_record is not None:
+            on_record(record)
+    return records
+
+
+def markdown_table(records: Sequence[dict[str, Any]]) -> str:
+    """Score / NFE table: one row per policy, one column pair per task.
+
+    Args:
+        records: Sweep records of one setting.
+
+    Returns:
+        A GitHub markdown table.
+    """
+    tasks = sorted({r["task"] for r in records})
+    labels = list(dict.fromkeys(r["params_label"] for r in records))
+    by = {(r["params_label"], r["task"]): r for r in records}
+    head = "| policy | " + " | ".join(f"{t} score | {t} NFE" for t in tasks) + " |"
+    rule = "|---|" + "---|---|" * len(tasks)
+    rows = [head, rule]
+    for label in labels:
+        cells = []
+        for t in tasks:
+            r = by.get((label, t))
+            cells += ["-", "-"] if r is None else [f"{r['score']:.3f}", f"{r['nfe']:.2f}"]
+        rows.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def paired_difference(a: Sequence[float], b: Sequence[float], *, seed: int = 0) -> dict[str, float]:
+    """Mean difference ``a - b`` over paired examples with a 95% bootstrap interval.
+
+    Args:
+        a: Per-example values of policy A.
+        b: Per-example values of policy B (same examples, same order).
+        seed: Resampling seed.
+
+    Returns:
+        ``{"diff", "low", "high", "significant"}`` (significant: the interval excludes 0).
+    """
+    from commit_env.evaluate import bootstrap_ci
+
+    d = np.asarray(a, float) - np.asarray(b, float)
+    low, high = bootstrap_ci(d, seed=seed)
+    return {"diff": float(d.mean()), "low": low, "high": high,
+            "significant": float(low > 0 or high < 0)}
