@@ -78,7 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     tb.add_argument("--batch-size", type=int, default=None)
     tb.add_argument("--seed", type=int, default=None)
     tb.add_argument("--log-dir", default="runs/train-backbone")
-    sw = sub.add_parser("sweep", help="every heuristic (and the oracle) on tasks: a score/NFE table")
+    sw = sub.add_parser(
+        "sweep", help="every heuristic (and the oracle) on tasks: a score/NFE table"
+    )
     _add_decode_args(sw)
     sw.add_argument("--tasks", default="qa,math,code", help="comma-separated task names")
     sw.add_argument("--json-out", default=None, help="also write the records to this file")
@@ -87,16 +89,25 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument("--out", default="traces/round0")
     co.add_argument("--backbone", default="tiny")
     co.add_argument("--device", default=None)
-    co.add_argument("--task", action="append", default=None,
-                    help="task (repeatable; default: every embedded family at both levels)")
+    co.add_argument(
+        "--task",
+        action="append",
+        default=None,
+        help="task (repeatable; default: every embedded family at both levels)",
+    )
     co.add_argument("--n", type=int, default=768, help="examples to decode")
     co.add_argument("--seed", type=int, default=0)
     co.add_argument("--gen-length", type=int, default=16)
     co.add_argument("--window", default="block:4")
     co.add_argument("--budget", type=int, default=None)
     co.add_argument("--reference", default="topk", help="reference policy name")
-    co.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
-                    help="reference policy parameter")
+    co.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="reference policy parameter",
+    )
     co.add_argument("--hidden-features", type=int, default=16, help="0 = no hidden features")
     co.add_argument("--batch-size", type=int, default=128)
 
@@ -108,8 +119,12 @@ def build_parser() -> argparse.ArgumentParser:
     tc.add_argument("--lr", type=float, default=None)
     tc.add_argument("--threshold", type=float, default=None)
     tc.add_argument("--no-tau", action="store_true", help="ablation: no learned threshold")
-    tc.add_argument("--drop-group", action="append", default=[],
-                    help="ablation: zero a feature group (hidden, history, ...)")
+    tc.add_argument(
+        "--drop-group",
+        action="append",
+        default=[],
+        help="ablation: zero a feature group (hidden, history, ...)",
+    )
     tc.add_argument("--rollout-n", type=int, default=None, help="held-out closed-loop prompts")
     tc.add_argument("--seed", type=int, default=None)
     tc.add_argument("--device", default=None)
@@ -128,10 +143,22 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         get_task(t)  # validate before loading a model
     gen_length = args.gen_length or 16
     setting = Setting(gen_length, args.window, args.budget)
-    backbone = load_backbone(args.backbone, kind=args.kind, device=args.device, dtype=args.dtype,
-                             trust_remote_code=args.trust_remote_code)
-    records = run_sweep(backbone, tasks, heuristic_grid(gen_length), [setting], n=args.n,
-                        seed=args.seed, batch_size=args.batch_size)
+    backbone = load_backbone(
+        args.backbone,
+        kind=args.kind,
+        device=args.device,
+        dtype=args.dtype,
+        trust_remote_code=args.trust_remote_code,
+    )
+    records = run_sweep(
+        backbone,
+        tasks,
+        heuristic_grid(gen_length),
+        [setting],
+        n=args.n,
+        seed=args.seed,
+        batch_size=args.batch_size,
+    )
     print(f"setting: {setting.label}, n={args.n}, seed={args.seed}, backbone={args.backbone}")
     print(markdown_table(records))
     if args.json_out:
@@ -186,7 +213,9 @@ def _cmd_train_controller(args: argparse.Namespace) -> int:
         "skip_corrupt": args.skip_corrupt,
         "resume": args.resume,
     }
-    cfg = dataclasses.replace(TrainConfig(), **{k: v for k, v in overrides.items() if v is not None})
+    cfg = dataclasses.replace(
+        TrainConfig(), **{k: v for k, v in overrides.items() if v is not None}
+    )
     summary = train(cfg)
     print(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2))
     return 0

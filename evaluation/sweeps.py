@@ -104,8 +104,10 @@ def heuristic_grid(gen_length: int) -> list[PolicySpec]:
         PolicySpec("topk-random", "topk", (("score", "random"),)),
         PolicySpec("all-at-once", "topk", (("k", gen_length),)),
     ]
-    specs += [PolicySpec("threshold", "threshold", (("threshold", t),))
-              for t in (0.5, 0.7, 0.9, 0.95, 0.99)]
+    specs += [
+        PolicySpec("threshold", "threshold", (("threshold", t),))
+        for t in (0.5, 0.7, 0.9, 0.95, 0.99)
+    ]
     specs += [PolicySpec("factor", "factor", (("factor", f),)) for f in (0.5, 1.0, 2.0, 4.0)]
     specs += [PolicySpec("eb", "eb", (("gamma", g),)) for g in (0.01, 0.1, 0.5, 1.0, 2.0)]
     specs += [
@@ -251,5 +253,9 @@ def paired_difference(a: Sequence[float], b: Sequence[float], *, seed: int = 0) 
 
     d = np.asarray(a, float) - np.asarray(b, float)
     low, high = bootstrap_ci(d, seed=seed)
-    return {"diff": float(d.mean()), "low": low, "high": high,
-            "significant": float(low > 0 or high < 0)}
+    return {
+        "diff": float(d.mean()),
+        "low": low,
+        "high": high,
+        "significant": float(low > 0 or high < 0),
+    }

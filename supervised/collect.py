@@ -255,7 +255,9 @@ def collect_traces(
         batch_scores = np.zeros(len(batch))
         for name in {n for n, _ in batch}:
             idx = [i for i, (n, _) in enumerate(batch) if n == name]
-            got = score_completions(tasks[name], [batch[i][1] for i in idx], [texts[i] for i in idx])
+            got = score_completions(
+                tasks[name], [batch[i][1] for i in idx], [texts[i] for i in idx]
+            )
             batch_scores[idx] = got
         scores.extend(batch_scores.tolist())
         targets = _relabel_targets(decoder, recorder, reference) if relabel_with_reference else None

@@ -47,7 +47,8 @@ class ControllerBatch:
     def to(self, device: torch.device | str) -> ControllerBatch:
         """Move every tensor to ``device``."""
         moved = {
-            k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()
+            k: (v.to(device) if isinstance(v, torch.Tensor) else v)
+            for k, v in self.__dict__.items()
         }
         return ControllerBatch(**moved)
 

@@ -1,4 +1,4 @@
-"""Train the future-stability controller on collected traces.
+r"""Train the future-stability controller on collected traces.
 
 Usage (embedded backbone, CPU; collection + training take a few minutes)::
 
@@ -123,7 +123,7 @@ def binary_metrics(prob: np.ndarray, label: np.ndarray, threshold: float) -> dic
     order = np.argsort(-prob, kind="stable")
     sorted_label = label[order]
     tp = np.cumsum(sorted_label)
-    fp = np.cumsum(~sorted_label)
+
     if n_pos and n_neg:
         # Rank statistic with average ranks for ties (Mann-Whitney U).
         ranks = np.empty(len(prob))
@@ -175,8 +175,10 @@ def load_training_data(
             target = val_records if record["trace_id"] % val_every == 0 else train_records
             target.append(record)
     if not train_records or not val_records:
-        raise ValueError(f"need training and validation records; got {len(train_records)} and "
-                         f"{len(val_records)} from {list(directories)}")
+        raise ValueError(
+            f"need training and validation records; got {len(train_records)} and "
+            f"{len(val_records)} from {list(directories)}"
+        )
     assert meta is not None
     return batch_from_records(train_records), batch_from_records(val_records), meta
 
@@ -294,8 +296,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         generator.set_state(saved["generator"])
-        epoch0, best, history = int(saved["epoch"]), json.loads(saved["best"]), json.loads(
-            saved["history"]
+        epoch0, best, history = (
+            int(saved["epoch"]),
+            json.loads(saved["best"]),
+            json.loads(saved["history"]),
         )
         logger.info("resumed from %s at epoch %d", out / "last", epoch0)
     writer = SummaryWriter(str(out / "tb"))
@@ -318,8 +322,12 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     model.train()
     for epoch in range(epoch0, cfg.epochs):
         perm = torch.randperm(n_train, generator=generator)
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                   disable=not cfg.progress, unit="batch")
+        bar = tqdm(
+            range(steps_per_epoch),
+            desc=f"epoch {epoch + 1}/{cfg.epochs}",
+            disable=not cfg.progress,
+            unit="batch",
+        )
         for i in bar:
             batch = _index(train_set, perm[i * cfg.batch_size : (i + 1) * cfg.batch_size])
             if cfg.right_crop > 0:

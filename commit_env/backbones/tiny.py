@@ -110,11 +110,15 @@ class TinyBackboneTrainConfig:
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1:
-            raise ValueError(f"steps and batch_size must be >= 1, got {self.steps}, {self.batch_size}")
+            raise ValueError(
+                f"steps and batch_size must be >= 1, got {self.steps}, {self.batch_size}"
+            )
         if not 1 <= self.min_gen <= self.max_gen:
             raise ValueError(f"need 1 <= min_gen <= max_gen, got {self.min_gen}, {self.max_gen}")
         if self.hidden_size % self.num_heads:
-            raise ValueError(f"hidden_size {self.hidden_size} not divisible by {self.num_heads} heads")
+            raise ValueError(
+                f"hidden_size {self.hidden_size} not divisible by {self.num_heads} heads"
+            )
 
 
 def _corpus_tasks() -> list[Any]:
@@ -247,7 +251,10 @@ def train_tiny_backbone(cfg: TinyBackboneTrainConfig) -> dict[str, Any]:
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        [
+            {"params": decay, "weight_decay": cfg.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
         lr=cfg.lr,
         betas=(0.9, 0.98),
     )
@@ -279,7 +286,7 @@ def train_tiny_backbone(cfg: TinyBackboneTrainConfig) -> dict[str, Any]:
         optimizer.step()
         losses.append(float(loss))
         if step % cfg.log_every == 0:
-            bar.set_postfix(loss=f"{np.mean(losses[-cfg.log_every:]):.3f}")
+            bar.set_postfix(loss=f"{np.mean(losses[-cfg.log_every :]):.3f}")
             if writer is not None:
                 writer.add_scalar("train/loss", float(np.mean(losses[-cfg.log_every :])), step)
                 writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], step)

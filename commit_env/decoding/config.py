@@ -83,7 +83,8 @@ class DecodeConfig:
             )
         if width > self.gen_length:
             warnings.warn(
-                f"window width {width} exceeds gen_length {self.gen_length}; using {self.gen_length}",
+                f"window width {width} exceeds gen_length {self.gen_length}; "
+                f"using {self.gen_length}",
                 stacklevel=2,
             )
             width = self.gen_length

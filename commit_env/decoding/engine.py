@@ -124,7 +124,9 @@ class Decoder:
         for b, x in enumerate(ids):  # once per row at start, not per step
             canvas[b, P - len(x) : P] = torch.tensor(x, dtype=torch.long)
             attention[b, P - len(x) :] = 1
-        row_g, row_kind, row_width, row_budget = self._row_settings(B, gen_lengths, windows, budgets)
+        row_g, row_kind, row_width, row_budget = self._row_settings(
+            B, gen_lengths, windows, budgets
+        )
         valid = torch.arange(G)[None, :] < torch.tensor(row_g)[:, None]  # [B, G]
         canvas[:, P:] = torch.where(valid, self.backbone.mask_token_id, self.backbone.pad_token_id)
         attention[:, P:] = valid.long()
@@ -378,8 +380,12 @@ class Decoder:
         index = range(state.batch_size) if rows is None else rows.tolist()
         noise = torch.stack(
             [  # one draw per row (not per position) keeps rows independent of batch composition
-                torch.rand(logits.shape[1:], generator=generators[i], device=self.device,
-                           dtype=torch.float64)
+                torch.rand(
+                    logits.shape[1:],
+                    generator=generators[i],
+                    device=self.device,
+                    dtype=torch.float64,
+                )
                 for i in index
             ]
         )  # [b, G, V]

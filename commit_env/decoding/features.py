@@ -83,7 +83,9 @@ class FeatureBuilder:
         if unknown:
             raise ValueError(f"unknown feature groups {unknown}; expected {list(FEATURE_GROUPS)}")
         if "hidden" in groups and hidden_dim < 1:
-            raise ValueError("the 'hidden' group needs hidden_dim >= 1 (DecodeConfig.hidden_features)")
+            raise ValueError(
+                "the 'hidden' group needs hidden_dim >= 1 (DecodeConfig.hidden_features)"
+            )
         self.groups = tuple(g for g in FEATURE_GROUPS if g in groups)
         self.top_k = top_k
         self.hidden_dim = hidden_dim

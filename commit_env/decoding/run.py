@@ -65,7 +65,7 @@ class DecodeResult:
 
     @property
     def tokens_per_forward(self) -> torch.Tensor:
-        """float ``[N]``: generated positions per forward pass (row's gen length / NFE)."""
+        """Float ``[N]``: generated positions per forward pass (row's gen length / NFE)."""
         return self.gen_len.float() / self.nfe.clamp(min=1).float()
 
     @property

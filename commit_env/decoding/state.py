@@ -126,7 +126,7 @@ class TraceState:
 
     @property
     def masked(self) -> torch.Tensor:
-        """bool ``[B, G]``: positions not committed yet (never padding)."""
+        """Bool ``[B, G]``: positions not committed yet (never padding)."""
         return ~self.committed
 
     @property
@@ -141,8 +141,4 @@ class TraceState:
 
     def tensor_fields(self) -> list[str]:
         """Names of the per-row tensor fields (first dimension B)."""
-        return [
-            f.name
-            for f in fields(self)
-            if isinstance(getattr(self, f.name), torch.Tensor)
-        ]
+        return [f.name for f in fields(self) if isinstance(getattr(self, f.name), torch.Tensor)]

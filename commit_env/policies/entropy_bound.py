@@ -20,11 +20,11 @@ __all__ = ["EntropyBoundPolicy"]
 
 @dataclass
 class EntropyBoundPolicy(CommitPolicy):
-    """Order eligible positions by an error proxy and take the largest prefix U with
-    ``sum_{i in U} H_i - max_{i in U} H_i <= gamma`` (entropies in nats).
+    """Commit the largest entropy-bounded prefix of positions ordered by an error proxy.
 
-    The left side never decreases as U grows, so the accepted set is a prefix; it always holds the
-    first position.
+    The prefix U is the largest with ``sum_{i in U} H_i - max_{i in U} H_i <= gamma`` (entropies
+    in nats). The left side never decreases as U grows, so the accepted set is a prefix; it always
+    holds the first position.
 
     Args:
         gamma: The entropy budget (diffusers' default 0.1).

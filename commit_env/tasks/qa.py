@@ -15,7 +15,18 @@ __all__ = ["CategoryQA", "CATEGORIES"]
 
 # Category -> members. Words are at most 6 letters so two of them fit in 13 characters.
 CATEGORIES: dict[str, tuple[str, ...]] = {
-    "fruit": ("apple", "banana", "cherry", "fig", "grape", "lemon", "lime", "mango", "pear", "plum"),
+    "fruit": (
+        "apple",
+        "banana",
+        "cherry",
+        "fig",
+        "grape",
+        "lemon",
+        "lime",
+        "mango",
+        "pear",
+        "plum",
+    ),
     "animal": ("cat", "dog", "horse", "lion", "mouse", "tiger", "wolf", "zebra", "bear", "fox"),
     "color": ("red", "blue", "green", "black", "white", "pink", "brown", "gray"),
     "metal": ("iron", "gold", "silver", "copper", "tin", "zinc", "lead"),

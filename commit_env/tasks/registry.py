@@ -10,7 +10,7 @@ from commit_env.tasks.base import Task
 
 __all__ = ["TASKS", "get_task", "list_tasks", "register_task"]
 
-# Values are classes/factories or "module:attr" strings, so that listing tasks imports nothing heavy.
+# Values are classes/factories or "module:attr" strings: listing tasks imports nothing heavy.
 TASKS: dict[str, str | Callable[..., Task]] = {
     "qa": "commit_env.tasks.qa:CategoryQA",
     "math": "commit_env.tasks.arithmetic:DigitSum",
@@ -23,7 +23,9 @@ TASKS: dict[str, str | Callable[..., Task]] = {
 EMBEDDED_TASKS: tuple[str, ...] = ("qa", "math", "code")
 
 
-def register_task(name: str, factory: str | Callable[..., Task], *, overwrite: bool = False) -> None:
+def register_task(
+    name: str, factory: str | Callable[..., Task], *, overwrite: bool = False
+) -> None:
     """Register a task factory under ``name``.
 
     Args:

@@ -100,7 +100,9 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
     """
     path = Path(directory) / MANIFEST
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: not a trace directory (run `commit-env collect`)")
+        raise FileNotFoundError(
+            f"{path} not found: not a trace directory (run `commit-env collect`)"
+        )
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as err:
@@ -166,7 +168,9 @@ class TraceWriter:
         _atomic_write_table(
             pa.Table.from_pylist(self._traces), self.directory / names["traces_file"]
         )
-        self.manifest["shards"].append({**names, "traces": len(self._traces), "steps": len(self._steps)})
+        self.manifest["shards"].append(
+            {**names, "traces": len(self._traces), "steps": len(self._steps)}
+        )
         self.manifest["examples_done"] = int(max(t["example_index"] for t in self._traces)) + 1
         self.manifest["steps"] = int(self.manifest["steps"]) + len(self._steps)
         self._write_manifest()
@@ -268,5 +272,7 @@ class TraceDataset:
             for s in self.manifest["shards"]
             for k in ("steps_file", "traces_file")
         )
-        positions = sum(int(s["steps"]) for s in self.manifest["shards"]) * int(self.meta["gen_length"])
+        positions = sum(int(s["steps"]) for s in self.manifest["shards"]) * int(
+            self.meta["gen_length"]
+        )
         return total / max(positions, 1)
