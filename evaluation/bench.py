@@ -221,6 +221,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
 
     def on_record(record: dict[str, Any]) -> None:
         append_jsonl_atomic(results_path, record)
+        done.add(record_key(record))
 
     default = Setting(cfg.gen_length, cfg.window, None)
     heuristics = (

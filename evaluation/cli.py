@@ -4,6 +4,8 @@ Subcommands:
     list             tasks, policies and backbones
     eval             score one policy on one task setting
     train-backbone   rebuild the embedded tiny backbone
+    bench            the main job: sweeps, controller, grid evaluation, report and figures
+    perf             performance table: engine overhead, batching, controller cost, trace size
     collect          record labelled decode traces for the supervised controller
     train-controller train the future-stability controller on traces
 """
@@ -85,6 +87,27 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--tasks", default="qa,math,code", help="comma-separated task names")
     sw.add_argument("--json-out", default=None, help="also write the records to this file")
 
+    be = sub.add_parser("bench", help="the main job (see evaluation/bench.py)")
+    mode = be.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_const", dest="mode", const="quick")
+    mode.add_argument("--full", action="store_const", dest="mode", const="full")
+    be.set_defaults(mode="quick")
+    be.add_argument("--out", default="bench-out")
+    be.add_argument("--backbone", default="tiny")
+    be.add_argument("--kind", default="auto")
+    be.add_argument("--device", default=None)
+    be.add_argument("--dtype", default=None)
+    be.add_argument("--trust-remote-code", action="store_true")
+    be.add_argument("--task", action="append", default=None, help="task (repeatable)")
+    be.add_argument("--gen-length", type=int, default=None)
+    be.add_argument("--window", default=None)
+    be.add_argument("--n", type=int, default=None, help="examples per task and setting")
+    be.add_argument("--collect-n", type=int, default=None)
+    be.add_argument("--ppo-timesteps", type=int, default=None)
+    be.add_argument("--batch-size", type=int, default=None)
+    be.add_argument("--seed", type=int, default=None)
+    be.add_argument("--no-progress", action="store_true")
+
     co = sub.add_parser("collect", help="record labelled decode traces")
     co.add_argument("--out", default="traces/round0")
     co.add_argument("--backbone", default="tiny")
@@ -165,6 +188,37 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         from evaluation.io import write_json_atomic
 
         write_json_atomic(args.json_out, records)
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from evaluation.bench import BenchConfig, run_bench
+
+    overrides = {
+        "out": args.out,
+        "backbone": args.backbone,
+        "kind": args.kind,
+        "device": args.device,
+        "dtype": args.dtype,
+        "trust_remote_code": args.trust_remote_code,
+        "tasks": tuple(args.task) if args.task else None,
+        "gen_length": args.gen_length,
+        "window": args.window,
+        "n": args.n,
+        "collect_n": args.collect_n,
+        "ppo_timesteps": args.ppo_timesteps,
+        "batch_size": args.batch_size,
+        "seed": args.seed,
+        "progress": not args.no_progress,
+    }
+    cfg = BenchConfig.preset(args.mode, **{k: v for k, v in overrides.items() if v is not None})
+    if cfg.gen_length not in cfg.grid_gen_lengths:
+        import dataclasses
+
+        cfg = dataclasses.replace(cfg, grid_gen_lengths=(cfg.gen_length,))
+    summary = run_bench(cfg)
+    print(json.dumps(summary, indent=2))
+    print(f"report: {summary['out']}/report.md")
     return 0
 
 
@@ -331,6 +385,7 @@ _COMMANDS = {
     "eval": _cmd_eval,
     "train-backbone": _cmd_train_backbone,
     "sweep": _cmd_sweep,
+    "bench": _cmd_bench,
     "collect": _cmd_collect,
     "train-controller": _cmd_train_controller,
 }

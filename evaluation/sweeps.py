@@ -5,7 +5,7 @@ Records are plain dicts (JSON-ready); reports and plots consume them and never d
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -144,7 +144,7 @@ def run_sweep(
     n: int = 100,
     seed: int = 0,
     batch_size: int = 128,
-    done: Iterable[tuple[Any, ...]] = (),
+    done: Container[tuple[Any, ...]] = frozenset(),
     on_record: Callable[[dict[str, Any]], None] | None = None,
     progress: bool = True,
     keep_scores: bool = True,
@@ -159,7 +159,8 @@ def run_sweep(
         n: Examples per task (the same for every policy and setting).
         seed: Seed of the example draw.
         batch_size: Rows per engine batch.
-        done: Keys (:func:`record_key`) already measured; skipped (resume).
+        done: Keys (:func:`record_key`) already measured; skipped (resume). Pass a set that
+            ``on_record`` updates to deduplicate across calls.
         on_record: Called with each new record (e.g. to append it to disk atomically).
         progress: Show a progress bar.
         keep_scores: Store per-example scores in records (for paired comparisons).
@@ -169,7 +170,6 @@ def run_sweep(
     """
     from tqdm.auto import tqdm
 
-    done = set(done)
     examples: dict[str, list[Example]] = {t: sample_examples(get_task(t), n, seed) for t in tasks}
     jobs = [(t, s, p) for t in tasks for s in settings for p in policies]
     records = []
