@@ -346,9 +346,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             scheduler.step()
             step += 1
             if step % 10 == 0:
-                writer.add_scalar("train/loss", float(loss), step)
+                writer.add_scalar("train/loss", float(loss.detach()), step)
                 writer.add_scalar("train/bce", parts["bce"], step)
-                bar.set_postfix(loss=f"{float(loss):.3f}")
+                bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
         metrics = _evaluate(model, val_set, device, cfg.threshold)
         for key in ("loss", "auroc", "ap", "f05", "precision", "recall"):
             writer.add_scalar(f"val/{key}", metrics[key], step)

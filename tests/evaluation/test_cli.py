@@ -1,0 +1,44 @@
+import json
+
+from evaluation.cli import main, parse_params
+
+
+def test_list(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "qa" in out and "threshold" in out and "tiny" in out
+
+
+def test_eval_json(capsys):
+    code = main(["eval", "--task", "math", "--policy", "threshold", "--param", "threshold=0.9",
+                 "--n", "6", "--window", "block:4", "--json", "--no-progress"])
+    assert code == 0
+    record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert record["params"] == {"threshold": 0.9}
+    assert 0.0 <= record["score_ci_low"] <= record["score"] <= record["score_ci_high"] <= 1.0
+    assert record["nfe"] >= 1 and record["n"] == 6
+
+
+def test_eval_oracle_text(capsys):
+    assert main(["eval", "--task", "qa", "--policy", "oracle", "--n", "4", "--no-progress"]) == 0
+    assert "NFE" in capsys.readouterr().out
+
+
+def test_unknown_names_list_valid_ones(capsys):
+    assert main(["eval", "--task", "nope", "--n", "2"]) == 2
+    assert "expected one of" in capsys.readouterr().err
+    assert main(["eval", "--policy", "nope", "--n", "2"]) == 2
+    assert "threshold" in capsys.readouterr().err
+    assert main(["eval", "--backbone", "nope", "--n", "2"]) == 2
+    assert "hf:" in capsys.readouterr().err
+
+
+def test_bad_window_and_param(capsys):
+    assert main(["eval", "--window", "block:5", "--n", "2"]) == 2
+    assert "divide" in capsys.readouterr().err
+    assert main(["eval", "--param", "oops", "--n", "2"]) == 2
+    assert "key=value" in capsys.readouterr().err
+
+
+def test_parse_params():
+    assert parse_params(["a=1", "b=x=y"]) == {"a": "1", "b": "x=y"}

@@ -1,0 +1,17 @@
+import pytest
+
+from commit_env.backbones import load_backbone
+from supervised.collect import CollectConfig, collect_traces
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    return load_backbone("tiny")
+
+
+@pytest.fixture(scope="session")
+def small_collection(tmp_path_factory, tiny):
+    out = tmp_path_factory.mktemp("traces") / "round0"
+    cfg = CollectConfig(out=str(out), n=48, seed=3, batch_size=24, shard_traces=16)
+    summary = collect_traces(cfg, backbone=tiny, progress=False)
+    return cfg, summary
