@@ -1,0 +1,70 @@
+import json
+
+import pytest
+
+from evaluation.bench import BenchConfig, run_bench
+from evaluation.io import read_jsonl
+
+REQUIRED = {"task", "policy", "family", "params", "gen_length", "window", "step_budget", "score",
+            "score_ci_low", "score_ci_high", "nfe", "tokens_per_forward", "forced_commit_rate",
+            "wall_time", "device", "n"}
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    cfg = BenchConfig.preset("quick", out=str(out), tasks=("qa", "math"), n=4, collect_n=32,
+                             controller_epochs=1, grid_windows=("block:4",),
+                             grid_budget_fractions=(1.0, 0.5), progress=False)
+    summary = run_bench(cfg)
+    return cfg, out, summary
+
+
+def test_outputs_exist_and_parse(bench):
+    cfg, out, summary = bench
+    records = json.loads((out / "results.json").read_text())
+    assert records and all(REQUIRED <= set(r) for r in records)
+    families = {r["family"] for r in records}
+    assert {"sequential", "threshold", "oracle", "controller"} <= families
+    budgets = {r["step_budget"] for r in records}
+    assert None in budgets and 8 in budgets
+    for r in records:
+        assert 0.0 <= r["score"] <= 1.0 and r["nfe"] >= 1
+        if r["step_budget"] is not None:
+            assert r["nfe"] <= r["step_budget"]
+    report = (out / "report.md").read_text()
+    assert "| policy | score |" in report and "Pareto frontier" in report
+    assert "Cross-setting grid" in report and "What wins where" in report
+    assert "Paired comparisons" in report
+
+
+def test_images_open(bench):
+    _, out, _ = bench
+    import matplotlib.image as mpimg
+
+    for name in ("pareto.png", "cross_setting.png", "traces.png"):
+        img = mpimg.imread(out / name)
+        assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 100
+
+
+def test_tensorboard_logs_written(bench):
+    _, out, _ = bench
+    assert list((out / "controller" / "tb").glob("events.out.tfevents.*"))
+
+
+def test_interrupted_bench_resumes_without_duplicates(bench):
+    cfg, out, _ = bench
+    before = read_jsonl(out / "results.jsonl")
+    lines = (out / "results.jsonl").read_text().splitlines()
+    (out / "results.jsonl").write_text("\n".join(lines[:-3]) + "\n")  # lose the last records
+    run_bench(cfg)
+    after = read_jsonl(out / "results.jsonl")
+    assert len(after) == len(before)
+    keys = [(r["task"], r["params_label"], r["gen_length"], r["window"], r["step_budget"])
+            for r in after]
+    assert len(keys) == len(set(keys))
+
+
+def test_unknown_task_fails_fast(tmp_path):
+    with pytest.raises(ValueError, match="expected one of"):
+        run_bench(BenchConfig.preset("quick", out=str(tmp_path), tasks=("nope",)))
