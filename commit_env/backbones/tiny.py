@@ -284,7 +284,7 @@ def train_tiny_backbone(cfg: TinyBackboneTrainConfig) -> dict[str, Any]:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if step % cfg.log_every == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-cfg.log_every :]):.3f}")
             if writer is not None:
