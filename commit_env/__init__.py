@@ -5,6 +5,8 @@ Importing the package is cheap (no transformers import) and registers the Gymnas
 
 from __future__ import annotations
 
+from commit_env.envs import register_envs
+
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+__all__ = ["__version__", "register_envs"]

@@ -1,0 +1,580 @@
+"""The batched slots engine behind every environment front end.
+
+:class:`CommitSlots` owns one :class:`~commit_env.decoding.Decoder`, one batched
+:class:`~commit_env.decoding.TraceState` with B rows ("slots") and the code that turns the state
+into observations, rewards and final infos. The single env (:class:`CommitEnv`, B = 1), the native
+vector env (:class:`CommitVectorEnv`, B = ``num_envs``) and the SB3 adapter
+(:class:`CommitSB3VecEnv`) differ only in *when* they reset slots and how they package the results,
+so none of them decodes or scores anything by itself.
+
+One :meth:`CommitSlots.step` is one :meth:`Decoder.step` (one backbone forward over the unfinished
+slots) plus one device-to-host copy: observation features, accounting and generated tokens are
+packed into a single float32 ``[B, W]`` tensor on the device ("snapshot") and copied once.
+
+Dimensions follow :mod:`commit_env.decoding`: B slots, G canvas generation length (the largest
+generation length of any setting), K top-k columns, D hidden-projection width.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from commit_env.backbones import load_backbone
+from commit_env.backbones.base import Backbone
+from commit_env.decoding import FEATURES, DecodeConfig, Decoder, FeatureBuilder, parse_window
+from commit_env.decoding.batching import replace_rows
+from commit_env.decoding.features import FEATURE_GROUPS
+from commit_env.decoding.run import completion_text
+from commit_env.decoding.state import TraceState
+from commit_env.evaluate import score_completions
+from commit_env.tasks.base import Example, Task
+from commit_env.tasks.registry import get_task
+
+__all__ = [
+    "DEFAULT_FEATURES",
+    "RewardKind",
+    "EnvConfig",
+    "Episode",
+    "CommitSlots",
+    "resolve_config",
+    "validate_actions",
+]
+
+RewardKind = Literal["score", "score_x_efficiency"]
+DEFAULT_FEATURES: tuple[str, ...] = ("confidence", "history", "position", "global")
+_SETTING_KEYS = ("gen_length", "window", "step_budget")
+_GLOBAL_KEYS = tuple(f.name for f in FEATURES if f.group == "global")
+_SPEC = {f.name: f for f in FEATURES}
+# Accounting columns packed after the observation columns of the snapshot (one host copy).
+_ACCOUNTS = ("done", "nfe", "step", "forced_commits", "budget", "gen_len", "budget_fills")
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    """Settings shared by :class:`CommitEnv`, :class:`CommitVectorEnv` and the SB3 adapter.
+
+    Attributes:
+        task: Task name for :func:`commit_env.tasks.get_task` (``"qa"``, ``"math:hard"``, ...) or
+            a :class:`~commit_env.tasks.Task` instance.
+        backbone: Backbone spec for :func:`commit_env.backbones.load_backbone` (shared between
+            environments while alive) or a loaded backbone (then the caller owns it).
+        gen_length: Generation length G; ``None`` uses the task's ``default_gen_length``.
+        window: ``"full"``, ``"block:B"`` or ``"sliding:W"``.
+        step_budget: Maximum forwards (= steps) per episode; ``None`` means the row's G.
+        step_cost: lambda, the reward subtracted at every step.
+        reward: ``"score"`` (final bonus = task score) or ``"score_x_efficiency"`` (final bonus =
+            score * (1 - (nfe - 1) / budget)).
+        features: Feature groups of :class:`~commit_env.decoding.FeatureBuilder` in the
+            observation (``"hidden"`` adds the projected hidden state of width ``hidden_dim``).
+        settings: Optional per-episode lists ``{"gen_length": [...], "window": [...],
+            "step_budget": [...]}``; each episode draws one value of every list uniformly from the
+            env's generator. A listed key replaces the scalar argument of the same name.
+        hidden_dim: D, width of the hidden-state projection (used with the ``"hidden"`` group).
+        top_k: K, top-k probabilities per position (``topk`` has G * K entries).
+        temperature: 0 for greedy proposals; > 0 samples them (seeded per episode).
+        success_threshold: ``is_success`` is ``task_score >= success_threshold``.
+        eos_stop: Finish a row once a committed EOS has every earlier position committed.
+        device: Backbone device (default CUDA when available) when ``backbone`` is a spec.
+    """
+
+    task: str | Task = "qa"
+    backbone: str | Backbone = "tiny"
+    gen_length: int | None = None
+    window: str = "full"
+    step_budget: int | None = None
+    step_cost: float = 0.01
+    reward: RewardKind = "score"
+    features: Sequence[str] = DEFAULT_FEATURES
+    settings: Mapping[str, Sequence[Any]] | None = None
+    hidden_dim: int = 8
+    top_k: int = 3
+    temperature: float = 0.0
+    success_threshold: float = 1.0
+    eos_stop: bool = True
+    device: str | None = None
+    _lists: dict[str, tuple[Any, ...]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "features", tuple(self.features))
+        unknown = sorted(set(self.features) - set(FEATURE_GROUPS))
+        if unknown:
+            raise ValueError(f"unknown feature groups {unknown}; expected {list(FEATURE_GROUPS)}")
+        if self.reward not in ("score", "score_x_efficiency"):
+            raise ValueError(f"reward must be 'score' or 'score_x_efficiency', got {self.reward!r}")
+        if not (math.isfinite(self.step_cost) and self.step_cost >= 0):
+            raise ValueError(f"step_cost must be a finite number >= 0, got {self.step_cost}")
+        if "hidden" in self.features and self.hidden_dim < 1:
+            raise ValueError("the 'hidden' feature group needs hidden_dim >= 1")
+        if self.top_k < 2:
+            raise ValueError(f"top_k must be >= 2, got {self.top_k}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        settings = dict(self.settings or {})
+        extra = sorted(set(settings) - set(_SETTING_KEYS))
+        if extra:
+            raise ValueError(f"unknown settings keys {extra}; expected a subset of {_SETTING_KEYS}")
+        lists: dict[str, tuple[Any, ...]] = {}
+        for key in _SETTING_KEYS:
+            values = settings.get(key, [getattr(self, key)])
+            if isinstance(values, str | int) or values is None or len(values) == 0:
+                raise ValueError(f"settings[{key!r}] must be a non-empty list, got {values!r}")
+            lists[key] = tuple(values)
+        for g in lists["gen_length"]:
+            if g is not None and (not isinstance(g, int | np.integer) or g < 1):
+                raise ValueError(f"gen_length must be a positive int or None, got {g!r}")
+        for b in lists["step_budget"]:
+            if b is not None and (not isinstance(b, int | np.integer) or b < 1):
+                raise ValueError(f"step_budget must be a positive int or None, got {b!r}")
+        for w in lists["window"]:
+            parse_window(w)  # raises ValueError with the accepted forms
+        object.__setattr__(self, "_lists", lists)
+
+    def setting_lists(self, default_gen_length: int) -> dict[str, tuple[Any, ...]]:
+        """The per-episode choices, with ``gen_length=None`` resolved to the task's default.
+
+        Args:
+            default_gen_length: The task's ``default_gen_length``.
+
+        Returns:
+            ``{"gen_length": (...), "window": (...), "step_budget": (...)}``.
+
+        Raises:
+            ValueError: If a block window does not divide some generation length.
+        """
+        lists = dict(self._lists)
+        lists["gen_length"] = tuple(
+            default_gen_length if g is None else int(g) for g in lists["gen_length"]
+        )
+        for g in lists["gen_length"]:
+            for w in lists["window"]:
+                kind, width = parse_window(w)
+                if kind == "block" and g % min(width or g, g):
+                    raise ValueError(
+                        f"window {w!r} does not divide gen_length {g}; every combination of "
+                        "settings must be valid"
+                    )
+        return lists
+
+
+@dataclass(frozen=True)
+class Episode:
+    """What one episode of one slot decodes (drawn by :meth:`CommitSlots.draw_episode`).
+
+    Attributes:
+        example: The task example (prompt, reference, scorer data).
+        gen_length: The row's generation length (<= G).
+        window: The row's window spec.
+        step_budget: The row's step budget, ``None`` for unlimited.
+        seed: Seed of the row's proposal sampler (used when ``temperature > 0``).
+    """
+
+    example: Example
+    gen_length: int
+    window: str
+    step_budget: int | None
+    seed: int
+
+    @property
+    def budget(self) -> int:
+        """The most steps the episode can take (the generation length when unlimited)."""
+        return self.gen_length if self.step_budget is None else self.step_budget
+
+
+def resolve_config(config: EnvConfig | None, overrides: Mapping[str, Any]) -> EnvConfig:
+    """Build the config of an env from a ready config and/or keyword arguments.
+
+    ``gym.make`` passes plain keyword arguments; a ready :class:`EnvConfig` plus overrides
+    (applied with :func:`dataclasses.replace`) is the typed path.
+
+    Args:
+        config: A ready config, or ``None``.
+        overrides: :class:`EnvConfig` fields.
+
+    Returns:
+        The config.
+
+    Raises:
+        TypeError: On an unknown field name.
+        ValueError: On invalid settings.
+    """
+    if config is None:
+        return EnvConfig(**overrides)
+    return dataclasses.replace(config, **overrides) if overrides else config
+
+
+def validate_actions(actions: Any, shape: tuple[int, ...]) -> np.ndarray:
+    """Check a commit mask and return it as a bool array.
+
+    Accepted: a numpy array or nested list of the given shape, of bool, integer or float dtype,
+    whose values are exactly 0 or 1. Floats are accepted because SB3's Bernoulli distribution
+    samples MultiBinary actions as float tensors.
+
+    Args:
+        actions: The action.
+        shape: The expected shape, ``(G,)`` or ``(B, G)``.
+
+    Returns:
+        bool array of ``shape``.
+
+    Raises:
+        ValueError: On a wrong shape, a non-numeric dtype or a value other than 0 or 1.
+    """
+    try:
+        arr = np.asarray(actions)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"action must be an array of shape {shape} with 0/1 values: {e}") from e
+    if arr.shape != shape:
+        raise ValueError(
+            f"action has shape {arr.shape}; expected {shape} (a MultiBinary commit mask)"
+        )
+    if arr.dtype == np.bool_:
+        return arr
+    if arr.dtype.kind not in "iuf":
+        raise ValueError(
+            f"action has dtype {arr.dtype}; expected bool, integer or float values in {{0, 1}}"
+        )
+    if not np.all((arr == 0) | (arr == 1)):
+        bad = arr[(arr != 0) & (arr != 1)].ravel()[:3]
+        raise ValueError(f"action values must be 0 or 1, got {bad.tolist()} (shape {shape})")
+    return arr != 0
+
+
+class CommitSlots:
+    """B decode slots in one batched trace state, with observation and reward code.
+
+    Args:
+        config: The environment settings.
+        num_slots: B.
+
+    Raises:
+        ValueError: On invalid settings (see :class:`EnvConfig`) or ``num_slots < 1``.
+    """
+
+    def __init__(self, config: EnvConfig, num_slots: int) -> None:
+        if num_slots < 1:
+            raise ValueError(f"num_slots must be >= 1, got {num_slots}")
+        self.config = config
+        self.num_slots = num_slots
+        self.task: Task = get_task(config.task) if isinstance(config.task, str) else config.task
+        self.settings = config.setting_lists(self.task.default_gen_length)
+        self.gen_length = G = max(self.settings["gen_length"])
+        backbone = config.backbone
+        self.backbone: Backbone | None = (
+            load_backbone(backbone, device=config.device) if isinstance(backbone, str) else backbone
+        )
+        hidden = config.hidden_dim if "hidden" in config.features else 0
+        self.decoder: Decoder | None = Decoder(
+            self.backbone,
+            DecodeConfig(
+                gen_length=G,
+                eos_stop=config.eos_stop,
+                temperature=config.temperature,
+                top_k=config.top_k,
+                hidden_features=hidden,
+            ),
+        )
+        self.builder = FeatureBuilder(config.features, top_k=config.top_k, hidden_dim=hidden)
+        self.device = self.decoder.device
+        self.state: TraceState | None = None
+        self.episodes: list[Episode | None] = [None] * num_slots
+        self._build_layout(G, hidden)
+        self.single_observation_space = self._observation_space()
+        self.single_action_space = gym.spaces.MultiBinary(G)
+        self._snap: np.ndarray | None = None  # float32 [B, W], latest host snapshot
+
+    # ----------------------------------------------------------------------------- layout
+    def _build_layout(self, G: int, hidden: int) -> None:
+        """Column ranges of every observation key and accounting field in the snapshot."""
+        # Token ids travel in the float32 snapshot; float32 represents integers exactly to 2**24.
+        if self.backbone.vocab_size > 2**24:
+            raise ValueError(f"vocab_size {self.backbone.vocab_size} exceeds 2**24")
+        widths: dict[str, int] = {}
+        for name in self.builder.names:
+            widths[name] = 1 if name in _GLOBAL_KEYS else G * self.builder.width(name)
+        widths["eligible"] = G
+        widths["valid"] = G
+        widths["proposal"] = G
+        self.obs_keys: tuple[str, ...] = tuple(sorted(widths))
+        cols: dict[str, tuple[int, int]] = {}
+        lo: list[float] = []
+        hi: list[float] = []
+        offset = 0
+        for key in self.obs_keys:
+            n = widths[key]
+            cols[key] = (offset, offset + n)
+            if key in ("eligible", "valid"):
+                low, high = 0.0, 1.0
+            elif key == "proposal":
+                low, high = 0.0, float(self.backbone.vocab_size - 1)
+            else:
+                low, high = _SPEC[key].low, _SPEC[key].high
+            lo += [low] * n
+            hi += [high] * n
+            offset += n
+        self._obs_width = offset
+        for name in _ACCOUNTS:
+            cols[name] = (offset, offset + 1)
+            offset += 1
+        cols["tokens"] = (offset, offset + G)
+        offset += G
+        lo += [-math.inf] * (offset - self._obs_width)
+        hi += [math.inf] * (offset - self._obs_width)
+        self._cols = cols
+        self._lo = torch.tensor(lo, dtype=torch.float32, device=self.device)  # [W]
+        self._hi = torch.tensor(hi, dtype=torch.float32, device=self.device)  # [W]
+
+    def _observation_space(self) -> gym.spaces.Dict:
+        spaces: dict[str, gym.spaces.Space[Any]] = {}
+        for key in self.obs_keys:
+            a, b = self._cols[key]
+            low = self._lo[a:b].cpu().numpy().copy()
+            high = self._hi[a:b].cpu().numpy().copy()
+            if key == "proposal":
+                spaces[key] = gym.spaces.Box(
+                    low=low.astype(np.int32), high=high.astype(np.int32), dtype=np.int32
+                )
+            else:
+                spaces[key] = gym.spaces.Box(low=low, high=high, dtype=np.float32)
+        return gym.spaces.Dict(spaces)
+
+    # ----------------------------------------------------------------------------- episodes
+    def draw_episode(self, rng: np.random.Generator) -> Episode:
+        """Draw the settings, example and sampler seed of one episode, in that order.
+
+        The draw order is fixed so that a slot of the vector env and a single env seeded alike
+        see the same episodes.
+
+        Args:
+            rng: The slot's generator (``env.np_random`` for the single env).
+
+        Returns:
+            The episode.
+        """
+        s = self.settings
+        gen_length = int(s["gen_length"][int(rng.integers(len(s["gen_length"])))])
+        window = str(s["window"][int(rng.integers(len(s["window"])))])
+        budget = s["step_budget"][int(rng.integers(len(s["step_budget"])))]
+        example = self.task.sample(rng)
+        seed = int(rng.integers(2**31 - 1))
+        return Episode(
+            example=example,
+            gen_length=gen_length,
+            window=window,
+            step_budget=None if budget is None else int(budget),
+            seed=seed,
+        )
+
+    def start(self, rows: Sequence[int], episodes: Sequence[Episode]) -> None:
+        """Start ``episodes`` in slots ``rows`` with one :meth:`Decoder.start` (one forward).
+
+        Args:
+            rows: Distinct slot indices.
+            episodes: One episode per row.
+
+        Raises:
+            ValueError: If a prompt does not fit the backbone's maximum length.
+        """
+        decoder = self._require_open()
+        rows = [int(r) for r in rows]
+        fresh = decoder.start(
+            [ep.example.prompt for ep in episodes],
+            seeds=[ep.seed for ep in episodes],
+            row_ids=rows,
+            gen_lengths=[ep.gen_length for ep in episodes],
+            windows=[ep.window for ep in episodes],
+            budgets=[ep.step_budget for ep in episodes],
+        )
+        fresh_snap = self._snapshot(fresh)
+        if rows == list(range(self.num_slots)):
+            # A full reset takes the fresh state as is (its prompt width may also shrink).
+            self.state, self._snap = fresh, fresh_snap
+        elif self.state is None:
+            raise ValueError(f"the first start must fill slots 0..{self.num_slots - 1} in order")
+        else:
+            replace_rows(self.state, rows, fresh, pad_token_id=self.backbone.pad_token_id)
+            # A copy, not an in-place patch: earlier observations are views of the old snapshot.
+            snap = self._snap.copy()
+            snap[rows] = fresh_snap
+            self._snap = snap
+        for r, ep in zip(rows, episodes, strict=True):
+            self.episodes[r] = ep
+
+    # ----------------------------------------------------------------------------- step
+    def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[int, dict[str, Any]]]:
+        """Commit ``actions`` in every unfinished slot with one :meth:`Decoder.step`.
+
+        Slots that were already finished before the call are left alone (reward 0).
+
+        Args:
+            actions: bool array ``[B, G]`` (already validated).
+
+        Returns:
+            ``(rewards, finished, final_infos)``: float64 ``[B]`` rewards, bool ``[B]`` slots
+            whose episode ended in this step, and the final info dict of each of those slots.
+        """
+        decoder = self._require_open()
+        assert self.state is not None and self._snap is not None, "start() before step()"
+        was_done = self.column("done")[:, 0] > 0.5  # [B]
+        mask = torch.from_numpy(np.ascontiguousarray(actions)).to(self.device, non_blocking=True)
+        decoder.step(self.state, mask)
+        self._snap = self._snapshot(self.state)
+        done = self.column("done")[:, 0] > 0.5
+        finished = done & ~was_done
+        rewards = np.where(was_done, 0.0, -self.config.step_cost)
+        infos: dict[int, dict[str, Any]] = {}
+        if finished.any():
+            rows = np.flatnonzero(finished)
+            finals, infos = self._finish(rows)
+            rewards[rows] += finals
+        return rewards, finished, infos
+
+    def _finish(self, rows: np.ndarray) -> tuple[np.ndarray, dict[int, dict[str, Any]]]:
+        """Score finished slots (batched) and build their final rewards and infos."""
+        tokens = torch.from_numpy(self.column("tokens")[rows].astype(np.int64))  # [b, G]
+        texts = completion_text(self.backbone, tokens)
+        examples = [self.episodes[r].example for r in rows]
+        scores = score_completions(self.task, examples, texts)
+        acc = {name: self.column(name)[rows, 0].astype(np.int64) for name in _ACCOUNTS[1:]}
+        finals = np.empty(len(rows))
+        infos: dict[int, dict[str, Any]] = {}
+        for j, r in enumerate(rows.tolist()):
+            score, nfe, budget = float(scores[j]), int(acc["nfe"][j]), int(acc["budget"][j])
+            if self.config.reward == "score_x_efficiency":
+                finals[j] = score * (1.0 - (nfe - 1) / budget)
+            else:
+                finals[j] = score
+            infos[r] = {
+                "is_success": bool(score >= self.config.success_threshold),
+                "task_score": score,
+                "nfe": nfe,
+                "forced_commits": int(acc["forced_commits"][j]),
+                "steps": int(acc["step"][j]),
+                "budget": budget,
+                "budget_fills": int(acc["budget_fills"][j]),
+                "gen_length": int(acc["gen_len"][j]),
+                "completion": texts[j],
+            }
+        return finals, infos
+
+    # ----------------------------------------------------------------------------- observations
+    def _snapshot(self, state: TraceState) -> np.ndarray:
+        """Pack observations, accounting and tokens of every row into float32 ``[B, W]`` (host)."""
+        B = state.batch_size
+        feats = self.builder.build(state)
+        valid = state.valid  # [B, G]
+        validf = valid.float()
+        feats["eligible"] = state.eligible.float()
+        feats["valid"] = validf
+        feats["proposal"] = state.proposal.float()
+        parts: list[torch.Tensor] = []
+        for key in self.obs_keys:
+            value = feats[key]
+            if key in _GLOBAL_KEYS:
+                parts.append(value[:, :1])  # [B, 1] per-row constant
+            elif value.dim() == 3:
+                parts.append((value * validf[..., None]).reshape(B, -1))  # [B, G*K] or [B, G*D]
+            else:
+                parts.append(value * validf)  # [B, G] padding positions read 0
+        parts += [
+            state.done.float()[:, None],
+            state.nfe.float()[:, None],
+            state.step.float()[:, None],
+            state.forced_commits.float()[:, None],
+            state.budget.float()[:, None],
+            state.gen_len.float()[:, None],
+            state.budget_fills.float()[:, None],
+            state.gen_tokens.float(),  # [B, G] exact for ids < 2**24
+        ]
+        snap = torch.cat(parts, dim=1)  # [B, W]
+        # nan_to_num before the clamp: a NaN would pass through clamp and break the space.
+        snap = torch.nan_to_num(snap, nan=0.0).clamp_(min=self._lo, max=self._hi)
+        return snap.cpu().numpy()
+
+    def column(self, name: str) -> np.ndarray:
+        """Columns of the latest snapshot for key or accounting field ``name`` (``[B, n]``)."""
+        assert self._snap is not None, "no snapshot yet"
+        a, b = self._cols[name]
+        return self._snap[:, a:b]
+
+    def observations(self) -> dict[str, np.ndarray]:
+        """The observation of every slot, batched: key -> ``[B, ...]`` (fresh arrays per step).
+
+        Returns:
+            float32 arrays (``proposal`` int32), views of the latest snapshot.
+        """
+        out = {key: self.column(key) for key in self.obs_keys}
+        out["proposal"] = out["proposal"].astype(np.int32)
+        return out
+
+    def action_masks(self) -> np.ndarray:
+        """MaskablePPO masks of every slot: bool ``[B, 2G]``, ``[allow 0, allow 1]`` per position.
+
+        Committing is allowed only at eligible positions; not committing is always allowed.
+        """
+        eligible = self.column("eligible") > 0.5  # [B, G]
+        masks = np.ones((self.num_slots, 2 * self.gen_length), dtype=bool)
+        masks[:, 1::2] = eligible
+        return masks
+
+    # ----------------------------------------------------------------------------- render
+    def render_row(self, row: int) -> str:
+        """Text picture of slot ``row``: committed tokens, masks, and this step's commits.
+
+        Legend: ``?`` masked and eligible, ``_`` masked outside the window, ``[x]`` committed in
+        the latest step, ``.`` padding beyond the row's generation length.
+
+        Args:
+            row: Slot index.
+
+        Returns:
+            A multi-line string.
+        """
+        self._require_open()
+        state = self.state
+        assert state is not None, "start() before render"
+        tokens = state.gen_tokens[row].tolist()
+        committed = state.committed[row].tolist()
+        eligible = state.eligible[row].tolist()
+        valid = state.valid[row].tolist()
+        step = int(state.step[row])
+        # Positions whose commit step is the latest step were committed by the last action.
+        fresh = ((state.commit_step[row] == step - 1) & state.valid[row]).tolist() if step else []
+        eos = set(self.backbone.eos_token_ids)
+        cells = []
+        for i, tok in enumerate(tokens):
+            if not valid[i]:
+                cells.append(".")
+            elif not committed[i]:
+                cells.append("?" if eligible[i] else "_")
+            else:
+                text = "<eos>" if tok in eos else self.backbone.decode([tok])
+                text = text if text.strip() else repr(text)
+                cells.append(f"[{text}]" if fresh and fresh[i] else text)
+        ep = self.episodes[row]
+        prompt = ep.example.prompt if ep is not None else ""
+        status = "done" if bool(state.done[row]) else "running"
+        return (
+            f"step {step}/{int(state.budget[row])}  nfe {int(state.nfe[row])}  {status}\n"
+            f"prompt: {prompt}\n"
+            f"canvas: {' '.join(cells)}\n"
+        )
+
+    # ----------------------------------------------------------------------------- lifecycle
+    def _require_open(self) -> Decoder:
+        if self.decoder is None:
+            raise gym.error.ClosedEnvironmentError("the environment is closed")
+        return self.decoder
+
+    def close(self) -> None:
+        """Drop the decoder, state and backbone references (the backbone cache is weak)."""
+        self.decoder = None
+        self.backbone = None
+        self.state = None
