@@ -79,8 +79,9 @@ def main():
     collect = CollectConfig(out=str(out / "round0"), n=args.collect_n, seed=1)
     info = collect_traces(collect, backbone=backbone)
     timings["collect"] = time.perf_counter() - t0
-    base = TrainConfig(traces=(collect.out,), out=str(out / "full"), epochs=args.epochs,
-                       rollout_n=0)
+    base = TrainConfig(
+        traces=(collect.out,), out=str(out / "full"), epochs=args.epochs, rollout_n=0
+    )
     variants = {
         "full": base,
         "no-hidden": replace(base, out=str(out / "no-hidden"), drop_groups=("hidden",)),
@@ -97,26 +98,36 @@ def main():
     t0 = time.perf_counter()
     learner = ControllerPolicy.from_pretrained(out / "full" / "best", backbone=backbone)
     round1 = replace(collect, out=str(out / "round1"), n=args.collect_n // 2, seed=2)
-    collect_traces(round1, backbone=backbone,
-                   behaviour=MixedPolicy(learner=learner, reference=make_policy("topk"), beta=0.7),
-                   relabel_with_reference=True)
-    summaries["on-policy"] = train(replace(base, traces=(collect.out, round1.out),
-                                           out=str(out / "on-policy"), progress=False))
+    collect_traces(
+        round1,
+        backbone=backbone,
+        behaviour=MixedPolicy(learner=learner, reference=make_policy("topk"), beta=0.7),
+        relabel_with_reference=True,
+    )
+    summaries["on-policy"] = train(
+        replace(base, traces=(collect.out, round1.out), out=str(out / "on-policy"), progress=False)
+    )
     timings["on-policy round"] = time.perf_counter() - t0
 
     specs = [s for s in heuristic_grid(16) if s.name != "prophet"]
-    specs += [controller_spec(name, out / name / "best", backbone)
-              for name in list(variants) + ["on-policy"]]
+    specs += [
+        controller_spec(name, out / name / "best", backbone)
+        for name in list(variants) + ["on-policy"]
+    ]
     records = run_sweep(backbone, TASKS, specs, [setting], n=args.eval_n, seed=0)
     (out / "records.json").write_text(json.dumps(records, indent=1))
 
-    print(f"\ncollection: {info['steps']} states from {info['traces']} traces, "
-          f"{info['bytes_per_position_step']:.1f} bytes per position-step on disk")
+    print(
+        f"\ncollection: {info['steps']} states from {info['traces']} traces, "
+        f"{info['bytes_per_position_step']:.1f} bytes per position-step on disk"
+    )
     print("timings (s):", {k: round(v, 1) for k, v in timings.items()})
     for name, s in summaries.items():
         b = s["best"]
-        print(f"val {name:>10}: auroc {b['auroc']:.3f} ap {b['ap']:.3f} f05 {b['f05']:.3f} "
-              f"(epoch {b['epoch']})")
+        print(
+            f"val {name:>10}: auroc {b['auroc']:.3f} ap {b['ap']:.3f} f05 {b['f05']:.3f} "
+            f"(epoch {b['epoch']})"
+        )
     print("\n| policy | " + " | ".join(f"{t} score | {t} NFE" for t in TASKS) + " |")
     print("|---|" + "---|---|" * len(TASKS))
     by = {(r["params_label"], r["task"]): r for r in records}
@@ -126,8 +137,13 @@ def main():
     print("\nNFE-gap target (score >= sequential - 0.01):")
     for t in TASKS:
         seq = by[("topk(k=1)", t)]["score"]
-        heur = [r for r in records if r["task"] == t and r["policy"] not in ("controller", "oracle")
-                and r["score"] >= seq - 0.01]
+        heur = [
+            r
+            for r in records
+            if r["task"] == t
+            and r["policy"] not in ("controller", "oracle")
+            and r["score"] >= seq - 0.01
+        ]
         best = min(heur, key=lambda r: r["nfe"]) if heur else None
         oracle = by[("oracle()", t)]
         for name in list(variants) + ["on-policy"]:
@@ -137,12 +153,16 @@ def main():
                 continue
             gap = best["nfe"] - oracle["nfe"]
             closed = (best["nfe"] - c["nfe"]) / gap if gap > 0 else float("nan")
-            print(f"  {t:>5} {name:>10}: score {c['score']:.3f} (seq {seq:.3f}, ok={ok_score}) "
-                  f"NFE {c['nfe']:.2f}; best heuristic {best['params_label']} {best['nfe']:.2f}; "
-                  f"oracle {oracle['nfe']:.2f}; gap closed {closed:.2f}")
+            print(
+                f"  {t:>5} {name:>10}: score {c['score']:.3f} (seq {seq:.3f}, ok={ok_score}) "
+                f"NFE {c['nfe']:.2f}; best heuristic {best['params_label']} {best['nfe']:.2f}; "
+                f"oracle {oracle['nfe']:.2f}; gap closed {closed:.2f}"
+            )
     ratio, tc, tb = forward_cost(backbone, out / "full" / "best", setting)
-    print(f"\ncontroller forward {tc * 1e3:.2f} ms vs backbone {tb * 1e3:.2f} ms at B=64: "
-          f"ratio {ratio:.3f} (target <= 0.15)")
+    print(
+        f"\ncontroller forward {tc * 1e3:.2f} ms vs backbone {tb * 1e3:.2f} ms at B=64: "
+        f"ratio {ratio:.3f} (target <= 0.15)"
+    )
 
 
 if __name__ == "__main__":
