@@ -223,6 +223,20 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         append_jsonl_atomic(results_path, record)
         done.add(record_key(record))
 
+    def sweep(specs: Sequence[PolicySpec], settings: Sequence[Setting]) -> None:
+        run_sweep(
+            backbone,
+            cfg.tasks,
+            specs,
+            settings,
+            n=cfg.n,
+            seed=cfg.seed,
+            batch_size=cfg.batch_size,
+            done=done,
+            on_record=on_record,
+            progress=cfg.progress,
+        )
+
     default = Setting(cfg.gen_length, cfg.window, None)
     heuristics = (
         heuristic_grid(cfg.gen_length) if cfg.mode == "full" else _quick_heuristics(cfg.gen_length)
@@ -230,18 +244,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
 
     # ----- 1. heuristic sweeps and the oracle on the default setting
     tick = time.perf_counter()
-    run_sweep(
-        backbone,
-        cfg.tasks,
-        heuristics,
-        [default],
-        n=cfg.n,
-        seed=cfg.seed,
-        batch_size=cfg.batch_size,
-        done=done,
-        on_record=on_record,
-        progress=cfg.progress,
-    )
+    sweep(heuristics, [default])
     timings["heuristic_sweep"] = time.perf_counter() - tick
 
     # ----- 2. traces and the supervised controller
@@ -275,31 +278,9 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
             else PolicySpec("all-at-once", "topk", (("k", setting.gen_length),))
             for s in grid_heuristics
         ]
-        run_sweep(
-            backbone,
-            cfg.tasks,
-            specs + learned,
-            [setting],
-            n=cfg.n,
-            seed=cfg.seed,
-            batch_size=cfg.batch_size,
-            done=done,
-            on_record=on_record,
-            progress=cfg.progress,
-        )
+        sweep(specs + learned, [setting])
     # learned policies on the default setting too (for the Pareto picture)
-    run_sweep(
-        backbone,
-        cfg.tasks,
-        learned,
-        [default],
-        n=cfg.n,
-        seed=cfg.seed,
-        batch_size=cfg.batch_size,
-        done=done,
-        on_record=on_record,
-        progress=cfg.progress,
-    )
+    sweep(learned, [default])
     timings["grid"] = time.perf_counter() - tick
 
     # ----- 5. traces picture data
