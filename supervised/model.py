@@ -1,8 +1,9 @@
 """The future-stability controller: a small transformer over one trace state.
 
 Background: TraceLock ("The Path Matters: Learning a Token-Commitment Policy for Diffusion Language
-Models", arXiv 2605.24697). The controller reads the prompt, the committed tokens, the proposals and
-the shared trace-state features of the visible window (positions right of it are hidden), and emits
+Models", arXiv 2605.24697). The controller reads the prompt (pooled into one token), the committed
+tokens, the proposals and the shared trace-state features of the visible window (positions right of
+it are hidden), and emits
 one stability logit per generation position plus one learned threshold logit tau per state. A
 position is committed when ``sigmoid(logit - tau) >= threshold``.
 """
@@ -117,15 +118,16 @@ class StabilityController(nn.Module):
             + self.features(batch.features)
         )  # [B, G, d]
         gen = gen * visible[..., None]  # hidden positions carry nothing
-        prompt = (
-            self.token(batch.prompt)
-            + self.segment.weight[0]
-            + self.prompt_pos(torch.arange(P, device=dev))[None]
-        )  # [B, P, d]
-        x = torch.cat([prompt, gen], dim=1)  # [B, P + G, d]
-        keep = torch.cat([batch.prompt_mask, visible], dim=1)  # [B, P + G]
+        # The prompt enters as one pooled token: attention then runs over G + 1 positions, not
+        # P + G, which keeps the controller's forward a small fraction of the backbone's.
+        prompt = self.token(batch.prompt) + self.prompt_pos(torch.arange(P, device=dev))[None]
+        weight = batch.prompt_mask.float()[..., None]  # [B, P, 1]
+        summary = (prompt * weight).sum(1) / weight.sum(1).clamp(min=1.0)  # [B, d]
+        summary = summary + self.segment.weight[0]
+        x = torch.cat([summary[:, None], gen], dim=1)  # [B, 1 + G, d]
+        keep = torch.cat([torch.ones_like(visible[:, :1]), visible], dim=1)  # [B, 1 + G]
         h = self.norm(self.encoder(x, src_key_padding_mask=~keep))
-        h_gen = h[:, P:]  # [B, G, d]
+        h_gen = h[:, 1:]  # [B, G, d]
         logits = self.stability(h_gen).squeeze(-1)  # [B, G]
         if cfg.use_tau:
             pooled = (h_gen * visible[..., None]).sum(1) / visible.sum(1, keepdim=True).clamp(min=1)
