@@ -8,6 +8,7 @@ Subcommands:
     perf             performance table: engine overhead, batching, controller cost, trace size
     collect          record labelled decode traces for the supervised controller
     train-controller train the future-stability controller on traces
+    train-ppo        train a PPO agent on the token-commitment environment
 """
 
 from __future__ import annotations
@@ -86,6 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_decode_args(sw)
     sw.add_argument("--tasks", default="qa,math,code", help="comma-separated task names")
     sw.add_argument("--json-out", default=None, help="also write the records to this file")
+
+    from agents.train_ppo import add_cli as add_train_ppo
+
+    add_train_ppo(sub)
 
     be = sub.add_parser("bench", help="the main job (see evaluation/bench.py)")
     mode = be.add_mutually_exclusive_group()
@@ -219,6 +224,22 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     summary = run_bench(cfg)
     print(json.dumps(summary, indent=2))
     print(f"report: {summary['out']}/report.md")
+    return 0
+
+
+def _cmd_train_ppo(args: argparse.Namespace) -> int:
+    from agents.train_ppo import run_cli
+
+    teacher = None
+    if args.init:
+        kind, _, path = args.init.partition(":")
+        if kind != "controller" or not path:
+            raise ValueError(f"--init expects controller:DIR, got {args.init!r}")
+        from supervised.policy import ControllerPolicy
+
+        teacher = ControllerPolicy.from_pretrained(path)
+    summary = run_cli(args, teacher)
+    print(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2, default=str))
     return 0
 
 
@@ -386,6 +407,7 @@ _COMMANDS = {
     "train-backbone": _cmd_train_backbone,
     "sweep": _cmd_sweep,
     "bench": _cmd_bench,
+    "train-ppo": _cmd_train_ppo,
     "collect": _cmd_collect,
     "train-controller": _cmd_train_controller,
 }

@@ -514,6 +514,23 @@ class CommitSlots:
         out["proposal"] = out["proposal"].astype(np.int32)
         return out
 
+    def observe(self, state: TraceState) -> dict[str, np.ndarray]:
+        """The observation this env would give for an arbitrary batched state (no side effects).
+
+        Lets a trained agent act on any decode (``agents.PPOPolicy``) with exactly the env's
+        features, masks and clamping.
+
+        Args:
+            state: A trace state whose G equals this env's width.
+
+        Returns:
+            key -> ``[B, ...]`` arrays (float32; ``proposal`` int32).
+        """
+        snap = self._snapshot(state)
+        out = {key: snap[:, slice(*self._cols[key])] for key in self.obs_keys}
+        out["proposal"] = out["proposal"].astype(np.int32)
+        return out
+
     def action_masks(self) -> np.ndarray:
         """MaskablePPO masks of every slot: bool ``[B, 2G]``, ``[allow 0, allow 1]`` per position.
 

@@ -42,3 +42,10 @@ def test_bad_window_and_param(capsys):
 
 def test_parse_params():
     assert parse_params(["a=1", "b=x=y"]) == {"a": "1", "b": "x=y"}
+
+
+def test_train_ppo_rejects_bad_init(capsys, tmp_path):
+    code = main(["train-ppo", "--task", "qa", "--timesteps", "64", "--out", str(tmp_path),
+                 "--init", "nonsense", "--no-progress"])
+    assert code == 2
+    assert "controller:DIR" in capsys.readouterr().err

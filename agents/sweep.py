@@ -1,0 +1,190 @@
+"""Step-cost (lambda) sweep: train one agent per lambda and compare it with tuned thresholds.
+
+For every lambda the agent is trained for a bounded wall time, then evaluated with
+``commit_env.evaluate.evaluate_policy`` on the same seeded examples as every confidence
+threshold; the comparison is the mean return ``score - lambda * NFE`` against the best threshold
+*for that lambda*. The (score, NFE) points of the agents form the agent's trade-off curve.
+
+CPU, embedded tiny backbone (3 lambdas x 4 minutes, about 14 minutes)::
+
+    python -m agents.sweep --lambdas 0.005 0.02 0.05 --minutes 4 --task qa --gen-length 16 \
+        --window block:4 --out runs/lambda_sweep
+
+``--warm-start T`` behaviour-clones ``ThresholdPolicy(T)`` before RL (off by default);
+``--warm-start none`` trains from the initial low-commit policy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from agents.policy import PPOPolicy
+from agents.train_ppo import PPOConfig, train_ppo
+from commit_env.backbones import load_backbone
+from commit_env.evaluate import evaluate_policy, sample_examples
+from commit_env.policies import ThresholdPolicy
+from commit_env.tasks.registry import get_task
+
+__all__ = ["THRESHOLDS", "format_table", "run_lambda_sweep"]
+
+THRESHOLDS: tuple[float, ...] = (0.5, 0.7, 0.8, 0.9, 0.95, 0.99)
+
+logger = logging.getLogger(__name__)
+
+
+def run_lambda_sweep(
+    lambdas: Sequence[float],
+    base: PPOConfig,
+    *,
+    minutes_per_lambda: float = 4.0,
+    eval_n: int = 128,
+    eval_seed: int = 2024,
+    thresholds: Sequence[float] = THRESHOLDS,
+    warm_start: float | None = None,
+    out: str | Path = "runs/lambda_sweep",
+) -> list[dict[str, Any]]:
+    """Train and evaluate one agent per lambda; compare with the best threshold per lambda.
+
+    Args:
+        lambdas: Step costs.
+        base: Run settings shared by every lambda (``step_cost``, ``out`` and ``max_minutes``
+            are replaced per lambda).
+        minutes_per_lambda: Wall-time limit of each training run.
+        eval_n: Evaluation examples (the same for every policy).
+        eval_seed: Seed of the evaluation examples.
+        thresholds: Confidence thresholds of the heuristic baseline.
+        warm_start: Behaviour-clone ``ThresholdPolicy(warm_start)`` before RL (``None``: no).
+        out: Directory for the per-lambda runs and ``sweep.json``.
+
+    Returns:
+        One record per lambda: the agent's ``score``/``nfe``/``return``, training steps and
+        time, the best threshold with its ``score``/``nfe``/``return``, and ``met`` (agent
+        return >= best threshold return).
+
+    Raises:
+        ValueError: If ``lambdas`` is empty.
+    """
+    if not lambdas:
+        raise ValueError("lambdas must not be empty")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    backbone = load_backbone(base.backbone)
+    task = get_task(base.task)
+    config = base.decode_config()
+    examples = sample_examples(task, eval_n, eval_seed)
+    heuristics = []
+    for t in thresholds:
+        summary = evaluate_policy(
+            backbone, task, ThresholdPolicy(t), config, examples=examples
+        ).summary()
+        heuristics.append({"threshold": t, "score": summary["score"], "nfe": summary["nfe"]})
+    records: list[dict[str, Any]] = []
+    for lam in lambdas:
+        cfg = dataclasses.replace(
+            base,
+            step_cost=float(lam),
+            out=str(out / f"lambda_{lam:g}"),
+            max_minutes=minutes_per_lambda,
+            progress_bar=False,
+        )
+        teacher = None if warm_start is None else ThresholdPolicy(warm_start)
+        train = train_ppo(cfg, teacher)
+        agent = PPOPolicy.load(Path(cfg.out) / "final.zip", backbone=backbone)
+        summary = evaluate_policy(backbone, task, agent, config, examples=examples).summary()
+        best = max(heuristics, key=lambda h: h["score"] - lam * h["nfe"])
+        record = {
+            "lambda": float(lam),
+            "score": summary["score"],
+            "nfe": summary["nfe"],
+            "return": summary["score"] - lam * summary["nfe"],
+            "train_steps": train["timesteps"],
+            "train_minutes": train["wall_time_s"] / 60.0,
+            "env_steps_per_s": train["env_steps_per_s"],
+            "warm_start": warm_start,
+            "best_threshold": best["threshold"],
+            "threshold_score": best["score"],
+            "threshold_nfe": best["nfe"],
+            "threshold_return": best["score"] - lam * best["nfe"],
+        }
+        record["met"] = bool(record["return"] >= record["threshold_return"] - 1e-9)
+        records.append(record)
+        logger.info("lambda %g: %s", lam, record)
+    (out / "sweep.json").write_text(
+        json.dumps({"records": records, "heuristics": heuristics}, indent=2) + "\n"
+    )
+    return records
+
+
+def format_table(records: Sequence[dict[str, Any]]) -> str:
+    """Markdown table of :func:`run_lambda_sweep` records.
+
+    Args:
+        records: Sweep records.
+
+    Returns:
+        The table.
+    """
+    lines = [
+        "| lambda | PPO score | PPO NFE | PPO return | steps (min) | best thr | thr score "
+        "| thr NFE | thr return | met |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in records:
+        lines.append(
+            f"| {r['lambda']:g} | {r['score']:.3f} | {r['nfe']:.2f} | {r['return']:.4f} "
+            f"| {r['train_steps']} ({r['train_minutes']:.1f}) | {r['best_threshold']:g} "
+            f"| {r['threshold_score']:.3f} | {r['threshold_nfe']:.2f} "
+            f"| {r['threshold_return']:.4f} | {'yes' if r['met'] else 'no'} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command-line entry point (``python -m agents.sweep``)."""
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--lambdas", type=float, nargs="+", default=[0.005, 0.02, 0.05])
+    parser.add_argument("--minutes", type=float, default=4.0)
+    parser.add_argument("--task", default="qa")
+    parser.add_argument("--gen-length", type=int, default=16)
+    parser.add_argument("--window", default="block:4")
+    parser.add_argument("--num-envs", type=int, default=16)
+    parser.add_argument("--timesteps", type=int, default=1_000_000, help="upper bound")
+    parser.add_argument("--eval-n", type=int, default=128)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--warm-start", default="none", help="threshold to clone, or 'none'")
+    parser.add_argument("--out", default="runs/lambda_sweep")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    args = parser.parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    logging.basicConfig(level=logging.INFO)
+    base = PPOConfig(
+        task=args.task,
+        gen_length=args.gen_length,
+        window=args.window,
+        num_envs=args.num_envs,
+        timesteps=args.timesteps,
+        seed=args.seed,
+    )
+    warm = None if args.warm_start == "none" else float(args.warm_start)
+    records = run_lambda_sweep(
+        args.lambdas,
+        base,
+        minutes_per_lambda=args.minutes,
+        eval_n=args.eval_n,
+        warm_start=warm,
+        out=args.out,
+    )
+    print(format_table(records))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,497 @@
+"""Train a PPO (or MaskablePPO) commitment agent on the batched SB3 environment.
+
+CPU, embedded tiny backbone (about 4 minutes, 2 cores)::
+
+    commit-env train-ppo --task qa --step-cost 0.02 --timesteps 12000 --num-envs 16 --seed 0 \
+        --gen-length 16 --window block:4 --out runs/ppo_qa_0.02
+
+    # the same without the CLI wiring:
+    python -m agents.train_ppo --task qa --step-cost 0.02 --timesteps 12000 --out runs/ppo_qa
+
+GPU, a real backbone (the env batches all slots into one forward)::
+
+    commit-env train-ppo --task math --backbone hf:GSAI-ML/LLaDA-8B-Instruct --step-cost 0.01 \
+        --timesteps 200000 --num-envs 64 --gen-length 64 --window block:16 --out runs/ppo_llada
+
+Writes ``OUT/final.zip`` (``PPO.load``-able, and ``agents.policy.PPOPolicy.load``-able),
+``OUT/config.json``, ``OUT/best.zip`` (best periodic evaluation), ``OUT/checkpoints/`` and
+TensorBoard logs under ``OUT/tb``: SB3's ``rollout/`` and ``train/`` curves plus
+``rollout/task_score_mean``, ``rollout/nfe_mean``, ``rollout/commit_per_step_mean``,
+``rollout/forced_commit_rate`` and ``eval/score``, ``eval/nfe``, ``eval/return``.
+
+Which algorithm: ``--algo ppo`` (plain PPO with :class:`agents.policy_net.PerPositionPolicy`,
+whose masked Bernoulli handles eligibility) is the main path. ``--algo maskable`` runs
+sb3-contrib's MaskablePPO with the same network; it builds one masked categorical per position
+every step and is several times slower per step (``benchmarks/bench_ppo.py``) with no gain here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from agents.policy import PPOPolicy, _algo_class
+from agents.policy_net import PerPositionMaskablePolicy, PerPositionPolicy
+from commit_env.backbones import load_backbone
+from commit_env.backbones.base import Backbone
+from commit_env.decoding import DecodeConfig
+from commit_env.envs.core import EnvConfig
+from commit_env.evaluate import evaluate_policy, sample_examples
+from commit_env.policies.base import CommitPolicy
+from commit_env.tasks.registry import get_task
+
+__all__ = ["PPOConfig", "add_cli", "build_model", "evaluate_agent", "run_cli", "train_ppo"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PPOConfig:
+    """Everything a PPO training run needs; stored as ``OUT/config.json``.
+
+    Attributes:
+        task: Task name (``qa``, ``math``, ``code``, ...).
+        backbone: Backbone spec for ``load_backbone`` (``tiny`` = embedded default).
+        gen_length: G, generation length (the env's padded width).
+        window: ``"full"``, ``"block:B"`` or ``"sliding:W"``.
+        step_budget: Max forwards per episode (``None`` = G).
+        step_cost: lambda, reward subtracted per step (return = score - lambda * NFE).
+        timesteps: Environment steps to train for (over all envs).
+        num_envs: B, slots of the batched env (one backbone forward per step for all).
+        n_steps: Rollout length per env (rollout = n_steps * num_envs transitions).
+        batch_size: PPO minibatch size.
+        n_epochs: PPO epochs per rollout.
+        lr: Adam learning rate.
+        ent_coef: Entropy bonus (summed over eligible positions only).
+        gamma: Discount (episodes are short with a terminal reward: ~1).
+        gae_lambda: GAE lambda.
+        hidden: d, width of the per-position network.
+        logit_bias: Initial commit-logit bias (-2: commit ~12% of eligible positions).
+        seed: Seed of the model, the env slots (``seed + i``) and behaviour cloning.
+        out: Run directory; ``None`` = ``runs/{task}__ppo__{seed}__{time}``.
+        algo: ``"ppo"`` (main path) or ``"maskable"`` (sb3-contrib MaskablePPO).
+        policy: ``"per_position"`` (weight-shared network) or ``"mlp"`` (SB3's MultiInputPolicy).
+        eval_every: Timesteps between evaluations (0 = only at the end).
+        eval_n: Examples per evaluation (a separate seeded set).
+        eval_seed: Seed of the evaluation examples.
+        checkpoint_every: Timesteps between checkpoints (0 = none).
+        max_minutes: Stop training after this much wall time (``None`` = no limit).
+        init_teacher: ``--init`` spec as given (e.g. ``controller:DIR``); the caller resolves it
+            into a teacher policy passed to :func:`train_ppo`.
+        bc_episodes: Teacher decodes recorded for behaviour cloning.
+        bc_epochs: Behaviour-cloning epochs.
+        progress_bar: Show SB3's progress bar (needs ``tqdm`` and ``rich``).
+        verbose: SB3 verbosity (1 prints the logger table every rollout).
+    """
+
+    task: str = "qa"
+    backbone: str = "tiny"
+    gen_length: int = 16
+    window: str = "block:4"
+    step_budget: int | None = None
+    step_cost: float = 0.01
+    timesteps: int = 12_000
+    num_envs: int = 16
+    n_steps: int = 32
+    batch_size: int = 256
+    n_epochs: int = 4
+    lr: float = 1e-3
+    ent_coef: float = 0.0
+    gamma: float = 1.0
+    gae_lambda: float = 0.95
+    hidden: int = 64
+    logit_bias: float = -2.0
+    seed: int = 0
+    out: str | None = None
+    algo: Literal["ppo", "maskable"] = "ppo"
+    policy: Literal["per_position", "mlp"] = "per_position"
+    eval_every: int = 0
+    eval_n: int = 64
+    eval_seed: int = 12345
+    checkpoint_every: int = 0
+    max_minutes: float | None = None
+    init_teacher: str | None = None
+    bc_episodes: int = 128
+    bc_epochs: int = 20
+    progress_bar: bool = True
+    verbose: int = 0
+
+    def __post_init__(self) -> None:
+        if self.algo not in ("ppo", "maskable"):
+            raise ValueError(f"algo must be 'ppo' or 'maskable', got {self.algo!r}")
+        if self.policy not in ("per_position", "mlp"):
+            raise ValueError(f"policy must be 'per_position' or 'mlp', got {self.policy!r}")
+        for name in ("timesteps", "num_envs", "n_steps", "batch_size", "n_epochs", "eval_n"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.step_cost < 0:
+            raise ValueError(f"step_cost must be >= 0, got {self.step_cost}")
+        if self.eval_every < 0 or self.checkpoint_every < 0:
+            raise ValueError("eval_every and checkpoint_every must be >= 0")
+        if self.max_minutes is not None and self.max_minutes <= 0:
+            raise ValueError(f"max_minutes must be > 0 or None, got {self.max_minutes}")
+        if self.rollout_size % self.batch_size:
+            warnings.warn(
+                f"batch_size {self.batch_size} does not divide the rollout of "
+                f"{self.n_steps} x {self.num_envs} = {self.rollout_size} transitions; the last "
+                f"minibatch of every epoch is truncated (pick e.g. {self.rollout_size // 2})",
+                stacklevel=2,
+            )
+
+    @property
+    def rollout_size(self) -> int:
+        """Transitions per rollout (``n_steps * num_envs``)."""
+        return self.n_steps * self.num_envs
+
+    def env_config(self, backbone: Backbone | str | None = None) -> EnvConfig:
+        """The environment config of this run.
+
+        Args:
+            backbone: A loaded backbone to share (default: the spec ``self.backbone``).
+
+        Returns:
+            The env config.
+        """
+        return EnvConfig(
+            task=self.task,
+            backbone=self.backbone if backbone is None else backbone,
+            gen_length=self.gen_length,
+            window=self.window,
+            step_budget=self.step_budget,
+            step_cost=self.step_cost,
+        )
+
+    def decode_config(self) -> DecodeConfig:
+        """The decode settings used for evaluation (same as the env's)."""
+        return DecodeConfig(
+            gen_length=self.gen_length, window=self.window, step_budget=self.step_budget
+        )
+
+
+def build_model(cfg: PPOConfig, venv: Any, tensorboard_log: str | None = None) -> Any:
+    """Create the SB3 model (``PPO`` or ``MaskablePPO``) for a run.
+
+    Args:
+        cfg: The run config.
+        venv: The (``VecMonitor``-wrapped) SB3 vector env.
+        tensorboard_log: TensorBoard directory, or ``None``.
+
+    Returns:
+        The untrained model.
+    """
+    if cfg.policy == "mlp":
+        policy: Any = "MultiInputPolicy"
+        policy_kwargs: dict[str, Any] | None = None
+    else:
+        policy = PerPositionPolicy if cfg.algo == "ppo" else PerPositionMaskablePolicy
+        policy_kwargs = {"hidden": cfg.hidden, "logit_bias": cfg.logit_bias}
+    return _algo_class(cfg.algo)(
+        policy,
+        venv,
+        n_steps=cfg.n_steps,
+        batch_size=cfg.batch_size,
+        n_epochs=cfg.n_epochs,
+        learning_rate=cfg.lr,
+        ent_coef=cfg.ent_coef,
+        gamma=cfg.gamma,
+        gae_lambda=cfg.gae_lambda,
+        policy_kwargs=policy_kwargs,
+        tensorboard_log=tensorboard_log,
+        seed=cfg.seed,
+        verbose=cfg.verbose,
+        device="cpu" if _cpu_only() else "auto",
+    )
+
+
+def _cpu_only() -> bool:
+    import torch
+
+    return not torch.cuda.is_available()
+
+
+def evaluate_agent(
+    model: Any,
+    cfg: PPOConfig,
+    *,
+    backbone: Backbone | None = None,
+    n: int | None = None,
+    seed: int | None = None,
+) -> dict[str, float]:
+    """Evaluate a model deterministically with ``commit_env.evaluate.evaluate_policy``.
+
+    Args:
+        model: The SB3 model.
+        cfg: The run config (task, decode settings, step cost).
+        backbone: A loaded backbone (default: load ``cfg.backbone``).
+        n: Examples (default ``cfg.eval_n``).
+        seed: Example seed (default ``cfg.eval_seed``).
+
+    Returns:
+        ``{"score", "nfe", "return", "forced_commit_rate", "tokens_per_forward"}`` means, with
+        ``return = score - step_cost * nfe``.
+    """
+    backbone = backbone if backbone is not None else load_backbone(cfg.backbone)
+    task = get_task(cfg.task)
+    policy = PPOPolicy.from_model(model, cfg.env_config(backbone), algo=cfg.algo, backbone=backbone)
+    n = cfg.eval_n if n is None else n
+    examples = sample_examples(task, n, cfg.eval_seed if seed is None else seed)
+    ev = evaluate_policy(backbone, task, policy, cfg.decode_config(), examples=examples)
+    summary = ev.summary()
+    return {
+        "score": summary["score"],
+        "nfe": summary["nfe"],
+        "return": summary["score"] - cfg.step_cost * summary["nfe"],
+        "forced_commit_rate": summary["forced_commit_rate"],
+        "tokens_per_forward": summary["tokens_per_forward"],
+    }
+
+
+def _run_dir(cfg: PPOConfig) -> Path:
+    if cfg.out is not None:
+        return Path(cfg.out)
+    return Path("runs") / f"{cfg.task}__ppo__{cfg.seed}__{int(time.time())}"
+
+
+def train_ppo(cfg: PPOConfig, teacher: CommitPolicy | None = None) -> dict[str, Any]:
+    """Train an agent, evaluate it and save it.
+
+    Args:
+        cfg: The run config.
+        teacher: Optional policy to behaviour-clone before RL (``--init``; resolved by the
+            caller, e.g. the supervised controller built in ``evaluation``).
+
+    Returns:
+        Summary: ``out``, ``timesteps`` trained, ``wall_time_s``, ``env_steps_per_s``,
+        ``stopped_early``, ``bc_losses``, ``initial_eval``/``final_eval`` metrics (see
+        :func:`evaluate_agent`) and the ``eval_history``.
+
+    Raises:
+        ValueError: On an invalid environment setting.
+    """
+    from stable_baselines3.common.callbacks import CallbackList, CheckpointCallback
+    from stable_baselines3.common.vec_env import VecMonitor
+
+    from agents.callbacks import DecodeStatsCallback, PeriodicEvalCallback, WallClockLimitCallback
+    from commit_env.envs.sb3 import make_sb3_vec_env
+
+    out = _run_dir(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+    backbone = load_backbone(cfg.backbone)
+    env_config = cfg.env_config(backbone)
+    venv = VecMonitor(
+        make_sb3_vec_env(cfg.num_envs, seed=cfg.seed, config=env_config),
+        info_keywords=("is_success",),
+    )
+    model = build_model(cfg, venv, tensorboard_log=str(out / "tb"))
+    summary: dict[str, Any] = {"out": str(out), "bc_losses": []}
+    if teacher is not None:
+        from agents.bc import bc_warm_start
+
+        summary["bc_losses"] = bc_warm_start(
+            model,
+            teacher,
+            env_config,
+            n_episodes=cfg.bc_episodes,
+            epochs=cfg.bc_epochs,
+            seed=cfg.seed,
+            backbone=backbone,
+        )
+
+    def evaluate(m: Any) -> dict[str, float]:
+        return evaluate_agent(m, cfg, backbone=backbone)
+
+    summary["initial_eval"] = evaluate(model)
+    evaluator = PeriodicEvalCallback(
+        evaluate, max(cfg.eval_every, 1), on_best=lambda m: m.save(str(out / "best.zip"))
+    )
+    callbacks: list[Any] = [DecodeStatsCallback()]
+    if cfg.eval_every:
+        callbacks.append(evaluator)
+    if cfg.checkpoint_every:
+        callbacks.append(
+            CheckpointCallback(
+                save_freq=max(1, cfg.checkpoint_every // cfg.num_envs),  # counts vector steps
+                save_path=str(out / "checkpoints"),
+                name_prefix=cfg.algo,
+            )
+        )
+    limit = None
+    if cfg.max_minutes is not None:
+        limit = WallClockLimitCallback(cfg.max_minutes * 60.0)
+        callbacks.append(limit)
+    tick = time.perf_counter()
+    model.learn(
+        total_timesteps=cfg.timesteps,
+        callback=CallbackList(callbacks),
+        tb_log_name=cfg.algo.upper(),
+        progress_bar=cfg.progress_bar,
+    )
+    wall = time.perf_counter() - tick
+    model.save(str(out / "final.zip"))
+    if evaluator.history and evaluator.history[-1]["timesteps"] == model.num_timesteps:
+        final = evaluator.history[-1]  # the periodic evaluation just ran at this step
+    elif cfg.eval_every:
+        final = evaluator.run()
+    else:
+        final = evaluate(model)
+    venv.close()
+    summary.update(
+        timesteps=int(model.num_timesteps),
+        wall_time_s=wall,
+        env_steps_per_s=model.num_timesteps / max(wall, 1e-9),
+        stopped_early=bool(limit is not None and limit.stopped_early),
+        final_eval=final,
+        eval_history=evaluator.history,
+    )
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
+    logger.info(
+        "trained %d steps in %.0fs: eval score %.3f nfe %.2f return %.3f",
+        summary["timesteps"],
+        wall,
+        final["score"],
+        final["nfe"],
+        final["return"],
+    )
+    return summary
+
+
+def add_cli(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``train-ppo`` sub-command to an argparse ``subparsers`` object.
+
+    Args:
+        subparsers: The object returned by ``parser.add_subparsers()``.
+
+    Returns:
+        The ``train-ppo`` parser (call :func:`run_cli` with its parsed arguments).
+    """
+    p = subparsers.add_parser(
+        "train-ppo",
+        help="train a PPO commitment agent (SB3) on the batched environment",
+        description=(__doc__ or "").splitlines()[0],
+    )
+    _add_arguments(p)
+    return p
+
+
+def _add_arguments(p: argparse.ArgumentParser) -> None:
+    d = PPOConfig()
+    p.add_argument("--task", default=d.task)
+    p.add_argument("--backbone", default=d.backbone)
+    p.add_argument("--step-cost", type=float, default=d.step_cost, help="lambda per step")
+    p.add_argument("--timesteps", type=int, default=d.timesteps)
+    p.add_argument("--num-envs", type=int, default=d.num_envs)
+    p.add_argument("--n-steps", type=int, default=d.n_steps)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--n-epochs", type=int, default=d.n_epochs)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--ent-coef", type=float, default=d.ent_coef)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--out", default=None, help="run directory (default runs/...)")
+    p.add_argument("--algo", choices=("ppo", "maskable"), default=d.algo)
+    p.add_argument("--window", default=d.window)
+    p.add_argument("--gen-length", type=int, default=d.gen_length)
+    p.add_argument("--budget", type=int, default=None, help="step budget (max NFE)")
+    p.add_argument("--eval-every", type=int, default=d.eval_every)
+    p.add_argument("--eval-n", type=int, default=d.eval_n)
+    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
+    p.add_argument("--max-minutes", type=float, default=None)
+    p.add_argument("--init", default=None, help="warm start, e.g. controller:DIR")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch intra-op threads (1 is several times faster on a small shared CPU)",
+    )
+
+
+def config_from_args(args: argparse.Namespace) -> PPOConfig:
+    """Build a :class:`PPOConfig` from parsed ``train-ppo`` arguments.
+
+    Args:
+        args: The namespace from the ``train-ppo`` parser.
+
+    Returns:
+        The config.
+
+    Raises:
+        ValueError: On invalid values.
+    """
+    return PPOConfig(
+        task=args.task,
+        backbone=args.backbone,
+        gen_length=args.gen_length,
+        window=args.window,
+        step_budget=args.budget,
+        step_cost=args.step_cost,
+        timesteps=args.timesteps,
+        num_envs=args.num_envs,
+        n_steps=args.n_steps,
+        batch_size=args.batch_size,
+        n_epochs=args.n_epochs,
+        lr=args.lr,
+        ent_coef=args.ent_coef,
+        seed=args.seed,
+        out=args.out,
+        algo=args.algo,
+        eval_every=args.eval_every,
+        eval_n=args.eval_n,
+        checkpoint_every=args.checkpoint_every,
+        max_minutes=args.max_minutes,
+        init_teacher=args.init,
+        progress_bar=not args.no_progress,
+    )
+
+
+def run_cli(args: argparse.Namespace, teacher: CommitPolicy | None = None) -> dict[str, Any]:
+    """Run ``train-ppo`` from parsed arguments and print the summary.
+
+    Args:
+        args: The namespace from the ``train-ppo`` parser.
+        teacher: The policy ``--init`` resolved to (``None`` = no warm start). Passing
+            ``--init`` without a teacher raises, so a warm start is never silently skipped.
+
+    Returns:
+        The :func:`train_ppo` summary.
+
+    Raises:
+        ValueError: If ``--init`` was given but no teacher was resolved, or on invalid values.
+    """
+    cfg = config_from_args(args)
+    if cfg.init_teacher and teacher is None:
+        raise ValueError(
+            f"--init {cfg.init_teacher!r} must be resolved into a teacher policy by the caller"
+        )
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(args.threads)  # process-wide: entry-point setting only
+    summary = train_ppo(cfg, teacher)
+    final = summary["final_eval"]
+    print(
+        f"{summary['out']}: {summary['timesteps']} steps in {summary['wall_time_s']:.0f}s "
+        f"({summary['env_steps_per_s']:.0f} env-steps/s); eval score {final['score']:.3f}, "
+        f"NFE {final['nfe']:.2f}, return {final['return']:.3f}"
+    )
+    return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Standalone entry point (``python -m agents.train_ppo``); no ``--init`` resolution."""
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    _add_arguments(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO)
+    run_cli(args)
+
+
+if __name__ == "__main__":
+    main()
