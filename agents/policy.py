@@ -282,21 +282,24 @@ class PPOPolicy(CommitPolicy):
         )
         return cls.from_model(model, env_config, algo=algo, backbone=backbone, path=str(path))
 
-    def decode_config(self, **overrides: Any) -> DecodeConfig:
-        """The decode settings the agent was trained with.
+    def decode_config(self, base: DecodeConfig | None = None, **overrides: Any) -> DecodeConfig:
+        """Decode settings that give this agent the observations it was trained on.
 
         Args:
+            base: Settings to adapt (default: the ones the agent was trained with).
             **overrides: :class:`DecodeConfig` fields to change.
 
         Returns:
-            The decode config.
+            ``base`` with the hidden-feature width the agent reads (same signature as
+            ``ControllerPolicy.decode_config``, so evaluation treats both alike).
         """
-        base = {
-            "gen_length": self.gen_length,
-            "window": self.window,
-            "step_budget": self.step_budget,
-        }
-        return DecodeConfig(**{**base, **overrides})
+        env = self.env_config
+        hidden = env.hidden_dim if "hidden" in env.features else 0
+        if base is None:
+            base = DecodeConfig(
+                gen_length=self.gen_length, window=self.window, step_budget=self.step_budget
+            )
+        return dataclasses.replace(base, hidden_features=hidden, **overrides)
 
     def observe(self, state: TraceState) -> dict[str, np.ndarray]:
         """The env observation of every row of ``state`` (key -> ``[B, ...]``).

@@ -65,7 +65,8 @@ class BenchConfig:
         batch_size: Rows per engine batch.
         collect_n: Prompts decoded for controller traces.
         controller_epochs: Controller training epochs.
-        ppo_timesteps: PPO environment steps (0 = skip the PPO run).
+        ppo_timesteps: PPO environment steps on the first task, warm-started from the
+            controller (0 = skip the PPO run).
         grid_gen_lengths: Generation lengths of the cross-setting grid.
         grid_windows: Window widths of the grid (``block:B`` etc.).
         grid_budget_fractions: Step budgets of the grid as fractions of G (1.0 = unlimited).
@@ -87,7 +88,7 @@ class BenchConfig:
     batch_size: int = 128
     collect_n: int = 384
     controller_epochs: int = 4
-    ppo_timesteps: int = 0
+    ppo_timesteps: int = 4096
     grid_gen_lengths: tuple[int, ...] = (16,)
     grid_windows: tuple[str, ...] = ("block:4", "full")
     grid_budget_fractions: tuple[float, ...] = (1.0, 0.5)
@@ -115,6 +116,7 @@ class BenchConfig:
                 mode="full",
                 n=200,
                 collect_n=1536,
+                ppo_timesteps=30_000,
                 controller_epochs=8,
                 grid_gen_lengths=(12, 16, 24),
                 grid_windows=("block:4", "sliding:8", "full"),
@@ -263,9 +265,8 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     # ----- 3. optional PPO agent
     if cfg.ppo_timesteps > 0:
         tick = time.perf_counter()
-        ppo_spec = _train_ppo(cfg, out, backbone)
-        if ppo_spec is not None:
-            learned.append(ppo_spec)
+        teacher = learned[0].factory(default.config())
+        learned.append(_train_ppo(cfg, out, backbone, teacher))
         timings["ppo"] = time.perf_counter() - tick
 
     # ----- 4. every policy over the grid of settings
@@ -374,26 +375,38 @@ def _controller_factory(directory: Path, backbone: Backbone) -> Any:
     return build
 
 
-def _train_ppo(cfg: BenchConfig, out: Path, backbone: Backbone) -> PolicySpec | None:
-    try:
-        from agents.policy import PPOPolicy
-        from agents.train_ppo import PPOConfig, train_ppo
-    except ImportError:
-        logger.warning("agents package has no PPO trainer yet; skipping the PPO run")
-        return None
+def _train_ppo(cfg: BenchConfig, out: Path, backbone: Backbone, teacher: Any) -> PolicySpec:
+    """A short PPO run warm-started from the controller (behaviour cloning), one torch thread."""
+    from agents.policy import PPOPolicy
+    from agents.train_ppo import PPOConfig, train_ppo
+
     ppo_dir = out / "ppo"
     if not (ppo_dir / "final.zip").is_file():
-        train_ppo(
-            PPOConfig(
-                task=cfg.tasks[0],
-                out=str(ppo_dir),
-                timesteps=cfg.ppo_timesteps,
-                gen_length=cfg.gen_length,
-                window=cfg.window,
-                seed=cfg.seed,
+        threads = torch.get_num_threads()
+        if backbone.device.type == "cpu":
+            torch.set_num_threads(1)  # PPO's small updates run faster single-threaded on CPU
+        try:
+            train_ppo(
+                PPOConfig(
+                    task=cfg.tasks[0],
+                    out=str(ppo_dir),
+                    timesteps=cfg.ppo_timesteps,
+                    gen_length=cfg.gen_length,
+                    window=cfg.window,
+                    seed=cfg.seed,
+                    step_cost=0.02,
+                    init_teacher="controller",
+                    bc_episodes=64,
+                    progress_bar=cfg.progress,
+                    backbone=cfg.backbone,
+                ),
+                teacher=teacher,
             )
-        )
-    policy = PPOPolicy.load(ppo_dir / "final.zip")
-    return PolicySpec(
-        "ppo", "ppo", (("step_cost", policy.step_cost),), factory=lambda config: policy
-    )
+        finally:
+            torch.set_num_threads(threads)
+    policy = PPOPolicy.load(ppo_dir / "final.zip", backbone=backbone)
+
+    def build(config: DecodeConfig) -> Any:
+        return policy if config.gen_length <= policy.gen_length else None
+
+    return PolicySpec("ppo", "ppo", (("step_cost", policy.step_cost),), factory=build)

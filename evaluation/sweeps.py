@@ -41,7 +41,8 @@ class PolicySpec:
         family: Curve label (``threshold``, ``eb``, ``sequential`` ...).
         name: Registry name (``make_policy``), or ``controller``/``ppo`` for learned policies.
         params: Parameters.
-        factory: Builds the policy for a setting (learned policies); ``None`` = ``make_policy``.
+        factory: Builds the policy for a setting (learned policies), or returns ``None`` when it
+            cannot run there (the setting is skipped); ``None`` = ``make_policy``.
     """
 
     family: str
@@ -192,7 +193,10 @@ def run_sweep(
         prompts = [e.prompt for e in examples[task_name]]
         if spec.factory is not None:
             policy = spec.factory(config)
-            config = getattr(policy, "decode_config", lambda c: c)(config)
+            if policy is None:  # the learned policy does not support this setting
+                continue
+            if hasattr(policy, "decode_config"):
+                config = policy.decode_config(config)
         elif spec.name == "oracle":
             if (task_name, setting) not in refs:
                 refs[(task_name, setting)] = reference_tokens(

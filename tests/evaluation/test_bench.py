@@ -14,7 +14,7 @@ REQUIRED = {"task", "policy", "family", "params", "gen_length", "window", "step_
 def bench(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     cfg = BenchConfig.preset("quick", out=str(out), tasks=("qa", "math"), n=4, collect_n=32,
-                             controller_epochs=1, grid_windows=("block:4",),
+                             controller_epochs=1, ppo_timesteps=256, grid_windows=("block:4",),
                              grid_budget_fractions=(1.0, 0.5), progress=False)
     summary = run_bench(cfg)
     return cfg, out, summary
@@ -25,7 +25,7 @@ def test_outputs_exist_and_parse(bench):
     records = json.loads((out / "results.json").read_text())
     assert records and all(REQUIRED <= set(r) for r in records)
     families = {r["family"] for r in records}
-    assert {"sequential", "threshold", "oracle", "controller"} <= families
+    assert {"sequential", "threshold", "oracle", "controller", "ppo"} <= families
     budgets = {r["step_budget"] for r in records}
     assert None in budgets and 8 in budgets
     for r in records:
@@ -50,6 +50,7 @@ def test_images_open(bench):
 def test_tensorboard_logs_written(bench):
     _, out, _ = bench
     assert list((out / "controller" / "tb").glob("events.out.tfevents.*"))
+    assert list((out / "ppo").rglob("events.out.tfevents.*"))
 
 
 def test_interrupted_bench_resumes_without_duplicates(bench):
