@@ -65,8 +65,8 @@ class BenchConfig:
         batch_size: Rows per engine batch.
         collect_n: Prompts decoded for controller traces.
         controller_epochs: Controller training epochs.
-        ppo_timesteps: PPO environment steps on the first task, warm-started from the
-            controller (0 = skip the PPO run).
+        ppo_timesteps: PPO environment steps on the first task, warm-started by cloning the
+            threshold rule (0 = skip the PPO run).
         grid_gen_lengths: Generation lengths of the cross-setting grid.
         grid_windows: Window widths of the grid (``block:B`` etc.).
         grid_budget_fractions: Step budgets of the grid as fractions of G (1.0 = unlimited).
@@ -83,12 +83,12 @@ class BenchConfig:
     tasks: tuple[str, ...] = ("qa", "math", "code")
     gen_length: int = 16
     window: str = "block:4"
-    n: int = 48
+    n: int = 64
     seed: int = 0
     batch_size: int = 128
-    collect_n: int = 384
-    controller_epochs: int = 4
-    ppo_timesteps: int = 4096
+    collect_n: int = 768
+    controller_epochs: int = 6
+    ppo_timesteps: int = 8192
     grid_gen_lengths: tuple[int, ...] = (16,)
     grid_windows: tuple[str, ...] = ("block:4", "full")
     grid_budget_fractions: tuple[float, ...] = (1.0, 0.5)
@@ -265,7 +265,9 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     # ----- 3. optional PPO agent
     if cfg.ppo_timesteps > 0:
         tick = time.perf_counter()
-        teacher = learned[0].factory(default.config())
+        # Warm start by behaviour cloning of the Fast-dLLM threshold rule: the env observation has
+        # no hidden features or prompt, and cloning the controller from it stalled (BCE ~0.67).
+        teacher = make_policy("threshold", threshold=0.9)
         learned.append(_train_ppo(cfg, out, backbone, teacher))
         timings["ppo"] = time.perf_counter() - tick
 
@@ -376,7 +378,7 @@ def _controller_factory(directory: Path, backbone: Backbone) -> Any:
 
 
 def _train_ppo(cfg: BenchConfig, out: Path, backbone: Backbone, teacher: Any) -> PolicySpec:
-    """A short PPO run warm-started from the controller (behaviour cloning), one torch thread."""
+    """A short PPO run warm-started from ``teacher`` (behaviour cloning), one torch thread."""
     from agents.policy import PPOPolicy
     from agents.train_ppo import PPOConfig, train_ppo
 
