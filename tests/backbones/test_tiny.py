@@ -38,8 +38,9 @@ def tiny():
 @pytest.mark.parametrize("family", EMBEDDED_TASKS)
 def test_quality_bar_sequential(tiny, family):
     # One token per step by confidence: the bar is >= 0.85 at the default difficulty.
-    ev = evaluate_policy(tiny, get_task(family), make_policy("topk"), DecodeConfig(gen_length=16),
-                         n=60, seed=11)
+    ev = evaluate_policy(
+        tiny, get_task(family), make_policy("topk"), DecodeConfig(gen_length=16), n=60, seed=11
+    )
     assert ev.scores.mean() >= 0.8  # 0.85 bar, minus sampling slack for 60 examples
 
 
@@ -47,10 +48,12 @@ def test_quality_bar_all_at_once_collapses(tiny):
     collapsed = 0
     for family in EMBEDDED_TASKS:
         task = get_task(family)
-        seq = evaluate_policy(tiny, task, make_policy("topk"), DecodeConfig(gen_length=16),
-                              n=40, seed=12).scores.mean()
-        once = evaluate_policy(tiny, task, make_policy("topk", k=16), DecodeConfig(gen_length=16),
-                               n=40, seed=12).scores.mean()
+        seq = evaluate_policy(
+            tiny, task, make_policy("topk"), DecodeConfig(gen_length=16), n=40, seed=12
+        ).scores.mean()
+        once = evaluate_policy(
+            tiny, task, make_policy("topk", k=16), DecodeConfig(gen_length=16), n=40, seed=12
+        ).scores.mean()
         collapsed += once <= seq / 2
     assert collapsed >= 2
 
@@ -58,9 +61,16 @@ def test_quality_bar_all_at_once_collapses(tiny):
 def test_train_backbone_is_seeded_and_loadable(tmp_path):
     from commit_env.backbones.tiny import train_tiny_backbone
 
-    cfg = TinyBackboneTrainConfig(out=str(tmp_path / "a"), steps=3, batch_size=4, hidden_size=32,
-                                  num_layers=1, num_heads=2, log_dir=str(tmp_path / "tb"),
-                                  save_every=2)
+    cfg = TinyBackboneTrainConfig(
+        out=str(tmp_path / "a"),
+        steps=3,
+        batch_size=4,
+        hidden_size=32,
+        num_layers=1,
+        num_heads=2,
+        log_dir=str(tmp_path / "tb"),
+        save_every=2,
+    )
     summary = train_tiny_backbone(cfg)
     assert summary["steps"] == 3 and summary["checkpoint_bytes"] > 0
     import dataclasses

@@ -5,17 +5,41 @@ import pytest
 from evaluation.bench import BenchConfig, run_bench
 from evaluation.io import read_jsonl
 
-REQUIRED = {"task", "policy", "family", "params", "gen_length", "window", "step_budget", "score",
-            "score_ci_low", "score_ci_high", "nfe", "tokens_per_forward", "forced_commit_rate",
-            "wall_time", "device", "n"}
+REQUIRED = {
+    "task",
+    "policy",
+    "family",
+    "params",
+    "gen_length",
+    "window",
+    "step_budget",
+    "score",
+    "score_ci_low",
+    "score_ci_high",
+    "nfe",
+    "tokens_per_forward",
+    "forced_commit_rate",
+    "wall_time",
+    "device",
+    "n",
+}
 
 
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    cfg = BenchConfig.preset("quick", out=str(out), tasks=("qa", "math"), n=4, collect_n=32,
-                             controller_epochs=1, ppo_timesteps=256, grid_windows=("block:4",),
-                             grid_budget_fractions=(1.0, 0.5), progress=False)
+    cfg = BenchConfig.preset(
+        "quick",
+        out=str(out),
+        tasks=("qa", "math"),
+        n=4,
+        collect_n=32,
+        controller_epochs=1,
+        ppo_timesteps=256,
+        grid_windows=("block:4",),
+        grid_budget_fractions=(1.0, 0.5),
+        progress=False,
+    )
     summary = run_bench(cfg)
     return cfg, out, summary
 
@@ -61,8 +85,10 @@ def test_interrupted_bench_resumes_without_duplicates(bench):
     run_bench(cfg)
     after = read_jsonl(out / "results.jsonl")
     assert len(after) == len(before)
-    keys = [(r["task"], r["params_label"], r["gen_length"], r["window"], r["step_budget"])
-            for r in after]
+    keys = [
+        (r["task"], r["params_label"], r["gen_length"], r["window"], r["step_budget"])
+        for r in after
+    ]
     assert len(keys) == len(set(keys))
 
 

@@ -10,8 +10,23 @@ def test_list(capsys):
 
 
 def test_eval_json(capsys):
-    code = main(["eval", "--task", "math", "--policy", "threshold", "--param", "threshold=0.9",
-                 "--n", "6", "--window", "block:4", "--json", "--no-progress"])
+    code = main(
+        [
+            "eval",
+            "--task",
+            "math",
+            "--policy",
+            "threshold",
+            "--param",
+            "threshold=0.9",
+            "--n",
+            "6",
+            "--window",
+            "block:4",
+            "--json",
+            "--no-progress",
+        ]
+    )
     assert code == 0
     record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert record["params"] == {"threshold": 0.9}
@@ -45,7 +60,19 @@ def test_parse_params():
 
 
 def test_train_ppo_rejects_bad_init(capsys, tmp_path):
-    code = main(["train-ppo", "--task", "qa", "--timesteps", "64", "--out", str(tmp_path),
-                 "--init", "nonsense", "--no-progress"])
+    code = main(
+        [
+            "train-ppo",
+            "--task",
+            "qa",
+            "--timesteps",
+            "64",
+            "--out",
+            str(tmp_path),
+            "--init",
+            "nonsense",
+            "--no-progress",
+        ]
+    )
     assert code == 2
     assert "controller:DIR" in capsys.readouterr().err

@@ -35,8 +35,15 @@ def test_default_features_fit_the_byte_budget(small_collection):
 
 
 def test_collection_resumes(tmp_path, tiny):
-    cfg = CollectConfig(out=str(tmp_path / "t"), n=8, seed=5, batch_size=8, shard_traces=4,
-                        hidden_features=0, feature_groups=("confidence", "position"))
+    cfg = CollectConfig(
+        out=str(tmp_path / "t"),
+        n=8,
+        seed=5,
+        batch_size=8,
+        shard_traces=4,
+        hidden_features=0,
+        feature_groups=("confidence", "position"),
+    )
     collect_traces(cfg, backbone=tiny, progress=False)
     bigger = dataclasses.replace(cfg, n=16)
     collect_traces(bigger, backbone=tiny, progress=False)
@@ -47,14 +54,21 @@ def test_collection_resumes(tmp_path, tiny):
 def test_relabelling_with_the_reference_matches_final_labels(tmp_path, tiny):
     # beta=0 follows the reference: completing each visited state with the reference reproduces
     # the decode's own final tokens, so relabelled and final-token labels must agree.
-    base = CollectConfig(out=str(tmp_path / "a"), n=8, seed=7, batch_size=8,
-                         hidden_features=0, feature_groups=("confidence", "position"))
+    base = CollectConfig(
+        out=str(tmp_path / "a"),
+        n=8,
+        seed=7,
+        batch_size=8,
+        hidden_features=0,
+        feature_groups=("confidence", "position"),
+    )
     collect_traces(base, backbone=tiny, progress=False)
     ref = make_policy("topk")
     mixed = MixedPolicy(learner=make_policy("threshold", threshold=0.5), reference=ref, beta=0.0)
     other = dataclasses.replace(base, out=str(tmp_path / "b"))
-    collect_traces(other, backbone=tiny, behaviour=mixed, relabel_with_reference=True,
-                   progress=False)
+    collect_traces(
+        other, backbone=tiny, behaviour=mixed, relabel_with_reference=True, progress=False
+    )
     a = [r["label"].tolist() for r in TraceDataset(base.out).iter_records()]
     b = [r["label"].tolist() for r in TraceDataset(other.out).iter_records()]
     assert a == b

@@ -9,8 +9,13 @@ from commit_env.traces import TraceDataset, TraceWriter, read_manifest
 
 def _step(trace_id, G=4, F=2):
     return {
-        "trace_id": trace_id, "nfe": 1, "budget": G, "gen_len": G, "window_start": 0,
-        "window_end": G, "tokens": np.arange(G, dtype=np.int32).tobytes(),
+        "trace_id": trace_id,
+        "nfe": 1,
+        "budget": G,
+        "gen_len": G,
+        "window_start": 0,
+        "window_end": G,
+        "tokens": np.arange(G, dtype=np.int32).tobytes(),
         "proposal": np.arange(G, dtype=np.int32).tobytes(),
         "eligible": np.ones(G, np.uint8).tobytes(),
         "label": np.array([1, 0, -1, 1], np.int8).tobytes(),
@@ -19,9 +24,13 @@ def _step(trace_id, G=4, F=2):
 
 
 def _trace(trace_id):
-    return {"trace_id": trace_id, "prompt_ids": np.array([5, 6, 7], np.int32).tobytes(),
-            "final_tokens": np.arange(4, dtype=np.int32).tobytes(), "score": 1.0,
-            "example_index": trace_id}
+    return {
+        "trace_id": trace_id,
+        "prompt_ids": np.array([5, 6, 7], np.int32).tobytes(),
+        "final_tokens": np.arange(4, dtype=np.int32).tobytes(),
+        "score": 1.0,
+        "example_index": trace_id,
+    }
 
 
 META = {"feature_names": ["a", "b"], "feature_dim": 2, "gen_length": 4}

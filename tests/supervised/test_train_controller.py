@@ -15,8 +15,17 @@ from supervised.train import TrainConfig, binary_metrics, train
 def trained(small_collection, tmp_path_factory):
     cfg, _ = small_collection
     out = tmp_path_factory.mktemp("ctrl") / "run"
-    summary = train(TrainConfig(traces=(cfg.out,), out=str(out), epochs=2, batch_size=64,
-                                rollout_n=8, progress=False, val_every_n_traces=4))
+    summary = train(
+        TrainConfig(
+            traces=(cfg.out,),
+            out=str(out),
+            epochs=2,
+            batch_size=64,
+            rollout_n=8,
+            progress=False,
+            val_every_n_traces=4,
+        )
+    )
     return out, summary
 
 
@@ -33,8 +42,7 @@ def test_training_writes_checkpoints_and_logs(trained):
     acc = EventAccumulator(str(out / "tb"))
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
-    assert {"train/loss", "val/auroc", "val/ap", "val/f05", "rollout/score",
-            "rollout/nfe"} <= tags
+    assert {"train/loss", "val/auroc", "val/ap", "val/f05", "rollout/score", "rollout/nfe"} <= tags
 
 
 def test_controller_policy_commits_only_eligible(trained, tiny):
@@ -90,8 +98,18 @@ def test_feature_set_mismatch_is_a_clear_error(trained, tmp_path):
 def test_resume_continues_from_last(trained, small_collection):
     out, summary = trained
     cfg, _ = small_collection
-    more = train(TrainConfig(traces=(cfg.out,), out=str(out), epochs=3, batch_size=64,
-                             rollout_n=0, progress=False, resume=True, val_every_n_traces=4))
+    more = train(
+        TrainConfig(
+            traces=(cfg.out,),
+            out=str(out),
+            epochs=3,
+            batch_size=64,
+            rollout_n=0,
+            progress=False,
+            resume=True,
+            val_every_n_traces=4,
+        )
+    )
     assert [h["epoch"] for h in more["history"]] == [1, 2, 3]
 
 
