@@ -76,6 +76,7 @@ class Decoder:
         gen_lengths: Sequence[int] | None = None,
         windows: Sequence[str] | None = None,
         budgets: Sequence[int | None] | None = None,
+        forward: bool = True,
     ) -> TraceState:
         """Build the canvas for a batch of prompts and run the first forward.
 
@@ -90,9 +91,14 @@ class Decoder:
                 canvas width G); default ``config.gen_length``.
             windows: Per-row window specs (``"block:B"``, ...); default ``config.window``.
             budgets: Per-row step budgets (``None`` = unlimited); default ``config.step_budget``.
+            forward: Run the first forward now. ``False`` returns rows with ``nfe == 0`` and no
+                proposals yet, meant to be placed into a running batch
+                (:func:`~commit_env.decoding.batching.replace_rows`): the batch's next
+                :meth:`step` commits nothing for them and includes them in its one forward.
 
         Returns:
-            The state after the first forward pass (``nfe == 1`` for every row).
+            The state after the first forward pass (``nfe == 1`` for every row), or before it
+            when ``forward`` is false.
 
         Raises:
             ValueError: On an empty batch, an empty prompt, a canvas longer than the backbone's
@@ -183,7 +189,8 @@ class Decoder:
             ]
         if self.config.record_trace:
             state.extras["trace"] = []
-        self._forward(state)
+        if forward:
+            self._forward(state)
         self._update_window(state)
         return state
 
@@ -245,8 +252,10 @@ class Decoder:
             )
         if mask.dtype != torch.bool:
             raise TypeError(f"commit mask must have dtype torch.bool, got {mask.dtype}")
-        active = ~state.done  # [B]
-        mask = mask.to(self.device) & state.eligible  # [B, G]
+        # Rows admitted with start(forward=False) have no proposals yet: this step only runs
+        # their first forward (together with everyone else's), committing nothing for them.
+        active = ~state.done & (state.nfe > 0)  # [B] rows that commit this step
+        mask = mask.to(self.device) & state.eligible & active[:, None]  # [B, G]
         out_of_budget = active & state.budget_limited & (state.nfe >= state.budget)  # [B]
         fill = out_of_budget.clone()
         if fill_rows is not None:

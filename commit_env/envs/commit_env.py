@@ -337,9 +337,12 @@ class CommitVectorEnv(gym.vector.VectorEnv):
             raise gym.error.ResetNeeded("call reset() before step()")
         mask = validate_actions(actions, (self.num_envs, self.gen_length))
         resetting = np.flatnonzero(self._autoreset)
-        rewards, finished, finals = core.step(mask)  # finished slots are skipped by the engine
         if resetting.size:
-            core.start(resetting, [core.draw_episode(self._rngs[i]) for i in resetting])
+            # Admit the new episodes without a forward: the step's one batched forward serves
+            # the running slots and the resetting ones together.
+            episodes = [core.draw_episode(self._rngs[i]) for i in resetting]
+            core.start(resetting, episodes, forward=False)
+        rewards, finished, finals = core.step(mask)  # finished slots are skipped by the engine
         infos: dict[str, Any] = {}
         for i, info in finals.items():
             infos = self._add_info(infos, info, i)

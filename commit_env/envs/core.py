@@ -372,12 +372,17 @@ class CommitSlots:
             seed=seed,
         )
 
-    def start(self, rows: Sequence[int], episodes: Sequence[Episode]) -> None:
+    def start(
+        self, rows: Sequence[int], episodes: Sequence[Episode], *, forward: bool = True
+    ) -> None:
         """Start ``episodes`` in slots ``rows`` with one :meth:`Decoder.start` (one forward).
 
         Args:
             rows: Distinct slot indices.
             episodes: One episode per row.
+            forward: Run the new rows' first forward now. ``False`` admits them without it: the
+                next :meth:`step` runs it inside its single batched forward (and gives them
+                reward 0); their observation is valid only after that step.
 
         Raises:
             ValueError: If a prompt does not fit the backbone's maximum length.
@@ -391,6 +396,7 @@ class CommitSlots:
             gen_lengths=[ep.gen_length for ep in episodes],
             windows=[ep.window for ep in episodes],
             budgets=[ep.step_budget for ep in episodes],
+            forward=forward,
         )
         fresh_snap = self._snapshot(fresh)
         if rows == list(range(self.num_slots)):
@@ -423,12 +429,13 @@ class CommitSlots:
         decoder = self._require_open()
         assert self.state is not None and self._snap is not None, "start() before step()"
         was_done = self.column("done")[:, 0] > 0.5  # [B]
+        admitted = self.column("nfe")[:, 0] < 0.5  # [B] started with forward=False: no reward yet
         mask = torch.from_numpy(np.ascontiguousarray(actions)).to(self.device, non_blocking=True)
         decoder.step(self.state, mask)
         self._snap = self._snapshot(self.state)
         done = self.column("done")[:, 0] > 0.5
         finished = done & ~was_done
-        rewards = np.where(was_done, 0.0, -self.config.step_cost)
+        rewards = np.where(was_done | admitted, 0.0, -self.config.step_cost)
         infos: dict[int, dict[str, Any]] = {}
         if finished.any():
             rows = np.flatnonzero(finished)

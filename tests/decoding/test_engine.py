@@ -765,3 +765,26 @@ def test_real_adapter_chunked_decode_matches_one_batch(hf_backbone):
     assert torch.equal(whole.tokens, chunked.tokens)
     assert torch.equal(whole.nfe, chunked.nfe)
     assert len(whole.texts) == 4
+
+
+def test_rows_admitted_without_forward_join_the_next_step(counting: CountingBackbone):
+    from commit_env.decoding.batching import replace_rows
+
+    config = DecodeConfig(gen_length=8, eos_stop=False)
+    decoder = Decoder(counting, config)
+    state = decoder.start([[3, 4], [5, 6]])
+    decoder.step(state, TopKPolicy(k=2).select(state))
+    admitted = decoder.start([[7, 8]], forward=False)
+    assert admitted.nfe.tolist() == [0]
+    replace_rows(state, [1], admitted, pad_token_id=counting.pad_token_id)
+    calls = counting.n_calls
+    committed_before = state.committed.clone()
+    mask = torch.ones(2, 8, dtype=torch.bool)  # every bit for the admitted row is ignored
+    mask[0] = state.eligible[0] & (torch.arange(8) == state.eligible[0].long().argmax())
+    decoder.step(state, mask)
+    assert counting.n_calls == calls + 1  # one forward for the running and the admitted row
+    assert state.nfe.tolist() == [3, 1]
+    assert state.committed[1].sum() == 0 and state.step[1] == 0  # nothing committed for it
+    assert state.committed[0].sum() > committed_before[0].sum()
+    reference = decoder.start([[7, 8]])
+    torch.testing.assert_close(state.proposal[1], reference.proposal[0])

@@ -89,12 +89,10 @@ def test_one_batched_forward_per_step(backbone_spec):
         counting.calls.clear()
         active = int((~ended).sum())
         obs, _, terminated, _, _ = venv.step(policy(obs, 0.6))
-        expected = []
         n_running = int((~ended).sum() - (terminated & ~ended).sum())
-        if n_running:
-            expected.append(n_running)  # one step forward over the unfinished slots
-        if ended.any():
-            expected.append(int(ended.sum()))  # one start for all slots that reset together
+        # One forward per step: the unfinished slots plus the slots resetting in this step.
+        n_forward = n_running + int(ended.sum())
+        expected = [n_forward] if n_forward else []
         assert counting.calls == expected, (active, counting.calls, expected)
         ended = terminated.copy()
     venv.close()
