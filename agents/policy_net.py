@@ -330,7 +330,41 @@ def _rebuild_heads(policy: Any, lr_schedule: Schedule) -> None:
     )
 
 
-class PerPositionPolicy(MultiInputActorCriticPolicy):
+class _PerPositionMixin:
+    """What both per-position policies share: arguments, the per-position trunk and heads."""
+
+    hidden: int
+    logit_bias: float
+
+    def _configure(
+        self,
+        observation_space: gym.spaces.Dict,
+        action_space: gym.spaces.MultiBinary,
+        hidden: int,
+        logit_bias: float,
+        kwargs: dict[str, Any],
+    ) -> dict[str, Any]:
+        _check_spaces(observation_space, action_space)
+        self.hidden = hidden
+        self.logit_bias = logit_bias
+        kwargs.setdefault("features_extractor_class", PerPositionExtractor)
+        kwargs.setdefault("ortho_init", False)
+        return kwargs
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        data = super()._get_constructor_parameters()  # type: ignore[misc]
+        data.update(hidden=self.hidden, logit_bias=self.logit_bias)
+        return data
+
+    def _build_mlp_extractor(self) -> None:
+        _install_per_position(self, self.hidden, self.logit_bias)
+
+    def _build(self, lr_schedule: Schedule) -> None:
+        super()._build(lr_schedule)  # type: ignore[misc]
+        _rebuild_heads(self, lr_schedule)
+
+
+class PerPositionPolicy(_PerPositionMixin, MultiInputActorCriticPolicy):
     """SB3 actor-critic with one weight-shared commit logit per position (PPO's main policy).
 
     Use as ``PPO(PerPositionPolicy, venv, policy_kwargs=dict(hidden=64, logit_bias=-2.0))``.
@@ -358,25 +392,9 @@ class PerPositionPolicy(MultiInputActorCriticPolicy):
         logit_bias: float = -2.0,
         **kwargs: Any,
     ) -> None:
-        _check_spaces(observation_space, action_space)
-        self.hidden = hidden
-        self.logit_bias = logit_bias
-        kwargs.setdefault("features_extractor_class", PerPositionExtractor)
-        kwargs.setdefault("ortho_init", False)
+        kwargs = self._configure(observation_space, action_space, hidden, logit_bias, kwargs)
         super().__init__(observation_space, action_space, lr_schedule, **kwargs)
         self.action_dist = MaskedBernoulliDistribution(int(action_space.n))
-
-    def _get_constructor_parameters(self) -> dict[str, Any]:
-        data = super()._get_constructor_parameters()
-        data.update(hidden=self.hidden, logit_bias=self.logit_bias)
-        return data
-
-    def _build_mlp_extractor(self) -> None:
-        _install_per_position(self, self.hidden, self.logit_bias)
-
-    def _build(self, lr_schedule: Schedule) -> None:
-        super()._build(lr_schedule)
-        _rebuild_heads(self, lr_schedule)
 
     def _get_action_dist_from_latent(self, latent_pi: torch.Tensor) -> MaskedBernoulliDistribution:
         G = latent_pi.shape[1] // 2
@@ -384,7 +402,7 @@ class PerPositionPolicy(MultiInputActorCriticPolicy):
         return MaskedBernoulliDistribution(G).proba_distribution(logits, eligible)
 
 
-class PerPositionMaskablePolicy(MaskableMultiInputActorCriticPolicy):
+class PerPositionMaskablePolicy(_PerPositionMixin, MaskableMultiInputActorCriticPolicy):
     """The per-position network for sb3-contrib's MaskablePPO.
 
     MaskablePPO models ``MultiBinary(G)`` as G two-way categoricals with logits ``[0, l_i]`` per
@@ -412,24 +430,8 @@ class PerPositionMaskablePolicy(MaskableMultiInputActorCriticPolicy):
         logit_bias: float = -2.0,
         **kwargs: Any,
     ) -> None:
-        _check_spaces(observation_space, action_space)
-        self.hidden = hidden
-        self.logit_bias = logit_bias
-        kwargs.setdefault("features_extractor_class", PerPositionExtractor)
-        kwargs.setdefault("ortho_init", False)
+        kwargs = self._configure(observation_space, action_space, hidden, logit_bias, kwargs)
         super().__init__(observation_space, action_space, lr_schedule, **kwargs)
-
-    def _get_constructor_parameters(self) -> dict[str, Any]:
-        data = super()._get_constructor_parameters()
-        data.update(hidden=self.hidden, logit_bias=self.logit_bias)
-        return data
-
-    def _build_mlp_extractor(self) -> None:
-        _install_per_position(self, self.hidden, self.logit_bias)
-
-    def _build(self, lr_schedule: Schedule) -> None:
-        super()._build(lr_schedule)
-        _rebuild_heads(self, lr_schedule)
 
     def _get_action_dist_from_latent(self, latent_pi: torch.Tensor) -> Any:
         B, G = latent_pi.shape[0], latent_pi.shape[1] // 2
