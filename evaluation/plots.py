@@ -108,7 +108,7 @@ def cross_setting_plot(
             if np.isfinite(grid[i, j]):
                 ax.text(j, i, f"{grid[i, j]:+.2f}", ha="center", va="center", fontsize=7)
     fig.colorbar(im, ax=ax, label=value)
-    ax.set_title("score minus heuristic frontier at the same NFE")
+    ax.set_title("score minus heuristic frontier at the same NFE (mean over tasks)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
