@@ -6,7 +6,6 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
 from decoding_fakes import CountingBackbone, FakeBackbone
 
 
@@ -23,29 +22,9 @@ def counting(fake: FakeBackbone) -> CountingBackbone:
 
 
 @pytest.fixture(scope="session")
-def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def tiny_bert_dir(random_backbone_dir: Path) -> Path:
     """A randomly initialised 2-layer BERT (hidden 32) with the embedded char tokenizer."""
-    from transformers import BertConfig, BertForMaskedLM
-
-    from commit_env.backbones.tiny import build_tiny_tokenizer
-
-    tokenizer = build_tiny_tokenizer()
-    config = BertConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        type_vocab_size=1,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    torch.manual_seed(0)
-    model = BertForMaskedLM(config)
-    path = tmp_path_factory.mktemp("tiny_bert")
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    return random_backbone_dir
 
 
 @pytest.fixture(scope="session")

@@ -15,33 +15,6 @@ import pytest
 import torch
 
 
-def build_random_backbone_dir(path: Path, seed: int = 0) -> Path:
-    """Save a tiny random BertForMaskedLM and the embedded char tokenizer into ``path``."""
-    from transformers import BertConfig, BertForMaskedLM
-
-    from commit_env.backbones.tiny import build_tiny_tokenizer
-
-    tokenizer = build_tiny_tokenizer()
-    config = BertConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-        type_vocab_size=1,
-        pad_token_id=0,
-        eos_token_id=2,
-    )
-    gen_state = torch.random.get_rng_state()
-    torch.manual_seed(seed)  # test fixture only: fixed random weights
-    model = BertForMaskedLM(config)
-    torch.random.set_rng_state(gen_state)
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
-
 @pytest.fixture(scope="module", autouse=True)
 def _one_torch_thread():
     # The tiny models here are far too small to gain from intra-op threads, and on a shared
@@ -53,12 +26,7 @@ def _one_torch_thread():
 
 
 @pytest.fixture(scope="session")
-def random_backbone_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_random_backbone_dir(tmp_path_factory.mktemp("random_bert"))
-
-
-@pytest.fixture(scope="session")
-def backbone_spec(tmp_path_factory: pytest.TempPathFactory):
+def backbone_spec(random_backbone_dir: Path):
     """Spec string of the backbone every env test uses (held loaded for the session)."""
     from commit_env.backbones import TINY_BACKBONE_DIR, load_backbone
 
@@ -66,8 +34,7 @@ def backbone_spec(tmp_path_factory: pytest.TempPathFactory):
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     use_tiny = (TINY_BACKBONE_DIR / "config.json").is_file()
     if os.environ.get("COMMIT_ENV_TEST_BACKBONE") == "random" or not use_tiny:
-        path = build_random_backbone_dir(tmp_path_factory.mktemp("random_bert_spec"))
-        spec = f"hf:{path}"
+        spec = f"hf:{random_backbone_dir}"
     else:
         spec = "tiny"
     held = load_backbone(spec, device="cpu")
