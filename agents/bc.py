@@ -3,7 +3,7 @@
 ``commit-env train-ppo --init controller:DIR`` builds the supervised controller in the evaluation
 layer and passes it here as a plain :class:`~commit_env.policies.CommitPolicy` (``agents`` never
 imports ``supervised``). The teacher decodes seeded task examples with the batched engine; every
-step's observation (the env's own, via :class:`agents.policy.StateObserver`) is paired with the
+step's observation (the env's own, via :class:`commit_env.agents.policy.StateObserver`) is paired with the
 teacher's commit mask, and the actor's per-position logits are fitted with binary cross-entropy
 over eligible positions. RL then refines the teacher instead of starting from nothing.
 """
@@ -17,8 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from agents.policy import StateObserver
-from agents.policy_net import PerPositionNet
+from commit_env.agents.policy import StateObserver
+from commit_env.agents.policy_net import PerPositionNet
 from commit_env.backbones import load_backbone
 from commit_env.backbones.base import Backbone
 from commit_env.decoding import DecodeConfig, Decoder
@@ -128,7 +128,7 @@ def bc_warm_start(
 
     Args:
         model: ``PPO`` or ``MaskablePPO`` whose policy uses
-            :class:`agents.policy_net.PerPositionNet` (``PerPositionPolicy`` /
+            :class:`commit_env.agents.policy_net.PerPositionNet` (``PerPositionPolicy`` /
             ``PerPositionMaskablePolicy``).
         teacher: Any :class:`CommitPolicy` (e.g. the supervised controller, built by the caller).
         env_config: The training env's config.
@@ -149,7 +149,7 @@ def bc_warm_start(
     policy = model.policy
     if not isinstance(getattr(policy, "mlp_extractor", None), PerPositionNet):
         raise TypeError(
-            "behaviour cloning needs a per-position policy (agents.policy_net.PerPositionPolicy)"
+            "behaviour cloning needs a per-position policy (commit_env.agents.policy_net.PerPositionPolicy)"
         )
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")

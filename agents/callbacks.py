@@ -75,7 +75,7 @@ class PeriodicEvalCallback(BaseCallback):
     """Every ``eval_every`` timesteps, evaluate the current policy with a caller's function.
 
     The function gets the model and returns a dict with ``score``, ``nfe`` and ``return``
-    (``agents.train_ppo`` evaluates on a separate seeded example set through
+    (``commit_env.agents.train_ppo`` evaluates on a separate seeded example set through
     ``commit_env.evaluate.evaluate_policy``); each is logged as ``eval/<name>`` and dumped at the
     current timestep. The best mean return is kept in :attr:`best_return`, and ``on_best`` (if
     given) is called with the model when it improves.

@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from agents.policy_net import PerPositionNet, per_position_layout
+from commit_env.agents.policy_net import PerPositionNet, per_position_layout
 from commit_env.backbones import load_backbone
 from commit_env.backbones.base import Backbone
 from commit_env.decoding import DecodeConfig
@@ -82,7 +82,7 @@ class StateObserver:
         backbone: A loaded backbone to share; default loads ``env_config.backbone``.
 
     Raises:
-        ValueError: See :func:`agents.policy_net.per_position_layout`.
+        ValueError: See :func:`commit_env.agents.policy_net.per_position_layout`.
     """
 
     def __init__(

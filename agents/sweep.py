@@ -7,7 +7,7 @@ threshold; the comparison is the mean return ``score - lambda * NFE`` against th
 
 CPU, embedded tiny backbone (3 lambdas x 4 minutes, about 14 minutes)::
 
-    python -m agents.sweep --lambdas 0.005 0.02 0.05 --minutes 4 --task qa --gen-length 16 \
+    python -m commit_env.agents.sweep --lambdas 0.005 0.02 0.05 --minutes 4 --task qa --gen-length 16 \
         --window block:4 --out runs/lambda_sweep
 
 ``--warm-start T`` behaviour-clones ``ThresholdPolicy(T)`` before RL (off by default);
@@ -24,8 +24,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from agents.policy import PPOPolicy
-from agents.train_ppo import PPOConfig, train_ppo
+from commit_env.agents.policy import PPOPolicy
+from commit_env.agents.train_ppo import PPOConfig, train_ppo
 from commit_env.backbones import load_backbone
 from commit_env.evaluate import evaluate_policy, sample_examples
 from commit_env.policies import ThresholdPolicy
@@ -146,7 +146,7 @@ def format_table(records: Sequence[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Command-line entry point (``python -m agents.sweep``)."""
+    """Command-line entry point (``python -m commit_env.agents.sweep``)."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--lambdas", type=float, nargs="+", default=[0.005, 0.02, 0.05])
     parser.add_argument("--minutes", type=float, default=4.0)

@@ -6,20 +6,20 @@ CPU, embedded tiny backbone (about 4 minutes, 2 cores)::
         --gen-length 16 --window block:4 --out runs/ppo_qa_0.02
 
     # the same without the CLI wiring:
-    python -m agents.train_ppo --task qa --step-cost 0.02 --timesteps 12000 --out runs/ppo_qa
+    python -m commit_env.agents.train_ppo --task qa --step-cost 0.02 --timesteps 12000 --out runs/ppo_qa
 
 GPU, a real backbone (the env batches all slots into one forward)::
 
     commit-env train-ppo --task math --backbone hf:GSAI-ML/LLaDA-8B-Instruct --step-cost 0.01 \
         --timesteps 200000 --num-envs 64 --gen-length 64 --window block:16 --out runs/ppo_llada
 
-Writes ``OUT/final.zip`` (``PPO.load``-able, and ``agents.policy.PPOPolicy.load``-able),
+Writes ``OUT/final.zip`` (``PPO.load``-able, and ``commit_env.agents.policy.PPOPolicy.load``-able),
 ``OUT/config.json``, ``OUT/best.zip`` (best periodic evaluation), ``OUT/checkpoints/`` and
 TensorBoard logs under ``OUT/tb``: SB3's ``rollout/`` and ``train/`` curves plus
 ``rollout/task_score_mean``, ``rollout/nfe_mean``, ``rollout/commit_per_step_mean``,
 ``rollout/forced_commit_rate`` and ``eval/score``, ``eval/nfe``, ``eval/return``.
 
-Which algorithm: ``--algo ppo`` (plain PPO with :class:`agents.policy_net.PerPositionPolicy`,
+Which algorithm: ``--algo ppo`` (plain PPO with :class:`commit_env.agents.policy_net.PerPositionPolicy`,
 whose masked Bernoulli handles eligibility) is the main path. ``--algo maskable`` runs
 sb3-contrib's MaskablePPO with the same network; it builds one masked categorical per position
 every step and is several times slower per step (``benchmarks/bench_ppo.py``) with no gain here.
@@ -37,8 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from agents.policy import PPOPolicy, _algo_class
-from agents.policy_net import PerPositionMaskablePolicy, PerPositionPolicy
+from commit_env.agents.policy import PPOPolicy, _algo_class
+from commit_env.agents.policy_net import PerPositionMaskablePolicy, PerPositionPolicy
 from commit_env.backbones import load_backbone
 from commit_env.backbones.base import Backbone
 from commit_env.decoding import DecodeConfig
@@ -278,7 +278,7 @@ def train_ppo(cfg: PPOConfig, teacher: CommitPolicy | None = None) -> dict[str, 
     from stable_baselines3.common.callbacks import CallbackList, CheckpointCallback
     from stable_baselines3.common.vec_env import VecMonitor
 
-    from agents.callbacks import DecodeStatsCallback, PeriodicEvalCallback, WallClockLimitCallback
+    from commit_env.agents.callbacks import DecodeStatsCallback, PeriodicEvalCallback, WallClockLimitCallback
     from commit_env.envs.sb3 import make_sb3_vec_env
 
     out = _run_dir(cfg)
@@ -293,7 +293,7 @@ def train_ppo(cfg: PPOConfig, teacher: CommitPolicy | None = None) -> dict[str, 
     model = build_model(cfg, venv, tensorboard_log=str(out / "tb"))
     summary: dict[str, Any] = {"out": str(out), "bc_losses": []}
     if teacher is not None:
-        from agents.bc import bc_warm_start
+        from commit_env.agents.bc import bc_warm_start
 
         summary["bc_losses"] = bc_warm_start(
             model,
@@ -485,7 +485,7 @@ def run_cli(args: argparse.Namespace, teacher: CommitPolicy | None = None) -> di
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Standalone entry point (``python -m agents.train_ppo``); no ``--init`` resolution."""
+    """Standalone entry point (``python -m commit_env.agents.train_ppo``); no ``--init`` resolution."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     _add_arguments(parser)
     args = parser.parse_args(argv)

@@ -20,7 +20,7 @@ import torch
 from stable_baselines3 import PPO
 from stable_baselines3.common.vec_env import VecMonitor
 
-from agents.policy_net import PerPositionMaskablePolicy, PerPositionPolicy
+from commit_env.agents.policy_net import PerPositionMaskablePolicy, PerPositionPolicy
 from commit_env.backbones import load_backbone
 from commit_env.envs import make_sb3_vec_env
 

@@ -22,11 +22,11 @@ import torch
 from commit_env.backbones import load_backbone
 from commit_env.decoding import Decoder, FeatureBuilder
 from commit_env.policies import make_policy
-from evaluation.sweeps import PolicySpec, Setting, heuristic_grid, run_sweep
-from supervised.collect import CollectConfig, MixedPolicy, collect_traces
-from supervised.inputs import batch_from_state
-from supervised.policy import ControllerPolicy
-from supervised.train import TrainConfig, train
+from commit_env.evaluation.sweeps import PolicySpec, Setting, heuristic_grid, run_sweep
+from commit_env.supervised.collect import CollectConfig, MixedPolicy, collect_traces
+from commit_env.supervised.inputs import batch_from_state
+from commit_env.supervised.policy import ControllerPolicy
+from commit_env.supervised.train import TrainConfig, train
 
 TASKS = ("qa", "math", "code")
 

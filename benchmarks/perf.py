@@ -31,7 +31,7 @@ from commit_env.decoding import DecodeConfig  # noqa: E402
 from commit_env.evaluate import sample_examples  # noqa: E402
 from commit_env.tasks import get_task  # noqa: E402
 from commit_env.traces import TraceDataset  # noqa: E402
-from evaluation.sweeps import Setting  # noqa: E402
+from commit_env.evaluation.sweeps import Setting  # noqa: E402
 
 
 def env_ratios(B: int, rounds: int = 3, seconds: float = 1.0) -> tuple[float, float]:
@@ -71,8 +71,8 @@ def main() -> None:
 
     tmp = None
     if args.controller is None or args.traces is None:
-        from supervised.collect import CollectConfig, collect_traces
-        from supervised.train import TrainConfig, train
+        from commit_env.supervised.collect import CollectConfig, collect_traces
+        from commit_env.supervised.train import TrainConfig, train
 
         tmp = tempfile.TemporaryDirectory()
         traces = str(Path(tmp.name) / "traces")

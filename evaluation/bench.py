@@ -37,8 +37,8 @@ from commit_env.decoding import DecodeConfig, decode
 from commit_env.evaluate import sample_examples
 from commit_env.policies import make_policy
 from commit_env.tasks import get_task
-from evaluation.io import append_jsonl_atomic, read_jsonl, write_json_atomic
-from evaluation.sweeps import PolicySpec, Setting, heuristic_grid, record_key, run_sweep
+from commit_env.evaluation.io import append_jsonl_atomic, read_jsonl, write_json_atomic
+from commit_env.evaluation.sweeps import PolicySpec, Setting, heuristic_grid, record_key, run_sweep
 
 __all__ = ["BenchConfig", "run_bench"]
 
@@ -201,7 +201,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     Returns:
         Summary with output paths and timings.
     """
-    from evaluation import plots, reports
+    from commit_env.evaluation import plots, reports
 
     t0 = time.perf_counter()
     out = Path(cfg.out)
@@ -334,8 +334,8 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
 
 
 def _train_controller(cfg: BenchConfig, backbone: Backbone, out: Path) -> Path:
-    from supervised.collect import CollectConfig, collect_traces
-    from supervised.train import TrainConfig, train
+    from commit_env.supervised.collect import CollectConfig, collect_traces
+    from commit_env.supervised.train import TrainConfig, train
 
     controller_dir = out / "controller"
     if (controller_dir / "summary.json").is_file():
@@ -367,7 +367,7 @@ def _train_controller(cfg: BenchConfig, backbone: Backbone, out: Path) -> Path:
 
 
 def _controller_factory(directory: Path, backbone: Backbone) -> Any:
-    from supervised.policy import ControllerPolicy
+    from commit_env.supervised.policy import ControllerPolicy
 
     policy = ControllerPolicy.from_pretrained(directory, backbone=backbone)
 
@@ -379,8 +379,8 @@ def _controller_factory(directory: Path, backbone: Backbone) -> Any:
 
 def _train_ppo(cfg: BenchConfig, out: Path, backbone: Backbone, teacher: Any) -> PolicySpec:
     """A short PPO run warm-started from ``teacher`` (behaviour cloning), one torch thread."""
-    from agents.policy import PPOPolicy
-    from agents.train_ppo import PPOConfig, train_ppo
+    from commit_env.agents.policy import PPOPolicy
+    from commit_env.agents.train_ppo import PPOConfig, train_ppo
 
     ppo_dir = out / "ppo"
     if not (ppo_dir / "final.zip").is_file():

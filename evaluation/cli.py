@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--tasks", default="qa,math,code", help="comma-separated task names")
     sw.add_argument("--json-out", default=None, help="also write the records to this file")
 
-    from agents.train_ppo import add_cli as add_train_ppo
+    from commit_env.agents.train_ppo import add_cli as add_train_ppo
 
     add_train_ppo(sub)
 
@@ -164,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from commit_env.backbones import load_backbone
     from commit_env.tasks import get_task
-    from evaluation.sweeps import Setting, heuristic_grid, markdown_table, run_sweep
+    from commit_env.evaluation.sweeps import Setting, heuristic_grid, markdown_table, run_sweep
 
     tasks = [t for t in args.tasks.split(",") if t]
     for t in tasks:
@@ -190,14 +190,14 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     print(f"setting: {setting.label}, n={args.n}, seed={args.seed}, backbone={args.backbone}")
     print(markdown_table(records))
     if args.json_out:
-        from evaluation.io import write_json_atomic
+        from commit_env.evaluation.io import write_json_atomic
 
         write_json_atomic(args.json_out, records)
     return 0
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from evaluation.bench import BenchConfig, run_bench
+    from commit_env.evaluation.bench import BenchConfig, run_bench
 
     overrides = {
         "out": args.out,
@@ -228,14 +228,14 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _cmd_train_ppo(args: argparse.Namespace) -> int:
-    from agents.train_ppo import run_cli
+    from commit_env.agents.train_ppo import run_cli
 
     teacher = None
     if args.init:
         kind, _, path = args.init.partition(":")
         if kind != "controller" or not path:
             raise ValueError(f"--init expects controller:DIR, got {args.init!r}")
-        from supervised.policy import ControllerPolicy
+        from commit_env.supervised.policy import ControllerPolicy
 
         teacher = ControllerPolicy.from_pretrained(path)
     summary = run_cli(args, teacher)
@@ -244,7 +244,7 @@ def _cmd_train_ppo(args: argparse.Namespace) -> int:
 
 
 def _cmd_collect(args: argparse.Namespace) -> int:
-    from supervised.collect import DEFAULT_TASKS, CollectConfig, collect_traces
+    from commit_env.supervised.collect import DEFAULT_TASKS, CollectConfig, collect_traces
 
     cfg = CollectConfig(
         out=args.out,
@@ -271,7 +271,7 @@ def _cmd_collect(args: argparse.Namespace) -> int:
 def _cmd_train_controller(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from supervised.train import TrainConfig, train
+    from commit_env.supervised.train import TrainConfig, train
 
     overrides = {
         "traces": tuple(args.traces),

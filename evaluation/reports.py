@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from evaluation.plots import pareto_frontier
-from evaluation.sweeps import paired_difference
+from commit_env.evaluation.plots import pareto_frontier
+from commit_env.evaluation.sweeps import paired_difference
 
 __all__ = ["cross_setting_cells", "render_report", "setting_label", "frontier_advantage"]
 

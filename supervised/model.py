@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from supervised.inputs import ControllerBatch
+from commit_env.supervised.inputs import ControllerBatch
 
 __all__ = ["ControllerConfig", "StabilityController"]
 

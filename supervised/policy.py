@@ -12,8 +12,8 @@ import torch
 from commit_env.backbones.base import Backbone
 from commit_env.decoding import DecodeConfig, FeatureBuilder, TraceState
 from commit_env.policies import CommitPolicy, top_k_mask
-from supervised.inputs import batch_from_state
-from supervised.model import ControllerConfig, StabilityController
+from commit_env.supervised.inputs import batch_from_state
+from commit_env.supervised.model import ControllerConfig, StabilityController
 
 __all__ = ["ControllerPolicy", "save_controller", "load_controller"]
 

@@ -33,9 +33,9 @@ import numpy as np
 import torch
 
 from commit_env.traces import TraceDataset
-from supervised.inputs import ControllerBatch, batch_from_records
-from supervised.model import ControllerConfig, StabilityController
-from supervised.policy import ControllerPolicy, load_controller, save_controller
+from commit_env.supervised.inputs import ControllerBatch, batch_from_records
+from commit_env.supervised.model import ControllerConfig, StabilityController
+from commit_env.supervised.policy import ControllerPolicy, load_controller, save_controller
 
 __all__ = ["TrainConfig", "train", "binary_metrics", "load_training_data"]
 
@@ -226,7 +226,7 @@ def _rollout(directory: Path, meta: dict[str, Any], cfg: TrainConfig) -> dict[st
     from commit_env.backbones import load_backbone
     from commit_env.decoding import decode
     from commit_env.evaluate import score_completions
-    from supervised.collect import draw_examples
+    from commit_env.supervised.collect import draw_examples
 
     backbone = load_backbone(meta["backbone"])
     policy = ControllerPolicy.from_pretrained(directory, backbone=backbone)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from agents.policy_net import (
+from commit_env.agents.policy_net import (
     MaskedBernoulliDistribution,
     PerPositionExtractor,
     PerPositionPolicy,

@@ -9,8 +9,8 @@ import pytest
 import torch
 from stable_baselines3.common.vec_env import VecMonitor
 
-from agents.policy import PPOPolicy
-from agents.train_ppo import PPOConfig, build_model
+from commit_env.agents.policy import PPOPolicy
+from commit_env.agents.train_ppo import PPOConfig, build_model
 from commit_env.decoding import DecodeConfig, Decoder
 from commit_env.envs import make_sb3_vec_env
 from commit_env.policies.base import CommitPolicy

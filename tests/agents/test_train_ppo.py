@@ -8,9 +8,9 @@ import json
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from agents.bc import bc_warm_start
-from agents.policy import PPOPolicy
-from agents.train_ppo import PPOConfig, add_cli, build_model, evaluate_agent, run_cli, train_ppo
+from commit_env.agents.bc import bc_warm_start
+from commit_env.agents.policy import PPOPolicy
+from commit_env.agents.train_ppo import PPOConfig, add_cli, build_model, evaluate_agent, run_cli, train_ppo
 from commit_env.envs import make_sb3_vec_env
 from commit_env.policies import ThresholdPolicy
 

@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from evaluation.bench import BenchConfig, run_bench
-from evaluation.io import read_jsonl
+from commit_env.evaluation.bench import BenchConfig, run_bench
+from commit_env.evaluation.io import read_jsonl
 
 REQUIRED = {
     "task",

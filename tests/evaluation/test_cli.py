@@ -1,6 +1,6 @@
 import json
 
-from evaluation.cli import main, parse_params
+from commit_env.evaluation.cli import main, parse_params
 
 
 def test_list(capsys):

@@ -4,7 +4,7 @@ import numpy as np
 
 from commit_env.policies import make_policy
 from commit_env.traces import TraceDataset
-from supervised.collect import CollectConfig, MixedPolicy, collect_traces
+from commit_env.supervised.collect import CollectConfig, MixedPolicy, collect_traces
 
 
 def test_labels_are_future_stability(small_collection):

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from commit_env.decoding import DecodeConfig, Decoder
-from supervised.policy import ControllerPolicy
-from supervised.train import TrainConfig, binary_metrics, train
+from commit_env.supervised.policy import ControllerPolicy
+from commit_env.supervised.train import TrainConfig, binary_metrics, train
 
 
 @pytest.fixture(scope="module")
