@@ -8,7 +8,7 @@ from typing import Any
 
 from commit_env.tasks.base import Task
 
-__all__ = ["TASKS", "get_task", "list_tasks", "register_task"]
+__all__ = ["EMBEDDED_TASKS", "TASKS", "TESTBED_TASKS", "get_task", "list_tasks", "register_task"]
 
 # Values are classes/factories or "module:attr" strings: listing tasks imports nothing heavy.
 TASKS: dict[str, str | Callable[..., Task]] = {
@@ -21,6 +21,21 @@ TASKS: dict[str, str | Callable[..., Task]] = {
 
 # Embedded families: ship with the package, need no data set, used to train the tiny backbone.
 EMBEDDED_TASKS: tuple[str, ...] = ("qa", "math", "code")
+
+# The testbed: parallel-decoding-hard families whose answers fill most of the canvas and whose
+# tokens depend on each other. `commit-env bench` runs these by default.
+TESTBED_TASKS: tuple[str, ...] = (
+    "copy",
+    "reverse",
+    "sort",
+    "shuffle",
+    "insert:any",
+    "remove:any",
+    "replace:any",
+    "latin",
+    "sudoku",
+    "qa:list",
+)
 
 
 def register_task(
