@@ -2,8 +2,8 @@
 
 * :func:`pareto_plot`: score vs NFE per policy family, Pareto frontier highlighted, one panel per
   task.
-* :func:`cross_setting_plot`: heatmap of (policy family x setting) -> score advantage over the
-  heuristic frontier.
+* :func:`cross_setting_plot`: heatmap of (learned family x setting) -> share of tasks where the
+  learned policy wins the cell (:func:`commit_env.evaluation.metrics.frontier_cells`).
 * :func:`trace_plot`: positions x steps per policy: when each position's proposal became stable
   (equal to its final token from then on) and when it was committed.
 """
@@ -27,7 +27,7 @@ def _pyplot() -> Any:
         from commit_env.errors import DependencyNotInstalled
 
         raise DependencyNotInstalled(
-            'plots need matplotlib (a core dependency): pip install matplotlib'
+            "plots need matplotlib (a core dependency): pip install matplotlib"
         ) from err
     return plt
 
@@ -48,15 +48,25 @@ def pareto_frontier(points: Sequence[tuple[float, float]]) -> list[tuple[float, 
     return frontier
 
 
-def pareto_plot(records: Sequence[dict[str, Any]], path: str | Path) -> None:
+def pareto_plot(
+    records: Sequence[dict[str, Any]],
+    path: str | Path,
+    *,
+    aup: Sequence[dict[str, Any]] | None = None,
+) -> None:
     """Score vs mean NFE, one curve per policy family, frontier highlighted, a panel per task.
 
     Args:
-        records: Sweep records (one setting or many; all points are drawn).
+        records: Sweep records (one setting per task is clearest; all points are drawn).
         path: Output PNG.
+        aup: Optional rows of :func:`commit_env.evaluation.metrics.aup_table`; each family's
+            legend entry then shows its AUP on that task (one legend per panel).
     """
     plt = _pyplot()
     tasks = sorted({r["task"] for r in records})
+    if not tasks:
+        raise ValueError("pareto_plot needs at least one record")
+    aup_of = {(r["family"], r["task"]): r["aup"] for r in aup or ()}
     fig, axes = plt.subplots(1, len(tasks), figsize=(5.2 * len(tasks), 4.2), squeeze=False)
     for ax, task in zip(axes[0], tasks, strict=True):
         rows = [r for r in records if r["task"] == task]
@@ -65,7 +75,10 @@ def pareto_plot(records: Sequence[dict[str, Any]], path: str | Path) -> None:
             pts = sorted((r["nfe"], r["score"]) for r in rows if r["family"] == family)
             xs, ys = zip(*pts, strict=True)
             style = "*" if family in ("controller", "ppo", "oracle") else "o"
-            ax.plot(xs, ys, marker=style, ms=7 if style == "*" else 4, lw=1, label=family)
+            label = family
+            if (family, task) in aup_of:
+                label = f"{family} (AUP {aup_of[(family, task)]:.2f})"
+            ax.plot(xs, ys, marker=style, ms=7 if style == "*" else 4, lw=1, label=label)
         front = pareto_frontier([(r["nfe"], r["score"]) for r in rows])
         fx, fy = zip(*front, strict=True)
         ax.step(fx, fy, where="post", color="black", lw=2.5, alpha=0.35, label="Pareto frontier")
@@ -74,41 +87,62 @@ def pareto_plot(records: Sequence[dict[str, Any]], path: str | Path) -> None:
         ax.set_ylabel("task score")
         ax.set_ylim(-0.03, 1.03)
         ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=7, loc="lower right", ncol=2)
+        if aup_of:
+            ax.legend(fontsize=6, loc="lower right", ncol=2)
+    if not aup_of:
+        axes[0][-1].legend(fontsize=7, loc="lower right", ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
 def cross_setting_plot(
-    cells: Sequence[dict[str, Any]], path: str | Path, value: str = "advantage"
+    cells: Sequence[dict[str, Any]], path: str | Path, value: str = "win_rate"
 ) -> None:
-    """Heatmap: rows = policy families, columns = settings, colour = ``value``.
+    """Heatmap: rows = learned families, columns = settings, colour = ``value``.
 
     Args:
-        cells: Dicts with ``family``, ``setting`` (label) and ``value``.
+        cells: Dicts with ``family``, ``setting`` (label) and ``value``; the ``task == "mean"``
+            rows of :func:`commit_env.evaluation.reports.cross_setting_cells` carry ``win_rate``
+            (share of tasks won, drawn on a fixed 0..1 scale and annotated ``wins/n``). Any other
+            value is drawn on a symmetric scale around 0.
         path: Output PNG.
-        value: Key of the plotted value (e.g. score advantage over the heuristic frontier).
+        value: Key of the plotted value.
+
+    Raises:
+        ValueError: If no cell has ``value``.
     """
     plt = _pyplot()
     import numpy as np
 
+    cells = [c for c in cells if value in c]
+    if not cells:
+        raise ValueError(f"no cell has the value {value!r} to plot")
     families = list(dict.fromkeys(c["family"] for c in cells))
     settings = list(dict.fromkeys(c["setting"] for c in cells))
     grid = np.full((len(families), len(settings)), np.nan)
+    text: dict[tuple[int, int], str] = {}
     for c in cells:
-        grid[families.index(c["family"]), settings.index(c["setting"])] = c[value]
+        i, j = families.index(c["family"]), settings.index(c["setting"])
+        grid[i, j] = c[value]
+        if value == "win_rate" and "wins" in c and "n" in c:
+            text[i, j] = f"{c['wins']}/{c['n']}"
+        else:
+            text[i, j] = f"{c[value]:+.2f}"
+    if value == "win_rate":
+        vmin, vmax = 0.0, 1.0
+        title = "share of tasks where the learned policy wins the cell"
+    else:
+        lim = max(1e-6, float(np.nanmax(np.abs(grid))))
+        vmin, vmax, title = -lim, lim, value
     fig, ax = plt.subplots(figsize=(1.1 * len(settings) + 3, 0.5 * len(families) + 2))
-    lim = max(1e-6, float(np.nanmax(np.abs(grid)))) if np.isfinite(grid).any() else 1.0
-    im = ax.imshow(grid, cmap="RdYlGn", vmin=-lim, vmax=lim, aspect="auto")
+    im = ax.imshow(grid, cmap="RdYlGn", vmin=vmin, vmax=vmax, aspect="auto")
     ax.set_xticks(range(len(settings)), settings, rotation=40, ha="right", fontsize=8)
     ax.set_yticks(range(len(families)), families, fontsize=8)
-    for i in range(len(families)):
-        for j in range(len(settings)):
-            if np.isfinite(grid[i, j]):
-                ax.text(j, i, f"{grid[i, j]:+.2f}", ha="center", va="center", fontsize=7)
+    for (i, j), label in text.items():
+        ax.text(j, i, label, ha="center", va="center", fontsize=7)
     fig.colorbar(im, ax=ax, label=value)
-    ax.set_title("score minus heuristic frontier at the same NFE (mean over tasks)")
+    ax.set_title(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -1,89 +1,114 @@
-"""Markdown report and derived tables from result records (never decodes anything)."""
+"""Markdown report and derived tables from result records (never decodes anything).
+
+The trade-off numbers come from :mod:`commit_env.evaluation.metrics` (AUP, iso-quality speed-up,
+the cross-setting frontier count), so a report can be re-rendered from any ``results.json``.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
+from commit_env.evaluation.metrics import (
+    LEARNED,
+    NOT_DEPLOYABLE,
+    TOLERANCE,
+    aup_table,
+    family_speedups,
+    frontier_cells,
+    frontier_counts,
+    group_cells,
+    iso_quality_speedups,
+    setting_label,
+)
 from commit_env.evaluation.plots import pareto_frontier
 from commit_env.evaluation.sweeps import paired_difference
 
-__all__ = ["cross_setting_cells", "render_report", "setting_label", "frontier_advantage"]
+__all__ = [
+    "DefaultSpec",
+    "cross_setting_cells",
+    "default_records",
+    "render_report",
+    "setting_label",
+]
 
-LEARNED = ("controller", "ppo")
-
-
-def setting_label(r: dict[str, Any]) -> str:
-    """``G=16 block:4 S=8`` for a record."""
-    return f"G={r['gen_length']} {r['window']} S={r['step_budget'] or '-'}"
-
-
-def frontier_advantage(
-    point: tuple[float, float], heuristics: Sequence[tuple[float, float]]
-) -> float:
-    """Score of ``point`` minus the best heuristic score reachable with at most its NFE.
-
-    Args:
-        point: ``(nfe, score)``.
-        heuristics: ``(nfe, score)`` of the heuristics in the same cell.
-
-    Returns:
-        The advantage (>= 0: on or above the frontier). With no heuristic at that NFE or less,
-        the policy's own score.
-    """
-    nfe, score = point
-    reachable = [s for n, s in heuristics if n <= nfe + 1e-9]
-    return score - max(reachable) if reachable else score
+DefaultSpec = tuple[int, str] | Mapping[str, Any]
+"""The default setting: one ``(gen_length, window)`` for every task, or ``{task: setting}`` with
+``Setting`` objects or ``(gen_length, window)`` tuples (tasks with different default G)."""
 
 
-def cross_setting_cells(
-    records: Sequence[dict[str, Any]], learned_families: Sequence[str] = LEARNED
+def _default_of(default: DefaultSpec, task: str) -> tuple[int, str] | None:
+    if not isinstance(default, Mapping):
+        g, window = default
+        return int(g), str(window)
+    spec = default.get(task)
+    if spec is None:
+        return None
+    if isinstance(spec, tuple):
+        return int(spec[0]), str(spec[1])
+    return int(spec.gen_length), str(spec.window)
+
+
+def default_records(
+    records: Sequence[dict[str, Any]], default: DefaultSpec
 ) -> list[dict[str, Any]]:
-    """Advantage over the heuristic frontier per (learned family, setting, task).
+    """The records at each task's default setting (its G and window, no step budget).
 
     Args:
         records: Result records.
-        learned_families: Families compared against the heuristics (oracle excluded from both).
+        default: See :data:`DefaultSpec`.
 
     Returns:
-        Cells with ``family``, ``setting``, ``task``, ``nfe``, ``score`` and ``advantage``; plus
-        one task-averaged cell per (family, setting) with ``task == "mean"``.
+        The matching records, in input order (e.g. for ``plots.pareto_plot``).
     """
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    out = []
     for r in records:
-        groups.setdefault((setting_label(r), r["task"]), []).append(r)
-    cells = []
-    for (setting, task), rows in groups.items():
-        heur = [
-            (r["nfe"], r["score"])
-            for r in rows
-            if r["family"] not in learned_families and r["family"] != "oracle"
-        ]
-        for r in rows:
-            if r["family"] in learned_families and heur:
-                cells.append(
-                    {
-                        "family": r["family"],
-                        "setting": setting,
-                        "task": task,
-                        "nfe": r["nfe"],
-                        "score": r["score"],
-                        "advantage": frontier_advantage((r["nfe"], r["score"]), heur),
-                    }
-                )
+        d = _default_of(default, r["task"])
+        if d is not None and (r["gen_length"], r["window"]) == d and r["step_budget"] is None:
+            out.append(r)
+    return out
+
+
+def cross_setting_cells(
+    records: Sequence[dict[str, Any]],
+    learned_families: Collection[str] = LEARNED,
+    *,
+    tolerance: float = TOLERANCE,
+    trained_settings: Mapping[str, Collection[Any]] | None = None,
+) -> list[dict[str, Any]]:
+    """Frontier verdicts per (learned family, setting, task), plus per-setting summaries.
+
+    Args:
+        records: Result records.
+        learned_families: Families judged against the heuristics (the oracle is neither).
+        tolerance: Quality bar below the cell's best (1 point = 0.01).
+        trained_settings: ``{family: settings it was trained on}`` (see
+            :func:`commit_env.evaluation.metrics.frontier_cells`).
+
+    Returns:
+        One ``task == "mean"`` row per (family, setting) with ``wins``, ``n`` (tasks),
+        ``win_rate``, mean ``score`` and ``nfe`` (for ``plots.cross_setting_plot``), followed by
+        the rows of :func:`commit_env.evaluation.metrics.frontier_cells`.
+    """
+    cells = frontier_cells(
+        records, learned_families, tolerance=tolerance, trained_settings=trained_settings
+    )
     means = []
     for family in dict.fromkeys(c["family"] for c in cells):
         for setting in dict.fromkeys(c["setting"] for c in cells):
             sel = [c for c in cells if c["family"] == family and c["setting"] == setting]
             if sel:
+                wins = sum(c["win"] for c in sel)
                 means.append(
                     {
                         "family": family,
                         "setting": setting,
                         "task": "mean",
-                        "nfe": sum(c["nfe"] for c in sel) / len(sel),
+                        "wins": wins,
+                        "n": len(sel),
+                        "win_rate": wins / len(sel),
                         "score": sum(c["score"] for c in sel) / len(sel),
-                        "advantage": sum(c["advantage"] for c in sel) / len(sel),
+                        "nfe": sum(c["nfe"] for c in sel) / len(sel),
                     }
                 )
     return means + cells
@@ -103,11 +128,121 @@ def _default_table(rows: Sequence[dict[str, Any]]) -> list[str]:
     return out
 
 
-def _winner(rows: Sequence[dict[str, Any]], tolerance: float = 0.01) -> dict[str, Any]:
-    """Cheapest non-oracle policy within ``tolerance`` of the best score."""
-    cands = [r for r in rows if r["family"] != "oracle"]
+def _winner(rows: Sequence[dict[str, Any]], tolerance: float = TOLERANCE) -> dict[str, Any] | None:
+    """Cheapest deployable policy within ``tolerance`` of the best score."""
+    cands = [r for r in rows if r["family"] not in NOT_DEPLOYABLE]
+    if not cands:
+        return None
     top = max(r["score"] for r in cands)
-    return min((r for r in cands if r["score"] >= top - tolerance), key=lambda r: r["nfe"])
+    return min((r for r in cands if r["score"] >= top - tolerance - 1e-9), key=lambda r: r["nfe"])
+
+
+def _family_task_table(
+    rows: Sequence[dict[str, Any]], fmt: Any, header: str, tasks: Sequence[str]
+) -> list[str]:
+    """A family x task markdown table; ``fmt(row or None) -> str``."""
+    by = {(r["family"], r["task"]): r for r in rows}
+    families = list(dict.fromkeys(r["family"] for r in rows))
+    out = [f"| {header} | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
+    for family in families:
+        out.append(f"| {family} | " + " | ".join(fmt(by.get((family, t))) for t in tasks) + " |")
+    return out
+
+
+def _aup_section(base: Sequence[dict[str, Any]], tasks: Sequence[str]) -> list[str]:
+    rows = aup_table(base)
+    if not rows:
+        return []
+    best = {t: max((r["aup"] for r in rows if r["task"] == t), default=0.0) for t in tasks}
+
+    def fmt(r: dict[str, Any] | None) -> str:
+        if r is None:
+            return "-"
+        text = f"{r['aup']:.2f}"
+        return f"**{text}**" if r["aup"] > 0 and r["aup"] >= best[r["task"]] - 1e-9 else text
+
+    return [
+        "## AUP (accuracy under parallelism), default setting",
+        "",
+        "d3LLM's AUP per policy family: the area under the family's score-vs-tokens-per-forward "
+        "curve (one point per parameter value), each point weighted by "
+        "min(exp(-3 (1 - y / y_max)), 1) with y_max the best score of the task's cell; points "
+        "more than 5 points below y_max are dropped (a family with none left scores 0). Higher "
+        "is better; a family that keeps the best score at T tokens per forward scores about T. "
+        "Bold: best per task.",
+        "",
+        *_family_task_table(rows, fmt, "family", tasks),
+        "",
+    ]
+
+
+def _speedup_section(
+    base: Sequence[dict[str, Any]], tasks: Sequence[str], tolerance: float
+) -> list[str]:
+    rows = family_speedups(iso_quality_speedups(base, tolerance=tolerance))
+    if not rows:
+        return []
+
+    def fmt(r: dict[str, Any] | None) -> str:
+        if r is None or r["speedup"] is None:
+            return "-"
+        return f"{r['speedup']:.2f}x {r['params_label']}"
+
+    return [
+        "## Iso-quality speed-up, default setting",
+        "",
+        f"Sequential NFE / policy NFE for the fastest member of each family whose score is within "
+        f"{100 * tolerance:g} point(s) of the best in the cell (oracle excluded from the best); "
+        "`-`: no member reaches that quality.",
+        "",
+        *_family_task_table(rows, fmt, "family", tasks),
+        "",
+    ]
+
+
+def _frontier_section(cells: Sequence[dict[str, Any]], tolerance: float) -> list[str]:
+    per_task = [c for c in cells if c["task"] != "mean"]
+    lines = [
+        "## Cross-setting grid",
+        "",
+        f"A learned policy wins a cell (setting x task) only when its score is within "
+        f"{100 * tolerance:g} point(s) of the best score any deployable policy reaches there "
+        "*and* no heuristic reaches its score with fewer NFE. `below best`: it lost on quality "
+        "(a collapse is a loss, however cheap); `heuristic cheaper`: a heuristic matched it for "
+        "fewer NFE. Rival: the cheapest heuristic reaching its score (else, in parentheses, the "
+        "best heuristic).",
+        "",
+    ]
+    if not per_task:
+        return [*lines, "No learned policy was measured next to heuristics.", ""]
+    for count in frontier_counts(per_task):
+        family, n = count["family"], count["cells"]
+        text = (
+            f"**{family}**: wins {count['wins']}/{n} cells "
+            f"({100 * count['wins'] / max(n, 1):.0f}%); below the best in "
+            f"{count['below_best']}, a heuristic cheaper in {count['heuristic_cheaper']}"
+        )
+        if count["unseen_cells"] is not None:
+            text += (
+                f"; on settings unseen in training: {count['unseen_wins']}/{count['unseen_cells']}"
+            )
+        lines += [text + ".", ""]
+        lines += [
+            "| setting | task | score | best | NFE | verdict | rival (score, NFE) |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for c in per_task:
+            if c["family"] != family:
+                continue
+            rival = c["rival"] if c["rival"] is not None else "(best heuristic)"
+            seen = "" if c["seen"] in (None, False) else " (trained)"
+            lines.append(
+                f"| {c['setting']}{seen} | {c['task']} | {c['score']:.3f} | {c['best']:.3f} | "
+                f"{c['nfe']:.2f} | {c['verdict']} | {rival} ({c['rival_score']:.3f}, "
+                f"{c['rival_nfe']:.2f}) |"
+            )
+        lines.append("")
+    return lines
 
 
 def render_report(
@@ -116,16 +251,20 @@ def render_report(
     *,
     cfg: dict[str, Any],
     timings: dict[str, float],
-    default: tuple[int, str],
+    default: DefaultSpec,
+    tolerance: float = TOLERANCE,
 ) -> str:
     """The bench report in markdown.
 
     Args:
         records: Result records.
-        cells: Output of :func:`cross_setting_cells`.
-        cfg: The bench configuration (for the header).
+        cells: Output of :func:`cross_setting_cells` (pass ``trained_settings`` there to get the
+            counts on settings unseen in training).
+        cfg: The bench configuration (for the header: ``backbone``, ``tasks``, ``n``, ``seed``,
+            ``mode``).
         timings: Seconds per phase.
-        default: ``(gen_length, window)`` of the default setting.
+        default: The default setting, see :data:`DefaultSpec`.
+        tolerance: "Within 1 point" on the ``[0, 1]`` score scale.
 
     Returns:
         Markdown text.
@@ -138,64 +277,40 @@ def render_report(
         "",
     ]
     lines += ["Timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()), ""]
-    g, window = default
-    base = [
-        r
-        for r in records
-        if r["gen_length"] == g and r["window"] == window and r["step_budget"] is None
-    ]
-    for task in dict.fromkeys(r["task"] for r in base):
+    base = default_records(records, default)
+    tasks = list(dict.fromkeys(r["task"] for r in base))
+    lines += _aup_section(base, tasks)
+    lines += _speedup_section(base, tasks, tolerance)
+    for task in tasks:
         rows = [r for r in base if r["task"] == task]
+        g, window = rows[0]["gen_length"], rows[0]["window"]
         lines += [f"## {task}: default setting (G={g}, {window}, no budget)", ""]
         lines += _default_table(rows)
-        front = pareto_frontier([(r["nfe"], r["score"]) for r in rows if r["family"] != "oracle"])
+        front = pareto_frontier(
+            [(r["nfe"], r["score"]) for r in rows if r["family"] not in NOT_DEPLOYABLE]
+        )
         named = []
         for nfe, score in front:
             r = next(r for r in rows if r["nfe"] == nfe and r["score"] == score)
             named.append(f"{r['params_label']} ({nfe:.2f} NFE, {score:.3f})")
         lines += ["", "Pareto frontier (oracle excluded): " + " -> ".join(named), ""]
-        lines += _paired_section(rows)
-    lines += [
-        "## Cross-setting grid",
-        "",
-        "Advantage = learned policy's score minus the best heuristic score reachable with at "
-        "most the same mean NFE in that cell (>= 0: on or above the heuristic frontier).",
-        "",
-    ]
-    per_task = [c for c in cells if c["task"] != "mean"]
-    for family in dict.fromkeys(c["family"] for c in per_task):
-        sel = [c for c in per_task if c["family"] == family]
-        on = sum(c["advantage"] >= 0 for c in sel)
-        near = sum(c["advantage"] >= -0.01 for c in sel)
-        lines += [
-            f"**{family}**: on or above the frontier in {on}/{len(sel)} cells "
-            f"({100 * on / max(len(sel), 1):.0f}%); within 1 point in {near}/{len(sel)}.",
-            "",
-        ]
-        lines += ["| setting | task | score | NFE | advantage |", "|---|---|---|---|---|"]
-        lines += [
-            f"| {c['setting']} | {c['task']} | {c['score']:.3f} | {c['nfe']:.2f} | "
-            f"{c['advantage']:+.3f} |"
-            for c in sel
-        ]
-        lines.append("")
+        lines += _paired_section(rows, tolerance)
+    lines += _frontier_section(cells, tolerance)
     lines += [
         "## What wins where",
         "",
-        "Cheapest policy (fewest NFE) within 1 point of the best score in each cell "
-        "(oracle excluded).",
+        f"Cheapest policy (fewest NFE) within {100 * tolerance:g} point(s) of the best score in "
+        "each cell (oracle excluded).",
         "",
         "| setting | task | winner | score | NFE |",
         "|---|---|---|---|---|",
     ]
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for r in records:
-        groups.setdefault((setting_label(r), r["task"]), []).append(r)
-    for (setting, task), rows in groups.items():
-        w = _winner(rows)
-        lines.append(
-            f"| {setting} | {task} | {w['params_label']} | {w['score']:.3f} | {w['nfe']:.2f} |"
-        )
+    for (setting, task), rows in group_cells(records).items():
+        w = _winner(rows, tolerance)
+        if w is not None:
+            lines.append(
+                f"| {setting} | {task} | {w['params_label']} | {w['score']:.3f} | {w['nfe']:.2f} |"
+            )
     lines += [
         "",
         "Figures: `pareto.png`, `cross_setting.png`, `traces.png`. Raw records: `results.json`.",
@@ -204,7 +319,7 @@ def render_report(
     return "\n".join(lines)
 
 
-def _paired_section(rows: Sequence[dict[str, Any]]) -> list[str]:
+def _paired_section(rows: Sequence[dict[str, Any]], tolerance: float = TOLERANCE) -> list[str]:
     learned = [r for r in rows if r["family"] in LEARNED and "scores" in r]
     seq = next((r for r in rows if r["family"] == "sequential" and "scores" in r), None)
     if not learned or seq is None:
@@ -217,11 +332,17 @@ def _paired_section(rows: Sequence[dict[str, Any]]) -> list[str]:
         "|---|---|---|---|---|",
     ]
     others = [
-        r for r in rows if r["family"] not in LEARNED and r["family"] != "oracle" and "scores" in r
+        r
+        for r in rows
+        if r["family"] not in LEARNED and r["family"] not in NOT_DEPLOYABLE and "scores" in r
     ]
     for lr in learned:
-        best = max(others, key=lambda r: (r["score"] >= seq["score"] - 0.01, -r["nfe"]))
-        for ref in (seq, best):
+        refs = [seq]
+        if others:
+            refs.append(
+                max(others, key=lambda r: (r["score"] >= seq["score"] - tolerance, -r["nfe"]))
+            )
+        for ref in refs:
             d = paired_difference(lr["scores"], ref["scores"])
             mark = "*" if d["significant"] else ""
             out.append(
