@@ -77,14 +77,14 @@ def _label_of(setting: Any) -> str:
         return setting
     if isinstance(setting, Mapping):
         return setting_label(setting)
-    if isinstance(setting, tuple) and len(setting) == 3:
-        g, window, budget = setting
+    if isinstance(setting, tuple) and len(setting) in (2, 3):
+        g, window, budget = (*setting, None)[:3]
         return setting_label({"gen_length": g, "window": window, "step_budget": budget})
     if hasattr(setting, "label"):
         return str(setting.label)
     raise ValueError(
         f"bad setting {setting!r}; expected a label 'G=16 full S=-', a Setting, "
-        "a record or a (gen_length, window, step_budget) tuple"
+        "a record or a (gen_length, window[, step_budget]) tuple"
     )
 
 
@@ -344,7 +344,7 @@ def frontier_cells(
         tolerance: The quality bar is the cell's best minus this.
         exclude: Families neither judged nor rivals, and never the bar (the oracle).
         trained_settings: Optional ``{family: settings it was trained on}`` (labels like
-            ``"G=16 block:4 S=-"``, ``Setting`` objects or ``(G, window, budget)`` tuples). A
+            ``"G=16 block:4 S=-"``, ``Setting`` objects or ``(G, window[, budget])`` tuples). A
             family absent here falls back to its records' ``"trained_settings"`` key; without
             either, ``seen`` is None (unknown).
 

@@ -3,7 +3,6 @@
 import math
 
 import pytest
-
 from commit_env.evaluation.grid import (
     FULL_GRID,
     bench_grid,

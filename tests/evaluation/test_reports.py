@@ -1,0 +1,142 @@
+"""The bench report and figures rendered from synthetic records (nothing decodes here)."""
+
+import math
+
+import pytest
+from commit_env.evaluation import plots
+from commit_env.evaluation.metrics import aup_table
+from commit_env.evaluation.reports import cross_setting_cells, default_records, render_report
+from commit_env.evaluation.sweeps import Setting
+
+CFG = {"backbone": "tiny", "tasks": ["code", "latin"], "n": 4, "seed": 0, "mode": "quick"}
+
+
+def rec(task, family, score, nfe, *, label=None, g=16, window="full", budget=None, scores=None):
+    r = {
+        "task": task,
+        "family": family,
+        "policy": family,
+        "params_label": label or f"{family}()",
+        "score": score,
+        "score_ci_low": max(0.0, score - 0.05),
+        "score_ci_high": min(1.0, score + 0.05),
+        "nfe": nfe,
+        "tokens_per_forward": g / nfe,
+        "forced_commit_rate": 0.0,
+        "gen_length": g,
+        "window": window,
+        "step_budget": budget,
+    }
+    if scores is not None:
+        r["scores"] = scores
+    return r
+
+
+def cell(task, g, learned, *, window="full", budget=None):
+    kw = {"g": g, "window": window, "budget": budget}
+    return [
+        rec(task, "sequential", 0.95, float(g), scores=[1, 1, 1, 0.8], **kw),
+        rec(task, "threshold", 0.95, g / 4, label="threshold(threshold=0.9)", **kw),
+        rec(task, "threshold", 0.70, g / 8, label="threshold(threshold=0.5)", **kw),
+        rec(task, "all-at-once", 0.0, 1.0, label=f"topk(k={g})", **kw),
+        rec(task, "oracle", 1.0, 2.0, **kw),
+        rec(task, "controller", learned[0], learned[1], scores=[1, 0, 0, 0.56], **kw),
+    ]
+
+
+@pytest.fixture
+def records():
+    return (
+        cell("code", 16, (0.39, 3.0))  # the collapse: cheap and wrong
+        + cell("code", 16, (0.95, 2.0), budget=4)
+        + cell("latin", 24, (0.95, 5.0))
+        + cell("latin", 24, (0.95, 5.0), window="block:8")
+    )
+
+
+DEFAULT = {"code": Setting(16, "full", None), "latin": (24, "full")}
+
+
+def test_default_records_follow_each_tasks_default_length(records):
+    base = default_records(records, DEFAULT)
+    assert {(r["task"], r["gen_length"], r["window"], r["step_budget"]) for r in base} == {
+        ("code", 16, "full", None),
+        ("latin", 24, "full", None),
+    }
+    assert len(default_records(records, (16, "full"))) == 6  # one default for every task
+
+
+def test_cross_setting_cells_and_means(records):
+    cells = cross_setting_cells(
+        records, ["controller"], trained_settings={"controller": list(DEFAULT.values())}
+    )
+    per = {(c["setting"], c["task"]): c for c in cells if c["task"] != "mean"}
+    assert per["G=16 full S=-", "code"]["verdict"] == "below best"
+    assert per["G=16 full S=4", "code"]["win"] and per["G=16 full S=4", "code"]["seen"] is False
+    assert per["G=24 full S=-", "latin"]["seen"] is True
+    means = {c["setting"]: c for c in cells if c["task"] == "mean"}
+    assert means["G=16 full S=-"]["win_rate"] == 0.0 and means["G=16 full S=-"]["n"] == 1
+    assert means["G=24 block:8 S=-"]["wins"] == 1
+
+
+def test_report_reads_collapse_as_a_loss_and_has_every_section(records):
+    cells = cross_setting_cells(
+        records, ["controller"], trained_settings={"controller": list(DEFAULT.values())}
+    )
+    text = render_report(records, cells, cfg=CFG, timings={"total": 3.0}, default=DEFAULT)
+    for heading in (
+        "## AUP (accuracy under parallelism), default setting",
+        "## Iso-quality speed-up, default setting",
+        "## code: default setting (G=16, full, no budget)",
+        "## latin: default setting (G=24, full, no budget)",
+        "| policy | score |",
+        "Pareto frontier",
+        "Paired comparisons",
+        "## Cross-setting grid",
+        "## What wins where",
+    ):
+        assert heading in text, heading
+    # code: 1 loss (collapse) + 1 win; latin: 2 wins (block:8 and full, seen: full only)
+    counts = "**controller**: wins 3/4 cells (75%); below the best in 1, a heuristic cheaper in 0"
+    assert counts in text
+    assert "on settings unseen in training: 2/2" in text
+    assert "| G=16 full S=- (trained) | code | 0.390 | 0.950 | 3.00 | below best |" in text
+    # iso-quality: threshold(0.9) at 24/6 = 4x on latin, controller 24/5 = 4.8x
+    assert "4.00x threshold(threshold=0.9)" in text and "4.80x controller()" in text
+    iso = text.split("## Iso-quality")[1].split("\n## ")[0]
+    iso_row = next(line for line in iso.splitlines() if line.startswith("| all-at-once |"))
+    assert iso_row.count("| - ") >= 2  # collapsed: never at iso-quality
+
+
+def test_aup_table_in_report_matches_the_metric(records):
+    base = default_records(records, DEFAULT)
+    rows = {(r["family"], r["task"]): r["aup"] for r in aup_table(base)}
+    assert rows["threshold", "latin"] == pytest.approx(4.0 * 0.95)  # 0.70 is > 5 points below
+    assert rows["controller", "code"] == 0.0
+    w = math.exp(-3 * (1 - 0.95 / 0.95))
+    assert rows["controller", "latin"] == pytest.approx(24 / 5 * 0.95 * w)
+    text = render_report(
+        records, cross_setting_cells(records), cfg=CFG, timings={}, default=DEFAULT
+    )
+    aup_lines = text.split("## AUP")[1].split("## Iso-quality")[0]
+    assert "| controller | 0.00 | **4.56** |" in aup_lines
+
+
+def test_report_without_learned_policies(records):
+    heur = [r for r in records if r["family"] != "controller"]
+    text = render_report(heur, cross_setting_cells(heur), cfg=CFG, timings={}, default=DEFAULT)
+    assert "No learned policy was measured next to heuristics." in text
+
+
+def test_figures_from_new_metrics(records, tmp_path):
+    import matplotlib.image as mpimg
+
+    cells = cross_setting_cells(records)
+    plots.cross_setting_plot([c for c in cells if c["task"] == "mean"], tmp_path / "cross.png")
+    base = default_records(records, DEFAULT)
+    plots.pareto_plot(base, tmp_path / "pareto.png", aup=aup_table(base))
+    for name in ("cross.png", "pareto.png"):
+        img = mpimg.imread(tmp_path / name)
+        assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 100
+    with pytest.raises(ValueError, match="win_rate"):
+        plots.cross_setting_plot([c for c in cells if c["task"] != "mean"], tmp_path / "x.png")
