@@ -175,7 +175,8 @@ def _aup_section(base: Sequence[dict[str, Any]], tasks: Sequence[str]) -> list[s
         "curve (one point per parameter value), each point weighted by "
         "min(exp(-3 (1 - y / y_max)), 1) with y_max the best score of the task's cell; points "
         "more than 5 points below y_max are dropped (a family with none left scores 0). Higher "
-        "is better; a family that keeps the best score at T tokens per forward scores about T. "
+        "is better; a family that keeps the best score y_max up to T tokens per forward "
+        "scores T y_max. "
         "Bold: best deployable family per task (the oracle reads the reference).",
         "",
         *_family_task_table(rows, fmt, "family", tasks),
@@ -346,9 +347,11 @@ def _paired_section(rows: Sequence[dict[str, Any]], tolerance: float = TOLERANCE
     for lr in learned:
         refs = [seq]
         if others:
-            refs.append(
-                max(others, key=lambda r: (r["score"] >= seq["score"] - tolerance, -r["nfe"]))
+            cheapest = max(
+                others, key=lambda r: (r["score"] >= seq["score"] - tolerance, -r["nfe"])
             )
+            if cheapest is not seq:
+                refs.append(cheapest)
         for ref in refs:
             d = paired_difference(lr["scores"], ref["scores"])
             mark = "*" if d["significant"] else ""
