@@ -18,13 +18,15 @@ it cuts the sequential decode short: one token per forward needs G forwards, so 
 below G binds, and at G/4 a policy must commit at least 4 tokens per forward on average. The
 engine fills whatever is still masked when the budget is spent (``budget_fills``).
 
-The ``quick`` variant keeps the default G only, windows ``block:8`` and ``full`` and budgets
-none and G/4 (at most 4 settings per task) to keep ``commit-env bench --quick`` short; ``full``
-is the whole grid (at most 18 settings per task).
+The ``quick`` variant is three settings per task at the default G: ``full`` without a budget
+(the usual default setting, which the bench's default sweep has measured already), ``full`` with
+budget G/4 (a budget that binds) and ``block:8`` without a budget (a window that binds), to keep
+``commit-env bench --quick`` short; ``full`` is the whole grid (at most 18 settings per task).
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 
 from commit_env.evaluation.sweeps import Setting
@@ -35,20 +37,41 @@ __all__ = [
     "FULL_GRID",
     "GRID_MODES",
     "QUICK_GRID",
+    "GridCell",
     "GridSpec",
     "bench_grid",
     "budget_for",
     "default_setting",
     "grid_settings",
+    "product_grid",
     "task_gen_length",
     "window_fits",
 ]
 
-GridSpec = tuple[tuple[int, ...], tuple[str, ...], tuple[int | None, ...]]
-"""``(G multipliers, windows, budget divisors)``; a divisor of None means no budget."""
+GridCell = tuple[int, str, int | None]
+"""``(G multiplier, window, budget divisor)``; a divisor of None means no budget."""
+GridSpec = tuple[GridCell, ...]
+"""The cells of a grid, in order."""
 
-FULL_GRID: GridSpec = ((1, 2), ("block:8", "sliding:16", "full"), (None, 4, 8))
-QUICK_GRID: GridSpec = ((1,), ("block:8", "full"), (None, 4))
+
+def product_grid(
+    scales: Sequence[int], windows: Sequence[str], divisors: Sequence[int | None]
+) -> GridSpec:
+    """Every combination of G multiplier, window and budget divisor.
+
+    Args:
+        scales: G multipliers (1 = the task's default G).
+        windows: Window specs.
+        divisors: Budget divisors d (budget G/d; None = no budget).
+
+    Returns:
+        The cells, G first, then window, then budget.
+    """
+    return tuple(itertools.product(scales, windows, divisors))
+
+
+FULL_GRID: GridSpec = product_grid((1, 2), ("block:8", "sliding:16", "full"), (None, 4, 8))
+QUICK_GRID: GridSpec = ((1, "full", None), (1, "full", 4), (1, "block:8", None))
 GRID_MODES: dict[str, GridSpec] = {"quick": QUICK_GRID, "full": FULL_GRID}
 
 
@@ -97,7 +120,7 @@ def budget_for(gen_length: int, divisor: int | None) -> int | None:
 
 
 def grid_settings(default_gen_length: int, mode: str | GridSpec = "full") -> list[Setting]:
-    """The settings of one task, by G, then window, then budget (none first).
+    """The settings of one task, in the order of the grid's cells.
 
     Args:
         default_gen_length: The task's default G.
@@ -115,19 +138,16 @@ def grid_settings(default_gen_length: int, mode: str | GridSpec = "full") -> lis
         mode = GRID_MODES[mode]
     if default_gen_length < 1:
         raise ValueError(f"default_gen_length must be >= 1, got {default_gen_length}")
-    scales, windows, divisors = mode
     out: list[Setting] = []
-    for scale in scales:
+    for scale, window, d in mode:
         g = default_gen_length * scale
-        for window in windows:
-            if not window_fits(window, g):
-                continue
-            for d in divisors:
-                s = Setting(g, window, budget_for(g, d))
-                if d is not None and s.step_budget is None:
-                    continue  # G/d rounds to 0: no such budget
-                if s not in out:
-                    out.append(s)
+        if not window_fits(window, g):
+            continue
+        s = Setting(g, window, budget_for(g, d))
+        if d is not None and s.step_budget is None:
+            continue  # G/d rounds to 0: no such budget
+        if s not in out:
+            out.append(s)
     return out
 
 

@@ -283,11 +283,11 @@ def test_quick_grid_is_a_subset_of_the_full_grid():
     quick = grid_settings(24, "quick")
     assert set(quick) <= set(grid_settings(24, "full"))
     assert quick == [
-        Setting(24, "block:8", None),
-        Setting(24, "block:8", 6),
         Setting(24, "full", None),
         Setting(24, "full", 6),
+        Setting(24, "block:8", None),
     ]
+    assert grid_settings(8, "quick") == [Setting(8, "full", None), Setting(8, "full", 2)]
     assert grid_settings(4, FULL_GRID) == [Setting(4, "full", None), Setting(4, "full", 1)] + [
         Setting(8, "full", None),
         Setting(8, "full", 2),
@@ -299,8 +299,8 @@ def test_quick_grid_is_a_subset_of_the_full_grid():
 
 def test_bench_grid_per_task_default_length():
     grid = bench_grid(["qa", "latin"], "quick", gen_lengths={"latin": 24})
-    assert [s.gen_length for s in grid["qa"]] == [16] * 4  # registry default of an old family
-    assert [s.gen_length for s in grid["latin"]] == [24] * 4
+    assert [s.gen_length for s in grid["qa"]] == [16] * 3  # registry default of an old family
+    assert [s.gen_length for s in grid["latin"]] == [24] * 3
     with pytest.raises(ValueError, match="unknown task"):
         bench_grid(["nope"])
     assert default_setting(16, "sliding:16") == Setting(16, "full", None)
