@@ -349,8 +349,9 @@ def frontier_cells(
             either, ``seen`` is None (unknown).
 
     Returns:
-        Rows ``{"family", "params_label", "setting", "task", "score", "nfe", "best", "win",
-        "verdict", "rival", "rival_score", "rival_nfe", "seen"}``. ``verdict`` is ``"win"``,
+        Rows ``{"family", "params_label", "setting", "gen_length", "window", "step_budget",
+        "task", "score", "nfe", "best", "win", "verdict", "rival", "rival_score", "rival_nfe",
+        "seen"}``. ``verdict`` is ``"win"``,
         ``"below best"`` (fails 1) or ``"heuristic cheaper"`` (fails 2); ``rival`` is the
         cheapest heuristic reaching the policy's score (None if there is none; then the
         highest-scoring heuristic is named for reference with ``rival_score``/``rival_nfe``).
@@ -401,6 +402,9 @@ def frontier_cells(
                     "family": r["family"],
                     "params_label": r.get("params_label", r["family"]),
                     "setting": setting,
+                    "gen_length": r["gen_length"],
+                    "window": r["window"],
+                    "step_budget": r["step_budget"],
                     "task": task,
                     "score": score,
                     "nfe": nfe,

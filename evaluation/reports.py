@@ -28,6 +28,7 @@ __all__ = [
     "DefaultSpec",
     "cross_setting_cells",
     "default_records",
+    "relative_setting_label",
     "render_report",
     "setting_label",
 ]
@@ -69,12 +70,39 @@ def default_records(
     return out
 
 
+def relative_setting_label(record: Mapping[str, Any], default_gen_length: int) -> str:
+    """A setting label relative to the task's default G, comparable across tasks.
+
+    Args:
+        record: Has ``gen_length``, ``window`` and ``step_budget``.
+        default_gen_length: The task's default G.
+
+    Returns:
+        For example ``2G block:8 S=G/4`` (``S=-``: no budget; a budget that does not divide G
+        keeps its number, a length that is not a multiple of the default keeps ``G=<n>``).
+    """
+    g, budget = int(record["gen_length"]), record["step_budget"]
+    if g % default_gen_length == 0:
+        scale = g // default_gen_length
+        length = "G" if scale == 1 else f"{scale}G"
+    else:
+        length = f"G={g}"
+    if budget is None:
+        limit = "-"
+    elif g % int(budget) == 0:
+        limit = f"G/{g // int(budget)}"
+    else:
+        limit = str(budget)
+    return f"{length} {record['window']} S={limit}"
+
+
 def cross_setting_cells(
     records: Sequence[dict[str, Any]],
     learned_families: Collection[str] = LEARNED,
     *,
     tolerance: float = TOLERANCE,
     trained_settings: Mapping[str, Collection[Any]] | None = None,
+    default: DefaultSpec | None = None,
 ) -> list[dict[str, Any]]:
     """Frontier verdicts per (learned family, setting, task), plus per-setting summaries.
 
@@ -84,6 +112,9 @@ def cross_setting_cells(
         tolerance: Quality bar below the cell's best (1 point = 0.01).
         trained_settings: ``{family: settings it was trained on}`` (see
             :func:`commit_env.evaluation.metrics.frontier_cells`).
+        default: The default setting per task (:data:`DefaultSpec`). When given, the summaries
+            group settings by :func:`relative_setting_label` (``2G block:8 S=G/4``), so tasks
+            with different default G share a column; otherwise by the absolute label.
 
     Returns:
         One ``task == "mean"`` row per (family, setting) with ``wins``, ``n`` (tasks),
@@ -93,24 +124,29 @@ def cross_setting_cells(
     cells = frontier_cells(
         records, learned_families, tolerance=tolerance, trained_settings=trained_settings
     )
+
+    def column(c: dict[str, Any]) -> str:
+        d = None if default is None else _default_of(default, c["task"])
+        return c["setting"] if d is None else relative_setting_label(c, d[0])
+
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for c in cells:
+        groups.setdefault((c["family"], column(c)), []).append(c)
     means = []
-    for family in dict.fromkeys(c["family"] for c in cells):
-        for setting in dict.fromkeys(c["setting"] for c in cells):
-            sel = [c for c in cells if c["family"] == family and c["setting"] == setting]
-            if sel:
-                wins = sum(c["win"] for c in sel)
-                means.append(
-                    {
-                        "family": family,
-                        "setting": setting,
-                        "task": "mean",
-                        "wins": wins,
-                        "n": len(sel),
-                        "win_rate": wins / len(sel),
-                        "score": sum(c["score"] for c in sel) / len(sel),
-                        "nfe": sum(c["nfe"] for c in sel) / len(sel),
-                    }
-                )
+    for (family, setting), sel in groups.items():
+        wins = sum(c["win"] for c in sel)
+        means.append(
+            {
+                "family": family,
+                "setting": setting,
+                "task": "mean",
+                "wins": wins,
+                "n": len(sel),
+                "win_rate": wins / len(sel),
+                "score": sum(c["score"] for c in sel) / len(sel),
+                "nfe": sum(c["nfe"] for c in sel) / len(sel),
+            }
+        )
     return means + cells
 
 

@@ -5,7 +5,12 @@ import math
 import pytest
 from commit_env.evaluation import plots
 from commit_env.evaluation.metrics import aup_table
-from commit_env.evaluation.reports import cross_setting_cells, default_records, render_report
+from commit_env.evaluation.reports import (
+    cross_setting_cells,
+    default_records,
+    relative_setting_label,
+    render_report,
+)
 from commit_env.evaluation.sweeps import Setting
 
 CFG = {"backbone": "tiny", "tasks": ["code", "latin"], "n": 4, "seed": 0, "mode": "quick"}
@@ -140,3 +145,15 @@ def test_figures_from_new_metrics(records, tmp_path):
         assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 100
     with pytest.raises(ValueError, match="win_rate"):
         plots.cross_setting_plot([c for c in cells if c["task"] != "mean"], tmp_path / "x.png")
+
+
+def test_relative_labels_put_tasks_with_different_g_in_one_column(records):
+    assert relative_setting_label(rec("t", "x", 0, 1, g=48, budget=12), 24) == "2G full S=G/4"
+    assert relative_setting_label(rec("t", "x", 0, 1, g=24, window="block:8"), 24) == (
+        "G block:8 S=-"
+    )
+    assert relative_setting_label(rec("t", "x", 0, 1, g=20, budget=3), 16) == "G=20 full S=3"
+    means = [c for c in cross_setting_cells(records, default=DEFAULT) if c["task"] == "mean"]
+    full = next(c for c in means if c["setting"] == "G full S=-")
+    assert full["n"] == 2 and full["wins"] == 1  # code collapses, latin wins
+    assert {c["setting"] for c in means} == {"G full S=-", "G full S=G/4", "G block:8 S=-"}
