@@ -182,7 +182,7 @@ def default_setting(gen_length: int, window: str = "full") -> Setting:
 
 
 def bench_grid(
-    tasks: Sequence[str],
+    tasks: Sequence[str] | None = None,
     mode: str | GridSpec = "quick",
     *,
     gen_lengths: Mapping[str, int] | None = None,
@@ -190,7 +190,7 @@ def bench_grid(
     """The grid of every task.
 
     Args:
-        tasks: Task names.
+        tasks: Task names (None: the testbed, ``commit_env.tasks.registry.TESTBED_TASKS``).
         mode: ``"quick"``, ``"full"`` or an explicit :data:`GridSpec`.
         gen_lengths: Default G per task (missing tasks: :func:`task_gen_length`, which builds
             the task).
@@ -201,6 +201,10 @@ def bench_grid(
     Raises:
         ValueError: On an unknown task or mode.
     """
+    if tasks is None:
+        from commit_env.tasks.registry import TESTBED_TASKS
+
+        tasks = TESTBED_TASKS
     lengths = dict(gen_lengths or {})
     return {
         t: grid_settings(lengths[t] if t in lengths else task_gen_length(t), mode) for t in tasks

@@ -7,6 +7,7 @@ the cross-setting frontier count), so a report can be re-rendered from any ``res
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from commit_env.evaluation.metrics import (
@@ -30,6 +31,7 @@ __all__ = [
     "default_records",
     "relative_setting_label",
     "render_report",
+    "rescore",
     "setting_label",
 ]
 
@@ -396,3 +398,86 @@ def _paired_section(rows: Sequence[dict[str, Any]], tolerance: float = TOLERANCE
                 f"| {d['low']:+.3f}..{d['high']:+.3f} | {lr['nfe'] - ref['nfe']:+.2f} |"
             )
     return out + [""]
+
+
+def rescore(
+    out: str | Path,
+    *,
+    default: DefaultSpec | None = None,
+    learned_families: Collection[str] = LEARNED,
+    tolerance: float = TOLERANCE,
+    trained_settings: Mapping[str, Collection[Any]] | None = None,
+    write: bool = True,
+) -> str:
+    """Re-render ``report.md`` of a finished bench directory from its records alone.
+
+    Args:
+        out: The bench output directory (``results.json``, or ``results.jsonl`` of an interrupted
+            run; ``bench_config.json`` and ``summary.json`` are read when present).
+        default: The default setting (None: ``gen_length``/``window`` of ``bench_config.json``).
+        learned_families: Families judged in the cross-setting grid.
+        tolerance: "Within 1 point" on the ``[0, 1]`` score scale.
+        trained_settings: ``{family: settings it was trained on}``.
+        write: Write ``out/report.md`` (atomically).
+
+    Returns:
+        The report text.
+
+    Raises:
+        FileNotFoundError: If ``out`` has no records.
+        ValueError: If no default setting is given and ``bench_config.json`` has none.
+    """
+    import json
+
+    from commit_env.evaluation.io import read_jsonl
+
+    out = Path(out)
+    if (out / "results.json").is_file():
+        records = json.loads((out / "results.json").read_text())
+    elif (out / "results.jsonl").is_file():
+        records = read_jsonl(out / "results.jsonl")
+    else:
+        raise FileNotFoundError(f"no results.json or results.jsonl in {out}")
+    cfg_path, summary_path = out / "bench_config.json", out / "summary.json"
+    cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
+    timings = (
+        json.loads(summary_path.read_text()).get("timings", {}) if summary_path.is_file() else {}
+    )
+    if default is None:
+        if "gen_length" not in cfg or "window" not in cfg:
+            raise ValueError(f"pass default=(gen_length, window): {cfg_path} does not name one")
+        default = (cfg["gen_length"], cfg["window"])
+    header = {
+        "backbone": cfg.get("backbone", "?"),
+        "tasks": cfg.get("tasks") or list(dict.fromkeys(r["task"] for r in records)),
+        "n": cfg.get("n", "?"),
+        "seed": cfg.get("seed", "?"),
+        "mode": cfg.get("mode", "?"),
+    }
+    cells = cross_setting_cells(
+        records,
+        learned_families,
+        tolerance=tolerance,
+        trained_settings=trained_settings,
+        default=default,
+    )
+    text = render_report(
+        records, cells, cfg=header, timings=timings, default=default, tolerance=tolerance
+    )
+    if write:
+        _write_text_atomic(out / "report.md", text)
+    return text
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    import os
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -24,6 +24,8 @@ from commit_env.evaluation.metrics import (
 )
 from commit_env.evaluation.sweeps import Setting
 
+from commit_env.tasks.registry import TESTBED_TASKS
+
 
 def rec(task, family, score, nfe, *, label=None, tpf=None, g=16, window="full", budget=None, **kw):
     return {
@@ -303,5 +305,8 @@ def test_bench_grid_per_task_default_length():
     assert [s.gen_length for s in grid["latin"]] == [24] * 3
     with pytest.raises(ValueError, match="unknown task"):
         bench_grid(["nope"])
+    testbed = bench_grid(None, "full", gen_lengths=dict.fromkeys(TESTBED_TASKS, 24))
+    assert list(testbed) == list(TESTBED_TASKS)
+    assert all(len(v) == 18 for v in testbed.values())
     assert default_setting(16, "sliding:16") == Setting(16, "full", None)
     assert default_setting(24, "block:8") == Setting(24, "block:8", None)

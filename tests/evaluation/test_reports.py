@@ -10,6 +10,7 @@ from commit_env.evaluation.reports import (
     default_records,
     relative_setting_label,
     render_report,
+    rescore,
 )
 from commit_env.evaluation.sweeps import Setting
 
@@ -157,3 +158,23 @@ def test_relative_labels_put_tasks_with_different_g_in_one_column(records):
     full = next(c for c in means if c["setting"] == "G full S=-")
     assert full["n"] == 2 and full["wins"] == 1  # code collapses, latin wins
     assert {c["setting"] for c in means} == {"G full S=-", "G full S=G/4", "G block:8 S=-"}
+
+
+def test_rescore_a_bench_directory_from_its_records(records, tmp_path):
+    import json
+
+    with pytest.raises(FileNotFoundError, match="results"):
+        rescore(tmp_path)
+    (tmp_path / "results.json").write_text(json.dumps(records))
+    with pytest.raises(ValueError, match="default"):
+        rescore(tmp_path)
+    (tmp_path / "bench_config.json").write_text(
+        json.dumps({**CFG, "gen_length": 16, "window": "full"})
+    )
+    text = rescore(tmp_path, default=DEFAULT)
+    assert (tmp_path / "report.md").read_text() == text
+    assert "**controller**: wins 3/4 cells" in text and "Backbone `tiny`" in text
+    # a strict bar (0 points) keeps the same wins: every win here is at the best score
+    assert "wins 3/4" in rescore(tmp_path, default=DEFAULT, tolerance=0.0, write=False)
+    only_code = rescore(tmp_path, write=False)  # bench_config default: G=16 full for every task
+    assert "## code: default setting" in only_code and "## latin: default" not in only_code
