@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from commit_env.evaluation.metrics import NOT_DEPLOYABLE
+
 __all__ = ["pareto_frontier", "pareto_plot", "cross_setting_plot", "trace_plot"]
 
 
@@ -56,11 +58,16 @@ def pareto_plot(
 ) -> None:
     """Score vs mean NFE, one curve per policy family, frontier highlighted, a panel per task.
 
+    The frontier leaves out the oracle (it reads the reference), as the report does.
+
     Args:
         records: Sweep records (one setting per task is clearest; all points are drawn).
         path: Output PNG.
         aup: Optional rows of :func:`commit_env.evaluation.metrics.aup_table`; each family's
             legend entry then shows its AUP on that task (one legend per panel).
+
+    Raises:
+        ValueError: If ``records`` is empty.
     """
     plt = _pyplot()
     tasks = sorted({r["task"] for r in records})
@@ -79,9 +86,20 @@ def pareto_plot(
             if (family, task) in aup_of:
                 label = f"{family} (AUP {aup_of[(family, task)]:.2f})"
             ax.plot(xs, ys, marker=style, ms=7 if style == "*" else 4, lw=1, label=label)
-        front = pareto_frontier([(r["nfe"], r["score"]) for r in rows])
-        fx, fy = zip(*front, strict=True)
-        ax.step(fx, fy, where="post", color="black", lw=2.5, alpha=0.35, label="Pareto frontier")
+        front = pareto_frontier(
+            [(r["nfe"], r["score"]) for r in rows if r["family"] not in NOT_DEPLOYABLE]
+        )
+        if front:
+            fx, fy = zip(*front, strict=True)
+            ax.step(
+                fx,
+                fy,
+                where="post",
+                color="black",
+                lw=2.5,
+                alpha=0.35,
+                label="Pareto frontier (no oracle)",
+            )
         ax.set_title(task)
         ax.set_xlabel("mean NFE (forward passes)")
         ax.set_ylabel("task score")
