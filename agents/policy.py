@@ -1,9 +1,9 @@
 """A trained PPO / MaskablePPO agent as a :class:`~commit_env.policies.CommitPolicy`.
 
 :class:`PPOPolicy` turns a batched :class:`~commit_env.decoding.TraceState` into the observation
-dict the environment would have produced (through the env's own snapshot code in
-:mod:`commit_env.envs.core`, never a second feature implementation), runs the SB3 policy
-deterministically and returns the commit mask, so ``commit_env.evaluate.evaluate_policy`` and the
+dict the environment would have produced (through the env's own
+:class:`~commit_env.envs.observation.ObservationLayout`, never a second feature
+implementation), runs the SB3 policy deterministically and returns the commit mask, so ``commit_env.evaluate.evaluate_policy`` and the
 benchmark sweeps treat the agent like any heuristic.
 
 Example:
@@ -21,13 +21,13 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-
 from commit_env.agents.policy_net import PerPositionNet, per_position_layout
-from commit_env.backbones import load_backbone
+
 from commit_env.backbones.base import Backbone
 from commit_env.decoding import DecodeConfig
 from commit_env.decoding.state import TraceState
-from commit_env.envs.core import CommitSlots, EnvConfig
+from commit_env.envs.core import EnvConfig
+from commit_env.envs.observation import ObservationLayout
 from commit_env.policies.base import CommitPolicy
 
 __all__ = ["PPOPolicy", "StateObserver", "load_model"]
@@ -71,52 +71,40 @@ def load_model(path: str | Path, algo: str = "ppo", device: str | None = None) -
 class StateObserver:
     """Build the environment's observation dict for a batched trace state.
 
-    The observation comes from :class:`commit_env.envs.core.CommitSlots`' snapshot code (one
-    ``CommitSlots`` per generation length seen, sharing the backbone), then per-position keys are
-    zero-padded from the state's G to the env's padded width, exactly as padding positions read in
-    the env.
+    The observation comes from :class:`commit_env.envs.observation.ObservationLayout` (one layout
+    per generation length and device seen, all with the training env's features, top-k and
+    hidden width), then per-position keys are zero-padded from the state's G to the env's padded
+    width, exactly as padding positions read in the env. No task, decoder or backbone is needed:
+    the vocabulary size comes from the ``proposal`` bounds of the observation space.
 
     Args:
-        env_config: The training environment's config (features, top-k, task, backbone).
+        env_config: The training environment's config (features, top-k, hidden width).
         observation_space: The model's Dict observation space (gives the padded width).
-        backbone: A loaded backbone to share; default loads ``env_config.backbone``.
 
     Raises:
         ValueError: See :func:`commit_env.agents.policy_net.per_position_layout`.
     """
 
-    def __init__(
-        self,
-        env_config: EnvConfig,
-        observation_space: Any,
-        backbone: Backbone | None = None,
-    ) -> None:
+    def __init__(self, env_config: EnvConfig, observation_space: Any) -> None:
         self.env_config = env_config
         self.observation_space = observation_space
         self.gen_length, _, self._globals = per_position_layout(observation_space, exclude=())
-        self._backbone = backbone
-        self._slots: dict[tuple[int, str], CommitSlots] = {}
+        self._vocab_size = int(np.max(observation_space["proposal"].high)) + 1
+        self._layouts: dict[tuple[int, str], ObservationLayout] = {}
 
-    def _slots_for(self, G: int, device: torch.device) -> CommitSlots:
+    def _layout_for(self, G: int, device: torch.device) -> ObservationLayout:
         key = (G, str(device))
-        if key not in self._slots:
-            backbone = self._backbone
-            if backbone is None:
-                spec = self.env_config.backbone
-                backbone = (
-                    spec if not isinstance(spec, str) else load_backbone(spec, device=str(device))
-                )
-            cfg = dataclasses.replace(
-                self.env_config,
-                backbone=backbone,
+        if key not in self._layouts:
+            env = self.env_config
+            self._layouts[key] = ObservationLayout(
+                env.features,
+                top_k=env.top_k,
+                hidden_dim=env.hidden_dim,
                 gen_length=G,
-                window="full",
-                step_budget=None,
-                settings=None,
-                device=str(device),
+                vocab_size=self._vocab_size,
+                device=device,
             )
-            self._slots[key] = CommitSlots(cfg, num_slots=1)
-        return self._slots[key]
+        return self._layouts[key]
 
     def __call__(self, state: TraceState) -> dict[str, np.ndarray]:
         """The observation of every row.
@@ -136,8 +124,7 @@ class StateObserver:
                 f"state has gen_length {G_s} but the policy was trained with padded width {G}; "
                 f"decode with gen_length <= {G}"
             )
-        slots = self._slots_for(G_s, state.canvas.device)
-        obs = slots.observe(state)  # the env's own features, masks and clamping
+        obs = self._layout_for(G_s, state.canvas.device).observe(state)
         out: dict[str, np.ndarray] = {}
         B = state.batch_size
         for key, space in self.observation_space.spaces.items():
@@ -229,7 +216,7 @@ class PPOPolicy(CommitPolicy):
         Raises:
             ValueError: If the model's observation space lacks ``eligible``/``valid``.
         """
-        observer = StateObserver(env_config, model.observation_space, backbone)
+        observer = StateObserver(env_config, model.observation_space)
         return cls(
             path=path,
             step_cost=float(env_config.step_cost),

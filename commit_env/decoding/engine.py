@@ -23,7 +23,7 @@ from collections.abc import Sequence
 import torch
 
 from commit_env.backbones.base import Backbone
-from commit_env.decoding.config import DecodeConfig, parse_window
+from commit_env.decoding.config import DecodeConfig, validate_setting
 from commit_env.decoding.state import WINDOW_CODES, CommitDecision, TraceState
 
 __all__ = ["Decoder", "STABLE_CAP"]
@@ -184,11 +184,9 @@ class Decoder:
             seeds = [self.config.seed + b for b in range(B)] if seeds is None else list(seeds)
             if len(seeds) != B:
                 raise ValueError(f"got {len(seeds)} seeds for {B} prompts")
-            state.extras["generators"] = [
-                torch.Generator(device=dev).manual_seed(int(s)) for s in seeds
-            ]
+            state.generators = [torch.Generator(device=dev).manual_seed(int(s)) for s in seeds]
         if self.config.record_trace:
-            state.extras["trace"] = []
+            state.trace = []
         if forward:
             self._forward(state)
         self._update_window(state)
@@ -213,12 +211,7 @@ class Decoder:
         for g, w, b in zip(row_g, row_w, row_b, strict=True):
             if not 1 <= g <= G:
                 raise ValueError(f"per-row gen_length {g} must be in [1, {G}] (config.gen_length)")
-            kind, width = parse_window(w)
-            width = g if width is None else min(width, g)
-            if kind == "block" and g % width:
-                raise ValueError(f"block width {width} must divide gen_length {g}")
-            if b is not None and b < 1:
-                raise ValueError(f"step budget must be >= 1 or None, got {b}")
+            kind, width = validate_setting(g, w, b)
             kinds.append(WINDOW_CODES[kind])
             widths.append(width)
             budget_out.append((g, False) if b is None else (int(b), True))
@@ -283,7 +276,7 @@ class Decoder:
         state.commit_step = torch.where(commit, state.step[:, None], state.commit_step)
         state.step += active.long()
         if self.config.record_trace:
-            state.extras["trace"].append({"commit": commit.cpu(), "step": state.step.cpu()})
+            state.trace.append({"commit": commit.cpu(), "step": state.step.cpu()})
         self._finish_rows(state)
         self._forward(state)
         self._update_window(state)
@@ -377,7 +370,7 @@ class Decoder:
         state.nfe += active.long()
         state.forward_tokens += (state.attention_mask.sum(-1)) * active.long()
         if self.config.record_trace:
-            state.extras["trace"].append(
+            state.trace.append(
                 {"proposal": state.proposal.cpu(), "confidence": state.confidence.cpu()}
             )
 
@@ -385,7 +378,8 @@ class Decoder:
         self, state: TraceState, rows: torch.Tensor | None, logits: torch.Tensor
     ) -> torch.Tensor:
         """Gumbel-max sampling with one generator per row (a row's draws ignore its batch)."""
-        generators = state.extras["generators"]
+        generators = state.generators
+        assert generators is not None, "sampling needs per-row generators"
         index = range(state.batch_size) if rows is None else rows.tolist()
         noise = torch.stack(
             [  # one draw per row (not per position) keeps rows independent of batch composition
