@@ -3,17 +3,17 @@
 :class:`PPOPolicy` turns a batched :class:`~commit_env.decoding.TraceState` into the observation
 dict the environment would have produced (through the env's own
 :class:`~commit_env.envs.observation.ObservationLayout`, never a second feature
-implementation), runs the SB3 policy deterministically and returns the commit mask, so ``commit_env.evaluate.evaluate_policy`` and the
-benchmark sweeps treat the agent like any heuristic.
+implementation), runs the SB3 policy deterministically and returns the commit mask, so
+``commit_env.evaluate.evaluate_policy`` and the benchmark sweeps treat the agent like any heuristic.
 
 Example:
     >>> policy = PPOPolicy.load("runs/ppo/final.zip")  # doctest: +SKIP
-    >>> evaluate_policy(backbone, task, policy, policy.decode_config())  # doctest: +SKIP
+    >>> config = policy.decode_config(policy.setting.config())  # doctest: +SKIP
+    >>> evaluate_policy(backbone, task, policy, config)  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,11 +23,11 @@ import numpy as np
 import torch
 from commit_env.agents.policy_net import PerPositionNet, per_position_layout
 
-from commit_env.backbones.base import Backbone
-from commit_env.decoding import DecodeConfig
+from commit_env.backbones.spec import BackboneSpec
+from commit_env.decoding import DEFAULT_TOP_K, TRAINING_SETTING, DecodeSetting
 from commit_env.decoding.state import TraceState
 from commit_env.envs.core import EnvConfig
-from commit_env.envs.observation import ObservationLayout
+from commit_env.envs.observation import DEFAULT_FEATURES, ObservationLayout
 from commit_env.policies.base import CommitPolicy
 
 __all__ = ["PPOPolicy", "StateObserver", "load_model"]
@@ -150,18 +150,15 @@ class PPOPolicy(CommitPolicy):
         path: Where the model was loaded from (empty for an in-memory model).
         step_cost: The lambda the agent was trained with.
         algo: ``"ppo"`` or ``"maskable"``.
-        gen_length: The env's padded width G (the largest G the policy accepts).
-        window: The training window spec.
-        step_budget: The training step budget.
+        setting: The training setting; its G is the env's padded width (the largest G the
+            policy accepts).
     """
 
     name: ClassVar[str] = "ppo"
     path: str = ""
     step_cost: float = 0.0
     algo: str = "ppo"
-    gen_length: int = 16
-    window: str = "full"
-    step_budget: int | None = None
+    setting: DecodeSetting = TRAINING_SETTING
     _model: Any = field(default=None, repr=False, compare=False)
     _env_config: EnvConfig | None = field(default=None, repr=False, compare=False)
     _observer: StateObserver | None = field(default=None, repr=False, compare=False)
@@ -170,6 +167,11 @@ class PPOPolicy(CommitPolicy):
     def params(self) -> dict[str, Any]:
         """The policy's published parameters (for reports)."""
         return {"step_cost": self.step_cost, "algo": self.algo, "path": self.path}
+
+    @property
+    def gen_length(self) -> int:
+        """The env's padded width G (the largest G the policy accepts)."""
+        return self.setting.gen_length
 
     @property
     def model(self) -> Any:
@@ -196,7 +198,6 @@ class PPOPolicy(CommitPolicy):
         algo: str = "ppo",
         window: str | None = None,
         step_budget: int | None = None,
-        backbone: Backbone | None = None,
         path: str = "",
     ) -> PPOPolicy:
         """Wrap an in-memory SB3 model.
@@ -207,7 +208,6 @@ class PPOPolicy(CommitPolicy):
             algo: ``"ppo"`` or ``"maskable"``.
             window: Training window (default ``env_config.window``).
             step_budget: Training budget (default ``env_config.step_budget``).
-            backbone: A loaded backbone to share (default: load ``env_config.backbone``).
             path: Where the model lives, for reports.
 
         Returns:
@@ -221,18 +221,18 @@ class PPOPolicy(CommitPolicy):
             path=path,
             step_cost=float(env_config.step_cost),
             algo=algo,
-            gen_length=observer.gen_length,
-            window=env_config.window if window is None else window,
-            step_budget=env_config.step_budget if step_budget is None else step_budget,
+            setting=DecodeSetting(
+                observer.gen_length,
+                env_config.window if window is None else window,
+                env_config.step_budget if step_budget is None else step_budget,
+            ),
             _model=model,
             _env_config=env_config,
             _observer=observer,
         )
 
     @classmethod
-    def load(
-        cls, path: str | Path, device: str | None = None, *, backbone: Backbone | None = None
-    ) -> PPOPolicy:
+    def load(cls, path: str | Path, device: str | None = None) -> PPOPolicy:
         """Load ``final.zip`` (or any checkpoint) plus the run's ``config.json``.
 
         Args:
@@ -240,7 +240,6 @@ class PPOPolicy(CommitPolicy):
                 ``config.json`` is looked up next to the zip, then one directory up (for
                 checkpoints under ``checkpoints/``).
             device: Torch device for the policy network (default ``"cpu"``).
-            backbone: A loaded backbone to share for observations (default: load the run's spec).
 
         Returns:
             The policy.
@@ -259,34 +258,25 @@ class PPOPolicy(CommitPolicy):
         cfg = json.loads(config_path.read_text())
         algo = cfg.get("algo", "ppo")
         model = load_model(path, algo, device)
+        setting = cfg.get("setting", cfg)  # runs written before the nested setting: flat keys
+        backbone = cfg.get("backbone", "tiny")
         env_config = EnvConfig(
             task=cfg["task"],
-            backbone=cfg.get("backbone", "tiny"),
-            gen_length=cfg["gen_length"],
-            window=cfg["window"],
-            step_budget=cfg.get("step_budget"),
+            backbone=BackboneSpec.coerce(backbone),
+            gen_length=setting["gen_length"],
+            window=setting["window"],
+            step_budget=setting.get("step_budget"),
             step_cost=cfg["step_cost"],
+            features=tuple(cfg.get("features", DEFAULT_FEATURES)),
+            top_k=int(cfg.get("top_k", DEFAULT_TOP_K)),
+            hidden_dim=int(cfg.get("hidden_dim", 8)),
         )
-        return cls.from_model(model, env_config, algo=algo, backbone=backbone, path=str(path))
+        return cls.from_model(model, env_config, algo=algo, path=str(path))
 
-    def decode_config(self, base: DecodeConfig | None = None, **overrides: Any) -> DecodeConfig:
-        """Decode settings that give this agent the observations it was trained on.
-
-        Args:
-            base: Settings to adapt (default: the ones the agent was trained with).
-            **overrides: :class:`DecodeConfig` fields to change.
-
-        Returns:
-            ``base`` with the hidden-feature width the agent reads (same signature as
-            ``ControllerPolicy.decode_config``, so evaluation treats both alike).
-        """
+    def decode_options(self) -> dict[str, Any]:
+        """The hidden-feature width the agent observes (see :meth:`CommitPolicy.decode_config`)."""
         env = self.env_config
-        hidden = env.hidden_dim if "hidden" in env.features else 0
-        if base is None:
-            base = DecodeConfig(
-                gen_length=self.gen_length, window=self.window, step_budget=self.step_budget
-            )
-        return dataclasses.replace(base, hidden_features=hidden, **overrides)
+        return {"hidden_features": env.hidden_dim if "hidden" in env.features else 0}
 
     def observe(self, state: TraceState) -> dict[str, np.ndarray]:
         """The env observation of every row of ``state`` (key -> ``[B, ...]``).

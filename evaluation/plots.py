@@ -27,7 +27,7 @@ def _pyplot() -> Any:
         from commit_env.errors import DependencyNotInstalled
 
         raise DependencyNotInstalled(
-            'plots need matplotlib (a core dependency): pip install matplotlib'
+            "plots need matplotlib (a core dependency): pip install matplotlib"
         ) from err
     return plt
 

@@ -27,8 +27,8 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from commit_env.backbones import load_backbone
 from commit_env.backbones.base import Backbone
+from commit_env.backbones.spec import BackboneSpec, resolve_backbone
 from commit_env.decoding import DecodeConfig, Decoder, parse_window, validate_setting
 from commit_env.decoding.batching import replace_rows
 from commit_env.decoding.config import DEFAULT_TOP_K, validate_engine_options
@@ -64,8 +64,9 @@ class EnvConfig:
     Attributes:
         task: Task name for :func:`commit_env.tasks.get_task` (``"qa"``, ``"math:hard"``, ...) or
             a :class:`~commit_env.tasks.Task` instance.
-        backbone: Backbone spec for :func:`commit_env.backbones.load_backbone` (shared between
-            environments while alive) or a loaded backbone (then the caller owns it).
+        backbone: Backbone spec string or :class:`~commit_env.backbones.spec.BackboneSpec`
+            (loaded through the shared cache while alive) or a loaded backbone (then the caller
+            owns it).
         gen_length: Generation length G; ``None`` uses the task's ``default_gen_length``.
         window: ``"full"``, ``"block:B"`` or ``"sliding:W"``.
         step_budget: Maximum forwards (= steps) per episode; ``None`` means the row's G.
@@ -86,7 +87,7 @@ class EnvConfig:
     """
 
     task: str | Task = "qa"
-    backbone: str | Backbone = "tiny"
+    backbone: str | BackboneSpec | Backbone = "tiny"
     gen_length: int | None = None
     window: str = "full"
     step_budget: int | None = None
@@ -311,10 +312,7 @@ class CommitSlots:
         self.task: Task = get_task(config.task) if isinstance(config.task, str) else config.task
         self.settings = config.setting_lists(self.task.default_gen_length)
         self.gen_length = G = max(self.settings["gen_length"])
-        backbone = config.backbone
-        self.backbone: Backbone | None = (
-            load_backbone(backbone, device=config.device) if isinstance(backbone, str) else backbone
-        )
+        self.backbone: Backbone | None = resolve_backbone(config.backbone, device=config.device)
         hidden = config.hidden_dim if "hidden" in config.features else 0
         self.decoder: Decoder | None = Decoder(
             self.backbone,

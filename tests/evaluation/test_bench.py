@@ -1,7 +1,6 @@
 import json
 
 import pytest
-
 from commit_env.evaluation.bench import BenchConfig, run_bench
 from commit_env.evaluation.io import read_jsonl
 

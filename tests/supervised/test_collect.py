@@ -1,10 +1,10 @@
 import dataclasses
 
 import numpy as np
+from commit_env.supervised.collect import CollectConfig, MixedPolicy, collect_traces
 
 from commit_env.policies import make_policy
 from commit_env.traces import TraceDataset
-from commit_env.supervised.collect import CollectConfig, MixedPolicy, collect_traces
 
 
 def test_labels_are_future_stability(small_collection):

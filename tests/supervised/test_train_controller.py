@@ -5,10 +5,10 @@ import shutil
 import numpy as np
 import pytest
 import torch
-
-from commit_env.decoding import DecodeConfig, Decoder
 from commit_env.supervised.policy import ControllerPolicy
 from commit_env.supervised.train import TrainConfig, binary_metrics, train
+
+from commit_env.decoding import DecodeConfig, Decoder
 
 
 @pytest.fixture(scope="module")
