@@ -104,13 +104,37 @@ class Decoder:
             ValueError: On an empty batch, an empty prompt, a canvas longer than the backbone's
                 maximum length, a prompt longer than ``prompt_width``, or invalid per-row settings.
         """
+        ids, P = self._encode(prompts, prompt_width)
+        row_g, row_kind, row_width, row_budget = self._row_settings(
+            len(ids), gen_lengths, windows, budgets
+        )
+        state = self._empty_state(ids, P, row_g, row_kind, row_width, row_budget, row_ids)
+        if self.config.temperature > 0:
+            B = len(ids)
+            seeds = [self.config.seed + b for b in range(B)] if seeds is None else list(seeds)
+            if len(seeds) != B:
+                raise ValueError(f"got {len(seeds)} seeds for {B} prompts")
+            state.generators = [
+                torch.Generator(device=self.device).manual_seed(int(s)) for s in seeds
+            ]
+        if self.config.record_trace:
+            state.trace = []
+        if forward:
+            self._forward(state)
+        self._update_window(state)
+        return state
+
+    def _encode(
+        self, prompts: Sequence[str] | Sequence[Sequence[int]], prompt_width: int | None
+    ) -> tuple[list[list[int]], int]:
+        """Token ids of every prompt and the prompt width P; checks the canvas fits."""
         if len(prompts) == 0:
             raise ValueError("prompts must be a non-empty sequence")
         ids = [
             list(self.backbone.encode([p])[0]) if isinstance(p, str) else [int(t) for t in p]
             for p in prompts
         ]
-        B, G = len(ids), self.config.gen_length
+        G = self.config.gen_length
         lengths = [len(x) for x in ids]
         if min(lengths) == 0:
             raise ValueError(f"prompt {lengths.index(0)} is empty after tokenization")
@@ -124,15 +148,28 @@ class Decoder:
                 f"{P + G} positions but backbone {self.backbone.name!r} accepts at most "
                 f"{self.backbone.max_length}"
             )
-        dev = self.device
+        return ids, P
+
+    def _empty_state(
+        self,
+        ids: list[list[int]],
+        P: int,
+        row_g: list[int],
+        row_kind: list[int],
+        row_width: list[int],
+        row_budget: list[tuple[int, bool]],
+        row_ids: Sequence[int] | None,
+    ) -> TraceState:
+        """The state before the first forward: left-padded prompts, masked generation region.
+
+        Long only because it names every :class:`TraceState` field once (one line each).
+        """
+        B, G, dev = len(ids), self.config.gen_length, self.device
         canvas = torch.full((B, P + G), self.backbone.pad_token_id, dtype=torch.long)
         attention = torch.zeros((B, P + G), dtype=torch.long)
         for b, x in enumerate(ids):  # once per row at start, not per step
             canvas[b, P - len(x) : P] = torch.tensor(x, dtype=torch.long)
             attention[b, P - len(x) :] = 1
-        row_g, row_kind, row_width, row_budget = self._row_settings(
-            B, gen_lengths, windows, budgets
-        )
         valid = torch.arange(G)[None, :] < torch.tensor(row_g)[:, None]  # [B, G]
         canvas[:, P:] = torch.where(valid, self.backbone.mask_token_id, self.backbone.pad_token_id)
         attention[:, P:] = valid.long()
@@ -140,10 +177,10 @@ class Decoder:
         zeros_b = torch.zeros(B, dtype=torch.long, device=dev)
         as_long = {"dtype": torch.long, "device": dev}
         K, H, D = self.config.top_k, self.config.history, self.config.hidden_features
-        state = TraceState(
+        return TraceState(
             canvas=canvas.to(dev),
             attention_mask=attention.to(dev),
-            prompt_len=torch.tensor(lengths, **as_long),
+            prompt_len=torch.tensor([len(x) for x in ids], **as_long),
             valid=valid.to(dev),
             gen_len=torch.tensor(row_g, **as_long),
             window_kind=torch.tensor(row_kind, **as_long),
@@ -180,17 +217,6 @@ class Decoder:
             ),
             prev_logp=torch.zeros((B, G, 1), device=dev),
         )
-        if self.config.temperature > 0:
-            seeds = [self.config.seed + b for b in range(B)] if seeds is None else list(seeds)
-            if len(seeds) != B:
-                raise ValueError(f"got {len(seeds)} seeds for {B} prompts")
-            state.generators = [torch.Generator(device=dev).manual_seed(int(s)) for s in seeds]
-        if self.config.record_trace:
-            state.trace = []
-        if forward:
-            self._forward(state)
-        self._update_window(state)
-        return state
 
     def _row_settings(
         self,
