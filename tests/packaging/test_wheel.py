@@ -1,4 +1,4 @@
-"""The built wheel installs everything under ``commit_env`` and coexists with a top-level ``agents``.
+"""The built wheel installs everything under ``commit_env``, next to a top-level ``agents``.
 
 ``openai-agents`` (and others) install a top-level package named ``agents``; commit-env's RL
 code must not claim that name. The test builds the wheel from a copy of the sources, installs it
