@@ -98,21 +98,7 @@ def run_lambda_sweep(
         agent = PPOPolicy.load(Path(cfg.out) / "final.zip")
         agent_config = agent.decode_config(config)
         summary = evaluate_policy(backbone, task, agent, agent_config, examples=examples).summary()
-        best = max(heuristics, key=lambda h: h["score"] - lam * h["nfe"])
-        record = {
-            "lambda": float(lam),
-            "score": summary["score"],
-            "nfe": summary["nfe"],
-            "return": summary["score"] - lam * summary["nfe"],
-            "train_steps": train["timesteps"],
-            "train_minutes": train["wall_time_s"] / 60.0,
-            "env_steps_per_s": train["env_steps_per_s"],
-            "warm_start": warm_start,
-            "best_threshold": best["threshold"],
-            "threshold_score": best["score"],
-            "threshold_nfe": best["nfe"],
-            "threshold_return": best["score"] - lam * best["nfe"],
-        }
+        record = _compare(float(lam), summary, train, heuristics, warm_start)
         record["met"] = bool(record["return"] >= record["threshold_return"] - 1e-9)
         records.append(record)
         logger.info("lambda %g: %s", lam, record)
@@ -123,6 +109,31 @@ def run_lambda_sweep(
         sort_keys=False,
     )
     return records
+
+
+def _compare(
+    lam: float,
+    agent: dict[str, Any],
+    train: dict[str, Any],
+    heuristics: Sequence[dict[str, Any]],
+    warm_start: float | None,
+) -> dict[str, Any]:
+    """One sweep record: the agent's return against the best threshold's at ``lam``."""
+    best = max(heuristics, key=lambda h: h["score"] - lam * h["nfe"])
+    return {
+        "lambda": lam,
+        "score": agent["score"],
+        "nfe": agent["nfe"],
+        "return": agent["score"] - lam * agent["nfe"],
+        "train_steps": train["timesteps"],
+        "train_minutes": train["wall_time_s"] / 60.0,
+        "env_steps_per_s": train["env_steps_per_s"],
+        "warm_start": warm_start,
+        "best_threshold": best["threshold"],
+        "threshold_score": best["score"],
+        "threshold_nfe": best["nfe"],
+        "threshold_return": best["score"] - lam * best["nfe"],
+    }
 
 
 def format_table(records: Sequence[dict[str, Any]]) -> str:

@@ -381,24 +381,34 @@ class Decoder:
             h = out.hidden[:, -G:, :].float()  # [b, G, H_model]
             h = torch.nn.functional.layer_norm(h, h.shape[-1:])
             updates["hidden"] = (h @ self._projection).clamp_(-5.0, 5.0)  # [b, G, D]
-        if everyone:
-            for name, value in updates.items():
-                setattr(state, name, value)
-            state.prev_logp = logp
-        else:
-            for name, value in updates.items():
-                getattr(state, name)[rows] = value
-            if state.prev_logp.shape[-1] != logp.shape[-1]:
-                state.prev_logp = torch.zeros(
-                    (state.batch_size, G, logp.shape[-1]), device=self.device
-                )
-            state.prev_logp[rows] = logp
+        self._write_rows(state, rows, updates, logp)
         state.nfe += active.long()
         state.forward_tokens += (state.attention_mask.sum(-1)) * active.long()
         if self.config.record_trace:
             state.trace.append(
                 {"proposal": state.proposal.cpu(), "confidence": state.confidence.cpu()}
             )
+
+    def _write_rows(
+        self,
+        state: TraceState,
+        rows: torch.Tensor | None,
+        updates: dict[str, torch.Tensor],
+        logp: torch.Tensor,
+    ) -> None:
+        """Store a forward's per-row results (``rows=None``: every row) and its log-probs."""
+        if rows is None:
+            for name, value in updates.items():
+                setattr(state, name, value)
+            state.prev_logp = logp
+            return
+        for name, value in updates.items():
+            getattr(state, name)[rows] = value
+        if state.prev_logp.shape[-1] != logp.shape[-1]:
+            state.prev_logp = torch.zeros(
+                (state.batch_size, state.gen_length, logp.shape[-1]), device=self.device
+            )
+        state.prev_logp[rows] = logp
 
     def _sample(
         self, state: TraceState, rows: torch.Tensor | None, logits: torch.Tensor
