@@ -140,13 +140,7 @@ class BenchConfig:
     @property
     def backbone_spec(self) -> BackboneSpec:
         """The backbone with every loader option (what each stage loads or records)."""
-        return BackboneSpec(
-            self.backbone,
-            kind=self.kind,
-            device=self.device,
-            dtype=self.dtype,
-            trust_remote_code=self.trust_remote_code,
-        )
+        return BackboneSpec.of(self)
 
     def settings(self) -> list[Setting]:
         """The cross-setting grid (combinations :func:`validate_setting` rejects are skipped)."""

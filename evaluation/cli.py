@@ -57,13 +57,7 @@ def _add_backbone_args(p: argparse.ArgumentParser) -> None:
 def _backbone_spec(args: argparse.Namespace) -> Any:
     from commit_env.backbones.spec import BackboneSpec
 
-    return BackboneSpec(
-        args.backbone,
-        kind=args.kind,
-        device=args.device,
-        dtype=args.dtype,
-        trust_remote_code=args.trust_remote_code,
-    )
+    return BackboneSpec.of(args)
 
 
 def _add_decode_args(p: argparse.ArgumentParser) -> None:

@@ -52,6 +52,25 @@ class BackboneSpec:
             return cls(**dict(value))
         raise ValueError(f"backbone must be a spec string, a dict or a BackboneSpec, got {value!r}")
 
+    @classmethod
+    def of(cls, options: Any) -> BackboneSpec:
+        """The spec from an object with the loader options as attributes.
+
+        Args:
+            options: Anything with ``backbone``, ``kind``, ``device``, ``dtype`` and
+                ``trust_remote_code`` (a bench config, parsed command-line arguments).
+
+        Returns:
+            The spec.
+        """
+        return cls(
+            options.backbone,
+            kind=options.kind,
+            device=options.device,
+            dtype=options.dtype,
+            trust_remote_code=options.trust_remote_code,
+        )
+
     def load(self, device: str | None = None) -> Backbone:
         """Load (or reuse from the cache) the backbone; ``device`` overrides :attr:`device`."""
         return load_backbone(
