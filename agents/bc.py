@@ -22,7 +22,7 @@ from commit_env.agents.policy_net import PerPositionNet
 
 from commit_env.backbones.base import Backbone
 from commit_env.backbones.spec import resolve_backbone
-from commit_env.decoding import DecodeConfig, Decoder
+from commit_env.decoding import Decoder
 from commit_env.decoding.state import CommitDecision
 from commit_env.envs.core import EnvConfig
 from commit_env.evaluate import sample_examples
@@ -70,14 +70,8 @@ def collect_teacher_data(
         backbone = resolve_backbone(env_config.backbone, device=env_config.device)
     task = get_task(env_config.task) if isinstance(env_config.task, str) else env_config.task
     G = env_config.gen_length or task.default_gen_length
-    config = DecodeConfig(
-        gen_length=G,
-        window=env_config.window,
-        step_budget=env_config.step_budget,
-        eos_stop=env_config.eos_stop,
-        temperature=env_config.temperature,
-        top_k=env_config.top_k,
-        hidden_features=env_config.hidden_dim if "hidden" in env_config.features else 0,
+    config = env_config.decode_config(
+        G, window=env_config.window, step_budget=env_config.step_budget
     )
     # A teacher may read features of its own (the supervised controller's hidden projection).
     wanted = teacher.decode_config(config)

@@ -134,6 +134,26 @@ class EnvConfig:
             parse_window(w)  # raises ValueError with the accepted forms
         object.__setattr__(self, "_lists", lists)
 
+    def decode_config(self, gen_length: int, **setting: Any) -> DecodeConfig:
+        """The engine config of this env's decoder (or of a decode that mirrors it).
+
+        Args:
+            gen_length: G, the canvas width.
+            **setting: ``window`` / ``step_budget`` (default: the engine's defaults, since the
+                env passes them per row).
+
+        Returns:
+            The decode config with the env's engine options and hidden width.
+        """
+        return DecodeConfig(
+            gen_length=gen_length,
+            eos_stop=self.eos_stop,
+            temperature=self.temperature,
+            top_k=self.top_k,
+            hidden_features=self.hidden_dim if "hidden" in self.features else 0,
+            **setting,
+        )
+
     def setting_lists(self, default_gen_length: int) -> dict[str, tuple[Any, ...]]:
         """The per-episode choices, with ``gen_length=None`` resolved to the task's default.
 
@@ -313,17 +333,7 @@ class CommitSlots:
         self.settings = config.setting_lists(self.task.default_gen_length)
         self.gen_length = G = max(self.settings["gen_length"])
         self.backbone: Backbone | None = resolve_backbone(config.backbone, device=config.device)
-        hidden = config.hidden_dim if "hidden" in config.features else 0
-        self.decoder: Decoder | None = Decoder(
-            self.backbone,
-            DecodeConfig(
-                gen_length=G,
-                eos_stop=config.eos_stop,
-                temperature=config.temperature,
-                top_k=config.top_k,
-                hidden_features=hidden,
-            ),
-        )
+        self.decoder: Decoder | None = Decoder(self.backbone, config.decode_config(G))
         self.device = self.decoder.device
         self.layout = ObservationLayout(
             config.features,
