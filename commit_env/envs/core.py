@@ -1,15 +1,19 @@
 """The batched slots engine behind every environment front end.
 
-:class:`CommitSlots` owns one :class:`~commit_env.decoding.Decoder`, one batched
-:class:`~commit_env.decoding.TraceState` with B rows ("slots") and the code that turns the state
-into observations, rewards and final infos. The single env (:class:`CommitEnv`, B = 1), the native
+:class:`CommitSlots` owns one :class:`~commit_env.decoding.Decoder` and one batched
+:class:`~commit_env.decoding.TraceState` with B rows ("slots"), and coordinates small pieces:
+:class:`~commit_env.envs.observation.ObservationLayout` (observation keys, columns, bounds,
+snapshots), :func:`draw_episode` (per-episode settings and examples), :func:`final_reward`,
+task scoring through :func:`~commit_env.evaluate.score_completions` and
+:func:`~commit_env.envs.render.render_row`. The single env (:class:`CommitEnv`, B = 1), the native
 vector env (:class:`CommitVectorEnv`, B = ``num_envs``) and the SB3 adapter
 (:class:`CommitSB3VecEnv`) differ only in *when* they reset slots and how they package the results,
 so none of them decodes or scores anything by itself.
 
 One :meth:`CommitSlots.step` is one :meth:`Decoder.step` (one backbone forward over the unfinished
 slots) plus one device-to-host copy: observation features, accounting and generated tokens are
-packed into a single float32 ``[B, W]`` tensor on the device ("snapshot") and copied once.
+packed by the layout into a single float32 ``[B, W]`` tensor on the device ("snapshot") and copied
+once.
 
 Dimensions follow :mod:`commit_env.decoding`: B slots, G canvas generation length (the largest
 generation length of any setting), K top-k columns, D hidden-projection width.
