@@ -335,7 +335,6 @@ def _ppo_config(args: argparse.Namespace, **fields: Any) -> Any:
         num_envs=args.num_envs,
         timesteps=args.timesteps,
         seed=args.seed,
-        eval_n=args.eval_n,
         **fields,
     )
 
@@ -366,6 +365,7 @@ def _cmd_train_ppo(args: argparse.Namespace) -> int:
         out=args.out,
         algo=args.algo,
         eval_every=args.eval_every,
+        eval_n=args.eval_n,
         checkpoint_every=args.checkpoint_every,
         max_minutes=args.max_minutes,
         init_teacher=args.init,
