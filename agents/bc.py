@@ -3,9 +3,10 @@
 ``commit-env train-ppo --init controller:DIR`` builds the supervised controller in the evaluation
 layer and passes it here as a plain :class:`~commit_env.policies.CommitPolicy` (``agents`` never
 imports ``supervised``). The teacher decodes seeded task examples with the batched engine; every
-step's observation (the env's own, via :class:`commit_env.agents.policy.StateObserver`) is paired with the
-teacher's commit mask, and the actor's per-position logits are fitted with binary cross-entropy
-over eligible positions. RL then refines the teacher instead of starting from nothing.
+step's observation (the env's own, via :class:`commit_env.agents.policy.StateObserver`) is
+paired with the teacher's commit mask, and the actor's per-position logits are fitted with
+binary cross-entropy over eligible positions. RL then refines the teacher instead of starting
+from nothing.
 """
 
 from __future__ import annotations
@@ -16,12 +17,12 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-
 from commit_env.agents.policy import StateObserver
 from commit_env.agents.policy_net import PerPositionNet
-from commit_env.backbones import load_backbone
+
 from commit_env.backbones.base import Backbone
-from commit_env.decoding import DecodeConfig, Decoder
+from commit_env.backbones.spec import resolve_backbone
+from commit_env.decoding import Decoder
 from commit_env.decoding.state import CommitDecision
 from commit_env.envs.core import EnvConfig
 from commit_env.evaluate import sample_examples
@@ -66,31 +67,23 @@ def collect_teacher_data(
     if env_config.settings:
         raise ValueError("behaviour cloning needs a single decode setting (settings=None)")
     if backbone is None:
-        spec = env_config.backbone
-        backbone = load_backbone(spec, device=env_config.device) if isinstance(spec, str) else spec
+        backbone = resolve_backbone(env_config.backbone, device=env_config.device)
     task = get_task(env_config.task) if isinstance(env_config.task, str) else env_config.task
     G = env_config.gen_length or task.default_gen_length
-    config = DecodeConfig(
-        gen_length=G,
-        window=env_config.window,
-        step_budget=env_config.step_budget,
-        eos_stop=env_config.eos_stop,
-        temperature=env_config.temperature,
-        top_k=env_config.top_k,
-        hidden_features=env_config.hidden_dim if "hidden" in env_config.features else 0,
+    config = env_config.decode_config(
+        G, window=env_config.window, step_budget=env_config.step_budget
     )
-    if hasattr(teacher, "decode_config"):
-        # A teacher may read features of its own (the supervised controller's hidden projection).
-        wanted = teacher.decode_config(config)
-        if config.hidden_features and wanted.hidden_features != config.hidden_features:
-            raise ValueError(
-                f"teacher needs hidden_features={wanted.hidden_features} but the env observes "
-                f"hidden_dim={config.hidden_features}; drop 'hidden' from the env features or "
-                "match the widths"
-            )
-        config = wanted
+    # A teacher may read features of its own (the supervised controller's hidden projection).
+    wanted = teacher.decode_config(config)
+    if config.hidden_features and wanted.hidden_features != config.hidden_features:
+        raise ValueError(
+            f"teacher needs hidden_features={wanted.hidden_features} but the env observes "
+            f"hidden_dim={config.hidden_features}; drop 'hidden' from the env features or "
+            "match the widths"
+        )
+    config = wanted
     decoder = Decoder(backbone, config)
-    observer = StateObserver(env_config, observation_space, backbone)
+    observer = StateObserver(env_config, observation_space)
     examples = sample_examples(task, n_episodes, seed)
     obs_parts: list[dict[str, np.ndarray]] = []
     target_parts: list[np.ndarray] = []
@@ -149,7 +142,8 @@ def bc_warm_start(
     policy = model.policy
     if not isinstance(getattr(policy, "mlp_extractor", None), PerPositionNet):
         raise TypeError(
-            "behaviour cloning needs a per-position policy (commit_env.agents.policy_net.PerPositionPolicy)"
+            "behaviour cloning needs a per-position policy "
+            "(commit_env.agents.policy_net.PerPositionPolicy)"
         )
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")

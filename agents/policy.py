@@ -1,19 +1,19 @@
 """A trained PPO / MaskablePPO agent as a :class:`~commit_env.policies.CommitPolicy`.
 
 :class:`PPOPolicy` turns a batched :class:`~commit_env.decoding.TraceState` into the observation
-dict the environment would have produced (through the env's own snapshot code in
-:mod:`commit_env.envs.core`, never a second feature implementation), runs the SB3 policy
-deterministically and returns the commit mask, so ``commit_env.evaluate.evaluate_policy`` and the
-benchmark sweeps treat the agent like any heuristic.
+dict the environment would have produced (through the env's own
+:class:`~commit_env.envs.observation.ObservationLayout`, never a second feature
+implementation), runs the SB3 policy deterministically and returns the commit mask, so
+``commit_env.evaluate.evaluate_policy`` and the benchmark sweeps treat the agent like any heuristic.
 
 Example:
     >>> policy = PPOPolicy.load("runs/ppo/final.zip")  # doctest: +SKIP
-    >>> evaluate_policy(backbone, task, policy, policy.decode_config())  # doctest: +SKIP
+    >>> config = policy.decode_config(policy.setting.config())  # doctest: +SKIP
+    >>> evaluate_policy(backbone, task, policy, config)  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,13 +21,13 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-
 from commit_env.agents.policy_net import PerPositionNet, per_position_layout
-from commit_env.backbones import load_backbone
-from commit_env.backbones.base import Backbone
-from commit_env.decoding import DecodeConfig
+
+from commit_env.backbones.spec import BackboneSpec
+from commit_env.decoding import DEFAULT_TOP_K, TRAINING_SETTING, DecodeSetting
 from commit_env.decoding.state import TraceState
-from commit_env.envs.core import CommitSlots, EnvConfig
+from commit_env.envs.core import EnvConfig
+from commit_env.envs.observation import DEFAULT_FEATURES, ObservationLayout
 from commit_env.policies.base import CommitPolicy
 
 __all__ = ["PPOPolicy", "StateObserver", "load_model"]
@@ -71,52 +71,40 @@ def load_model(path: str | Path, algo: str = "ppo", device: str | None = None) -
 class StateObserver:
     """Build the environment's observation dict for a batched trace state.
 
-    The observation comes from :class:`commit_env.envs.core.CommitSlots`' snapshot code (one
-    ``CommitSlots`` per generation length seen, sharing the backbone), then per-position keys are
-    zero-padded from the state's G to the env's padded width, exactly as padding positions read in
-    the env.
+    The observation comes from :class:`commit_env.envs.observation.ObservationLayout` (one layout
+    per generation length and device seen, all with the training env's features, top-k and
+    hidden width), then per-position keys are zero-padded from the state's G to the env's padded
+    width, exactly as padding positions read in the env. No task, decoder or backbone is needed:
+    the vocabulary size comes from the ``proposal`` bounds of the observation space.
 
     Args:
-        env_config: The training environment's config (features, top-k, task, backbone).
+        env_config: The training environment's config (features, top-k, hidden width).
         observation_space: The model's Dict observation space (gives the padded width).
-        backbone: A loaded backbone to share; default loads ``env_config.backbone``.
 
     Raises:
         ValueError: See :func:`commit_env.agents.policy_net.per_position_layout`.
     """
 
-    def __init__(
-        self,
-        env_config: EnvConfig,
-        observation_space: Any,
-        backbone: Backbone | None = None,
-    ) -> None:
+    def __init__(self, env_config: EnvConfig, observation_space: Any) -> None:
         self.env_config = env_config
         self.observation_space = observation_space
         self.gen_length, _, self._globals = per_position_layout(observation_space, exclude=())
-        self._backbone = backbone
-        self._slots: dict[tuple[int, str], CommitSlots] = {}
+        self._vocab_size = int(np.max(observation_space["proposal"].high)) + 1
+        self._layouts: dict[tuple[int, str], ObservationLayout] = {}
 
-    def _slots_for(self, G: int, device: torch.device) -> CommitSlots:
+    def _layout_for(self, G: int, device: torch.device) -> ObservationLayout:
         key = (G, str(device))
-        if key not in self._slots:
-            backbone = self._backbone
-            if backbone is None:
-                spec = self.env_config.backbone
-                backbone = (
-                    spec if not isinstance(spec, str) else load_backbone(spec, device=str(device))
-                )
-            cfg = dataclasses.replace(
-                self.env_config,
-                backbone=backbone,
+        if key not in self._layouts:
+            env = self.env_config
+            self._layouts[key] = ObservationLayout(
+                env.features,
+                top_k=env.top_k,
+                hidden_dim=env.hidden_dim,
                 gen_length=G,
-                window="full",
-                step_budget=None,
-                settings=None,
-                device=str(device),
+                vocab_size=self._vocab_size,
+                device=device,
             )
-            self._slots[key] = CommitSlots(cfg, num_slots=1)
-        return self._slots[key]
+        return self._layouts[key]
 
     def __call__(self, state: TraceState) -> dict[str, np.ndarray]:
         """The observation of every row.
@@ -136,8 +124,7 @@ class StateObserver:
                 f"state has gen_length {G_s} but the policy was trained with padded width {G}; "
                 f"decode with gen_length <= {G}"
             )
-        slots = self._slots_for(G_s, state.canvas.device)
-        obs = slots.observe(state)  # the env's own features, masks and clamping
+        obs = self._layout_for(G_s, state.canvas.device).observe(state)
         out: dict[str, np.ndarray] = {}
         B = state.batch_size
         for key, space in self.observation_space.spaces.items():
@@ -163,18 +150,15 @@ class PPOPolicy(CommitPolicy):
         path: Where the model was loaded from (empty for an in-memory model).
         step_cost: The lambda the agent was trained with.
         algo: ``"ppo"`` or ``"maskable"``.
-        gen_length: The env's padded width G (the largest G the policy accepts).
-        window: The training window spec.
-        step_budget: The training step budget.
+        setting: The training setting; its G is the env's padded width (the largest G the
+            policy accepts).
     """
 
     name: ClassVar[str] = "ppo"
     path: str = ""
     step_cost: float = 0.0
     algo: str = "ppo"
-    gen_length: int = 16
-    window: str = "full"
-    step_budget: int | None = None
+    setting: DecodeSetting = TRAINING_SETTING
     _model: Any = field(default=None, repr=False, compare=False)
     _env_config: EnvConfig | None = field(default=None, repr=False, compare=False)
     _observer: StateObserver | None = field(default=None, repr=False, compare=False)
@@ -183,6 +167,11 @@ class PPOPolicy(CommitPolicy):
     def params(self) -> dict[str, Any]:
         """The policy's published parameters (for reports)."""
         return {"step_cost": self.step_cost, "algo": self.algo, "path": self.path}
+
+    @property
+    def gen_length(self) -> int:
+        """The env's padded width G (the largest G the policy accepts)."""
+        return self.setting.gen_length
 
     @property
     def model(self) -> Any:
@@ -209,7 +198,6 @@ class PPOPolicy(CommitPolicy):
         algo: str = "ppo",
         window: str | None = None,
         step_budget: int | None = None,
-        backbone: Backbone | None = None,
         path: str = "",
     ) -> PPOPolicy:
         """Wrap an in-memory SB3 model.
@@ -220,7 +208,6 @@ class PPOPolicy(CommitPolicy):
             algo: ``"ppo"`` or ``"maskable"``.
             window: Training window (default ``env_config.window``).
             step_budget: Training budget (default ``env_config.step_budget``).
-            backbone: A loaded backbone to share (default: load ``env_config.backbone``).
             path: Where the model lives, for reports.
 
         Returns:
@@ -229,23 +216,23 @@ class PPOPolicy(CommitPolicy):
         Raises:
             ValueError: If the model's observation space lacks ``eligible``/``valid``.
         """
-        observer = StateObserver(env_config, model.observation_space, backbone)
+        observer = StateObserver(env_config, model.observation_space)
         return cls(
             path=path,
             step_cost=float(env_config.step_cost),
             algo=algo,
-            gen_length=observer.gen_length,
-            window=env_config.window if window is None else window,
-            step_budget=env_config.step_budget if step_budget is None else step_budget,
+            setting=DecodeSetting(
+                observer.gen_length,
+                env_config.window if window is None else window,
+                env_config.step_budget if step_budget is None else step_budget,
+            ),
             _model=model,
             _env_config=env_config,
             _observer=observer,
         )
 
     @classmethod
-    def load(
-        cls, path: str | Path, device: str | None = None, *, backbone: Backbone | None = None
-    ) -> PPOPolicy:
+    def load(cls, path: str | Path, device: str | None = None) -> PPOPolicy:
         """Load ``final.zip`` (or any checkpoint) plus the run's ``config.json``.
 
         Args:
@@ -253,7 +240,6 @@ class PPOPolicy(CommitPolicy):
                 ``config.json`` is looked up next to the zip, then one directory up (for
                 checkpoints under ``checkpoints/``).
             device: Torch device for the policy network (default ``"cpu"``).
-            backbone: A loaded backbone to share for observations (default: load the run's spec).
 
         Returns:
             The policy.
@@ -272,34 +258,25 @@ class PPOPolicy(CommitPolicy):
         cfg = json.loads(config_path.read_text())
         algo = cfg.get("algo", "ppo")
         model = load_model(path, algo, device)
+        setting = cfg.get("setting", cfg)  # runs written before the nested setting: flat keys
+        backbone = cfg.get("backbone", "tiny")
         env_config = EnvConfig(
             task=cfg["task"],
-            backbone=cfg.get("backbone", "tiny"),
-            gen_length=cfg["gen_length"],
-            window=cfg["window"],
-            step_budget=cfg.get("step_budget"),
+            backbone=BackboneSpec.coerce(backbone),
+            gen_length=setting["gen_length"],
+            window=setting["window"],
+            step_budget=setting.get("step_budget"),
             step_cost=cfg["step_cost"],
+            features=tuple(cfg.get("features", DEFAULT_FEATURES)),
+            top_k=int(cfg.get("top_k", DEFAULT_TOP_K)),
+            hidden_dim=int(cfg.get("hidden_dim", 8)),
         )
-        return cls.from_model(model, env_config, algo=algo, backbone=backbone, path=str(path))
+        return cls.from_model(model, env_config, algo=algo, path=str(path))
 
-    def decode_config(self, base: DecodeConfig | None = None, **overrides: Any) -> DecodeConfig:
-        """Decode settings that give this agent the observations it was trained on.
-
-        Args:
-            base: Settings to adapt (default: the ones the agent was trained with).
-            **overrides: :class:`DecodeConfig` fields to change.
-
-        Returns:
-            ``base`` with the hidden-feature width the agent reads (same signature as
-            ``ControllerPolicy.decode_config``, so evaluation treats both alike).
-        """
+    def decode_options(self) -> dict[str, Any]:
+        """The hidden-feature width the agent observes (see :meth:`CommitPolicy.decode_config`)."""
         env = self.env_config
-        hidden = env.hidden_dim if "hidden" in env.features else 0
-        if base is None:
-            base = DecodeConfig(
-                gen_length=self.gen_length, window=self.window, step_budget=self.step_budget
-            )
-        return dataclasses.replace(base, hidden_features=hidden, **overrides)
+        return {"hidden_features": env.hidden_dim if "hidden" in env.features else 0}
 
     def observe(self, state: TraceState) -> dict[str, np.ndarray]:
         """The env observation of every row of ``state`` (key -> ``[B, ...]``).

@@ -7,7 +7,7 @@ threshold; the comparison is the mean return ``score - lambda * NFE`` against th
 
 CPU, embedded tiny backbone (3 lambdas x 4 minutes, about 14 minutes)::
 
-    python -m commit_env.agents.sweep --lambdas 0.005 0.02 0.05 --minutes 4 --task qa --gen-length 16 \
+    commit-env ppo-sweep --lambdas 0.005 0.02 0.05 --minutes 4 --task qa --gen-length 16 \
         --window block:4 --out runs/lambda_sweep
 
 ``--warm-start T`` behaviour-clones ``ThresholdPolicy(T)`` before RL (off by default);
@@ -16,9 +16,7 @@ CPU, embedded tiny backbone (3 lambdas x 4 minutes, about 14 minutes)::
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,8 +24,10 @@ from typing import Any
 
 from commit_env.agents.policy import PPOPolicy
 from commit_env.agents.train_ppo import PPOConfig, train_ppo
-from commit_env.backbones import load_backbone
+
+from commit_env.backbones.spec import resolve_backbone
 from commit_env.evaluate import evaluate_policy, sample_examples
+from commit_env.io import write_json_atomic
 from commit_env.policies import ThresholdPolicy
 from commit_env.tasks.registry import get_task
 
@@ -74,9 +74,9 @@ def run_lambda_sweep(
         raise ValueError("lambdas must not be empty")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    backbone = load_backbone(base.backbone)
+    backbone = resolve_backbone(base.backbone)
     task = get_task(base.task)
-    config = base.decode_config()
+    config = base.setting.config()
     examples = sample_examples(task, eval_n, eval_seed)
     heuristics = []
     for t in thresholds:
@@ -94,31 +94,46 @@ def run_lambda_sweep(
             progress_bar=False,
         )
         teacher = None if warm_start is None else ThresholdPolicy(warm_start)
-        train = train_ppo(cfg, teacher)
-        agent = PPOPolicy.load(Path(cfg.out) / "final.zip", backbone=backbone)
-        summary = evaluate_policy(backbone, task, agent, config, examples=examples).summary()
-        best = max(heuristics, key=lambda h: h["score"] - lam * h["nfe"])
-        record = {
-            "lambda": float(lam),
-            "score": summary["score"],
-            "nfe": summary["nfe"],
-            "return": summary["score"] - lam * summary["nfe"],
-            "train_steps": train["timesteps"],
-            "train_minutes": train["wall_time_s"] / 60.0,
-            "env_steps_per_s": train["env_steps_per_s"],
-            "warm_start": warm_start,
-            "best_threshold": best["threshold"],
-            "threshold_score": best["score"],
-            "threshold_nfe": best["nfe"],
-            "threshold_return": best["score"] - lam * best["nfe"],
-        }
+        train = train_ppo(cfg, teacher, backbone=backbone)
+        agent = PPOPolicy.load(Path(cfg.out) / "final.zip")
+        agent_config = agent.decode_config(config)
+        summary = evaluate_policy(backbone, task, agent, agent_config, examples=examples).summary()
+        record = _compare(float(lam), summary, train, heuristics, warm_start)
         record["met"] = bool(record["return"] >= record["threshold_return"] - 1e-9)
         records.append(record)
         logger.info("lambda %g: %s", lam, record)
-    (out / "sweep.json").write_text(
-        json.dumps({"records": records, "heuristics": heuristics}, indent=2) + "\n"
+    write_json_atomic(
+        out / "sweep.json",
+        {"records": records, "heuristics": heuristics},
+        indent=2,
+        sort_keys=False,
     )
     return records
+
+
+def _compare(
+    lam: float,
+    agent: dict[str, Any],
+    train: dict[str, Any],
+    heuristics: Sequence[dict[str, Any]],
+    warm_start: float | None,
+) -> dict[str, Any]:
+    """One sweep record: the agent's return against the best threshold's at ``lam``."""
+    best = max(heuristics, key=lambda h: h["score"] - lam * h["nfe"])
+    return {
+        "lambda": lam,
+        "score": agent["score"],
+        "nfe": agent["nfe"],
+        "return": agent["score"] - lam * agent["nfe"],
+        "train_steps": train["timesteps"],
+        "train_minutes": train["wall_time_s"] / 60.0,
+        "env_steps_per_s": train["env_steps_per_s"],
+        "warm_start": warm_start,
+        "best_threshold": best["threshold"],
+        "threshold_score": best["score"],
+        "threshold_nfe": best["nfe"],
+        "threshold_return": best["score"] - lam * best["nfe"],
+    }
 
 
 def format_table(records: Sequence[dict[str, Any]]) -> str:
@@ -143,48 +158,3 @@ def format_table(records: Sequence[dict[str, Any]]) -> str:
             f"| {r['threshold_return']:.4f} | {'yes' if r['met'] else 'no'} |"
         )
     return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Command-line entry point (``python -m commit_env.agents.sweep``)."""
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--lambdas", type=float, nargs="+", default=[0.005, 0.02, 0.05])
-    parser.add_argument("--minutes", type=float, default=4.0)
-    parser.add_argument("--task", default="qa")
-    parser.add_argument("--gen-length", type=int, default=16)
-    parser.add_argument("--window", default="block:4")
-    parser.add_argument("--num-envs", type=int, default=16)
-    parser.add_argument("--timesteps", type=int, default=1_000_000, help="upper bound")
-    parser.add_argument("--eval-n", type=int, default=128)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--warm-start", default="none", help="threshold to clone, or 'none'")
-    parser.add_argument("--out", default="runs/lambda_sweep")
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
-    args = parser.parse_args(argv)
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    logging.basicConfig(level=logging.INFO)
-    base = PPOConfig(
-        task=args.task,
-        gen_length=args.gen_length,
-        window=args.window,
-        num_envs=args.num_envs,
-        timesteps=args.timesteps,
-        seed=args.seed,
-    )
-    warm = None if args.warm_start == "none" else float(args.warm_start)
-    records = run_lambda_sweep(
-        args.lambdas,
-        base,
-        minutes_per_lambda=args.minutes,
-        eval_n=args.eval_n,
-        warm_start=warm,
-        out=args.out,
-    )
-    print(format_table(records))
-
-
-if __name__ == "__main__":
-    main()

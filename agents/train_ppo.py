@@ -5,8 +5,7 @@ CPU, embedded tiny backbone (about 4 minutes, 2 cores)::
     commit-env train-ppo --task qa --step-cost 0.02 --timesteps 12000 --num-envs 16 --seed 0 \
         --gen-length 16 --window block:4 --out runs/ppo_qa_0.02
 
-    # the same without the CLI wiring:
-    python -m commit_env.agents.train_ppo --task qa --step-cost 0.02 --timesteps 12000 --out runs/ppo_qa
+    # the same from Python: train_ppo(PPOConfig(task="qa", step_cost=0.02, out="runs/ppo_qa"))
 
 GPU, a real backbone (the env batches all slots into one forward)::
 
@@ -19,17 +18,16 @@ TensorBoard logs under ``OUT/tb``: SB3's ``rollout/`` and ``train/`` curves plus
 ``rollout/task_score_mean``, ``rollout/nfe_mean``, ``rollout/commit_per_step_mean``,
 ``rollout/forced_commit_rate`` and ``eval/score``, ``eval/nfe``, ``eval/return``.
 
-Which algorithm: ``--algo ppo`` (plain PPO with :class:`commit_env.agents.policy_net.PerPositionPolicy`,
-whose masked Bernoulli handles eligibility) is the main path. ``--algo maskable`` runs
-sb3-contrib's MaskablePPO with the same network; it builds one masked categorical per position
-every step and is several times slower per step (``benchmarks/bench_ppo.py``) with no gain here.
+Which algorithm: ``--algo ppo`` (plain PPO with
+:class:`commit_env.agents.policy_net.PerPositionPolicy`, whose masked Bernoulli handles
+eligibility) is the main path. ``--algo maskable`` runs sb3-contrib's MaskablePPO with the same
+network; it builds one masked categorical per position every step and is several times slower
+per step (``benchmarks/bench_ppo.py``) with no gain here.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import logging
 import time
 import warnings
@@ -39,15 +37,18 @@ from typing import Any, Literal
 
 from commit_env.agents.policy import PPOPolicy, _algo_class
 from commit_env.agents.policy_net import PerPositionMaskablePolicy, PerPositionPolicy
-from commit_env.backbones import load_backbone
+
 from commit_env.backbones.base import Backbone
-from commit_env.decoding import DecodeConfig
+from commit_env.backbones.spec import BackboneLike, BackboneSpec, resolve_backbone
+from commit_env.decoding import DEFAULT_TOP_K, TRAINING_SETTING, DecodeSetting
 from commit_env.envs.core import EnvConfig
+from commit_env.envs.observation import DEFAULT_FEATURES
 from commit_env.evaluate import evaluate_policy, sample_examples
+from commit_env.io import write_json_atomic
 from commit_env.policies.base import CommitPolicy
 from commit_env.tasks.registry import get_task
 
-__all__ = ["PPOConfig", "add_cli", "build_model", "evaluate_agent", "run_cli", "train_ppo"]
+__all__ = ["PPOConfig", "build_model", "evaluate_agent", "train_ppo"]
 
 logger = logging.getLogger(__name__)
 
@@ -58,10 +59,13 @@ class PPOConfig:
 
     Attributes:
         task: Task name (``qa``, ``math``, ``code``, ...).
-        backbone: Backbone spec for ``load_backbone`` (``tiny`` = embedded default).
-        gen_length: G, generation length (the env's padded width).
-        window: ``"full"``, ``"block:B"`` or ``"sliding:W"``.
-        step_budget: Max forwards per episode (``None`` = G).
+        backbone: Backbone spec string (``tiny`` = embedded default) or a full
+            :class:`~commit_env.backbones.spec.BackboneSpec` (kind, dtype, remote code); a loaded
+            backbone can be passed to :func:`train_ppo` instead.
+        setting: The decode setting (G is the env's padded width; ``step_budget=None`` = G).
+        features: Feature groups the env observes (recorded in ``config.json``).
+        top_k: K, top-k probabilities per position in the observation.
+        hidden_dim: D, hidden-projection width (used with the ``"hidden"`` group).
         step_cost: lambda, reward subtracted per step (return = score - lambda * NFE).
         timesteps: Environment steps to train for (over all envs).
         num_envs: B, slots of the batched env (one backbone forward per step for all).
@@ -92,10 +96,11 @@ class PPOConfig:
     """
 
     task: str = "qa"
-    backbone: str = "tiny"
-    gen_length: int = 16
-    window: str = "block:4"
-    step_budget: int | None = None
+    backbone: str | BackboneSpec = "tiny"
+    setting: DecodeSetting = TRAINING_SETTING
+    features: tuple[str, ...] = DEFAULT_FEATURES
+    top_k: int = DEFAULT_TOP_K
+    hidden_dim: int = 8
     step_cost: float = 0.01
     timesteps: int = 12_000
     num_envs: int = 16
@@ -150,7 +155,7 @@ class PPOConfig:
         """Transitions per rollout (``n_steps * num_envs``)."""
         return self.n_steps * self.num_envs
 
-    def env_config(self, backbone: Backbone | str | None = None) -> EnvConfig:
+    def env_config(self, backbone: BackboneLike | None = None) -> EnvConfig:
         """The environment config of this run.
 
         Args:
@@ -162,16 +167,13 @@ class PPOConfig:
         return EnvConfig(
             task=self.task,
             backbone=self.backbone if backbone is None else backbone,
-            gen_length=self.gen_length,
-            window=self.window,
-            step_budget=self.step_budget,
+            gen_length=self.setting.gen_length,
+            window=self.setting.window,
+            step_budget=self.setting.step_budget,
             step_cost=self.step_cost,
-        )
-
-    def decode_config(self) -> DecodeConfig:
-        """The decode settings used for evaluation (same as the env's)."""
-        return DecodeConfig(
-            gen_length=self.gen_length, window=self.window, step_budget=self.step_budget
+            features=self.features,
+            top_k=self.top_k,
+            hidden_dim=self.hidden_dim,
         )
 
 
@@ -229,7 +231,7 @@ def evaluate_agent(
     Args:
         model: The SB3 model.
         cfg: The run config (task, decode settings, step cost).
-        backbone: A loaded backbone (default: load ``cfg.backbone``).
+        backbone: A loaded backbone (default: resolve ``cfg.backbone``).
         n: Examples (default ``cfg.eval_n``).
         seed: Example seed (default ``cfg.eval_seed``).
 
@@ -237,12 +239,13 @@ def evaluate_agent(
         ``{"score", "nfe", "return", "forced_commit_rate", "tokens_per_forward"}`` means, with
         ``return = score - step_cost * nfe``.
     """
-    backbone = backbone if backbone is not None else load_backbone(cfg.backbone)
+    backbone = resolve_backbone(cfg.backbone if backbone is None else backbone)
     task = get_task(cfg.task)
-    policy = PPOPolicy.from_model(model, cfg.env_config(backbone), algo=cfg.algo, backbone=backbone)
+    policy = PPOPolicy.from_model(model, cfg.env_config(backbone), algo=cfg.algo)
     n = cfg.eval_n if n is None else n
     examples = sample_examples(task, n, cfg.eval_seed if seed is None else seed)
-    ev = evaluate_policy(backbone, task, policy, cfg.decode_config(), examples=examples)
+    config = policy.decode_config(cfg.setting.config())
+    ev = evaluate_policy(backbone, task, policy, config, examples=examples)
     summary = ev.summary()
     return {
         "score": summary["score"],
@@ -259,13 +262,20 @@ def _run_dir(cfg: PPOConfig) -> Path:
     return Path("runs") / f"{cfg.task}__ppo__{cfg.seed}__{int(time.time())}"
 
 
-def train_ppo(cfg: PPOConfig, teacher: CommitPolicy | None = None) -> dict[str, Any]:
-    """Train an agent, evaluate it and save it.
+def train_ppo(
+    cfg: PPOConfig,
+    teacher: CommitPolicy | None = None,
+    *,
+    backbone: Backbone | None = None,
+) -> dict[str, Any]:
+    """Train an agent, evaluate it and save it (stages: env, warm start, learn, final eval).
 
     Args:
         cfg: The run config.
         teacher: Optional policy to behaviour-clone before RL (``--init``; resolved by the
             caller, e.g. the supervised controller built in ``evaluation``).
+        backbone: A loaded backbone to train on (default: resolve ``cfg.backbone``, a spec
+            string or a full :class:`~commit_env.backbones.spec.BackboneSpec`).
 
     Returns:
         Summary: ``out``, ``timesteps`` trained, ``wall_time_s``, ``env_steps_per_s``,
@@ -275,42 +285,87 @@ def train_ppo(cfg: PPOConfig, teacher: CommitPolicy | None = None) -> dict[str, 
     Raises:
         ValueError: On an invalid environment setting.
     """
-    from stable_baselines3.common.callbacks import CallbackList, CheckpointCallback
-    from stable_baselines3.common.vec_env import VecMonitor
-
-    from commit_env.agents.callbacks import DecodeStatsCallback, PeriodicEvalCallback, WallClockLimitCallback
-    from commit_env.envs.sb3 import make_sb3_vec_env
-
     out = _run_dir(cfg)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
-    backbone = load_backbone(cfg.backbone)
+    write_json_atomic(out / "config.json", dataclasses.asdict(cfg))
+    run = _make_run(cfg, out, resolve_backbone(cfg.backbone if backbone is None else backbone))
+    summary: dict[str, Any] = {"out": str(out), "bc_losses": []}
+    if teacher is not None:
+        summary["bc_losses"] = _warm_start(run, teacher)
+    summary["initial_eval"] = run.evaluate(run.model)
+    summary.update(_learn(run))
+    run.venv.close()
+    write_json_atomic(out / "summary.json", summary)
+    final = summary["final_eval"]
+    logger.info(
+        "trained %d steps in %.0fs: eval score %.3f nfe %.2f return %.3f",
+        summary["timesteps"],
+        summary["wall_time_s"],
+        final["score"],
+        final["nfe"],
+        final["return"],
+    )
+    return summary
+
+
+@dataclass
+class _Run:
+    """The pieces of one training run (built by :func:`_make_run`)."""
+
+    cfg: PPOConfig
+    out: Path
+    backbone: Backbone
+    env_config: EnvConfig
+    venv: Any
+    model: Any
+
+    def evaluate(self, model: Any) -> dict[str, float]:
+        """Deterministic evaluation on the run's held-out examples."""
+        return evaluate_agent(model, self.cfg, backbone=self.backbone)
+
+
+def _make_run(cfg: PPOConfig, out: Path, backbone: Backbone) -> _Run:
+    """Stage 1: the monitored SB3 vector env and the untrained model."""
+    from stable_baselines3.common.vec_env import VecMonitor
+
+    from commit_env.envs.sb3 import make_sb3_vec_env
+
     env_config = cfg.env_config(backbone)
     venv = VecMonitor(
         make_sb3_vec_env(cfg.num_envs, seed=cfg.seed, config=env_config),
         info_keywords=("is_success",),
     )
     model = build_model(cfg, venv, tensorboard_log=str(out / "tb"))
-    summary: dict[str, Any] = {"out": str(out), "bc_losses": []}
-    if teacher is not None:
-        from commit_env.agents.bc import bc_warm_start
+    return _Run(cfg, out, backbone, env_config, venv, model)
 
-        summary["bc_losses"] = bc_warm_start(
-            model,
-            teacher,
-            env_config,
-            n_episodes=cfg.bc_episodes,
-            epochs=cfg.bc_epochs,
-            seed=cfg.seed,
-            backbone=backbone,
-        )
 
-    def evaluate(m: Any) -> dict[str, float]:
-        return evaluate_agent(m, cfg, backbone=backbone)
+def _warm_start(run: _Run, teacher: CommitPolicy) -> list[float]:
+    """Stage 2: behaviour cloning of ``teacher``; returns the per-epoch losses."""
+    from commit_env.agents.bc import bc_warm_start
 
-    summary["initial_eval"] = evaluate(model)
+    return bc_warm_start(
+        run.model,
+        teacher,
+        run.env_config,
+        n_episodes=run.cfg.bc_episodes,
+        epochs=run.cfg.bc_epochs,
+        seed=run.cfg.seed,
+        backbone=run.backbone,
+    )
+
+
+def _learn(run: _Run) -> dict[str, Any]:
+    """Stage 3: RL with evaluation/checkpoint/time-limit callbacks, save, final evaluation."""
+    from commit_env.agents.callbacks import (
+        DecodeStatsCallback,
+        PeriodicEvalCallback,
+        WallClockLimitCallback,
+    )
+    from stable_baselines3.common.callbacks import CallbackList, CheckpointCallback
+
+    cfg, out, model = run.cfg, run.out, run.model
     evaluator = PeriodicEvalCallback(
-        evaluate, max(cfg.eval_every, 1), on_best=lambda m: m.save(str(out / "best.zip"))
+        run.evaluate, max(cfg.eval_every, 1), on_best=lambda m: m.save(str(out / "best.zip"))
     )
     callbacks: list[Any] = [DecodeStatsCallback()]
     if cfg.eval_every:
@@ -341,157 +396,12 @@ def train_ppo(cfg: PPOConfig, teacher: CommitPolicy | None = None) -> dict[str, 
     elif cfg.eval_every:
         final = evaluator.run()
     else:
-        final = evaluate(model)
-    venv.close()
-    summary.update(
-        timesteps=int(model.num_timesteps),
-        wall_time_s=wall,
-        env_steps_per_s=model.num_timesteps / max(wall, 1e-9),
-        stopped_early=bool(limit is not None and limit.stopped_early),
-        final_eval=final,
-        eval_history=evaluator.history,
-    )
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
-    logger.info(
-        "trained %d steps in %.0fs: eval score %.3f nfe %.2f return %.3f",
-        summary["timesteps"],
-        wall,
-        final["score"],
-        final["nfe"],
-        final["return"],
-    )
-    return summary
-
-
-def add_cli(subparsers: Any) -> argparse.ArgumentParser:
-    """Add the ``train-ppo`` sub-command to an argparse ``subparsers`` object.
-
-    Args:
-        subparsers: The object returned by ``parser.add_subparsers()``.
-
-    Returns:
-        The ``train-ppo`` parser (call :func:`run_cli` with its parsed arguments).
-    """
-    p = subparsers.add_parser(
-        "train-ppo",
-        help="train a PPO commitment agent (SB3) on the batched environment",
-        description=(__doc__ or "").splitlines()[0],
-    )
-    _add_arguments(p)
-    return p
-
-
-def _add_arguments(p: argparse.ArgumentParser) -> None:
-    d = PPOConfig()
-    p.add_argument("--task", default=d.task)
-    p.add_argument("--backbone", default=d.backbone)
-    p.add_argument("--step-cost", type=float, default=d.step_cost, help="lambda per step")
-    p.add_argument("--timesteps", type=int, default=d.timesteps)
-    p.add_argument("--num-envs", type=int, default=d.num_envs)
-    p.add_argument("--n-steps", type=int, default=d.n_steps)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--n-epochs", type=int, default=d.n_epochs)
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--ent-coef", type=float, default=d.ent_coef)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--out", default=None, help="run directory (default runs/...)")
-    p.add_argument("--algo", choices=("ppo", "maskable"), default=d.algo)
-    p.add_argument("--window", default=d.window)
-    p.add_argument("--gen-length", type=int, default=d.gen_length)
-    p.add_argument("--budget", type=int, default=None, help="step budget (max NFE)")
-    p.add_argument("--eval-every", type=int, default=d.eval_every)
-    p.add_argument("--eval-n", type=int, default=d.eval_n)
-    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
-    p.add_argument("--max-minutes", type=float, default=None)
-    p.add_argument("--init", default=None, help="warm start, e.g. controller:DIR")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    p.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="torch intra-op threads (1 is several times faster on a small shared CPU)",
-    )
-
-
-def config_from_args(args: argparse.Namespace) -> PPOConfig:
-    """Build a :class:`PPOConfig` from parsed ``train-ppo`` arguments.
-
-    Args:
-        args: The namespace from the ``train-ppo`` parser.
-
-    Returns:
-        The config.
-
-    Raises:
-        ValueError: On invalid values.
-    """
-    return PPOConfig(
-        task=args.task,
-        backbone=args.backbone,
-        gen_length=args.gen_length,
-        window=args.window,
-        step_budget=args.budget,
-        step_cost=args.step_cost,
-        timesteps=args.timesteps,
-        num_envs=args.num_envs,
-        n_steps=args.n_steps,
-        batch_size=args.batch_size,
-        n_epochs=args.n_epochs,
-        lr=args.lr,
-        ent_coef=args.ent_coef,
-        seed=args.seed,
-        out=args.out,
-        algo=args.algo,
-        eval_every=args.eval_every,
-        eval_n=args.eval_n,
-        checkpoint_every=args.checkpoint_every,
-        max_minutes=args.max_minutes,
-        init_teacher=args.init,
-        progress_bar=not args.no_progress,
-    )
-
-
-def run_cli(args: argparse.Namespace, teacher: CommitPolicy | None = None) -> dict[str, Any]:
-    """Run ``train-ppo`` from parsed arguments and print the summary.
-
-    Args:
-        args: The namespace from the ``train-ppo`` parser.
-        teacher: The policy ``--init`` resolved to (``None`` = no warm start). Passing
-            ``--init`` without a teacher raises, so a warm start is never silently skipped.
-
-    Returns:
-        The :func:`train_ppo` summary.
-
-    Raises:
-        ValueError: If ``--init`` was given but no teacher was resolved, or on invalid values.
-    """
-    cfg = config_from_args(args)
-    if cfg.init_teacher and teacher is None:
-        raise ValueError(
-            f"--init {cfg.init_teacher!r} must be resolved into a teacher policy by the caller"
-        )
-    if getattr(args, "threads", None):
-        import torch
-
-        torch.set_num_threads(args.threads)  # process-wide: entry-point setting only
-    summary = train_ppo(cfg, teacher)
-    final = summary["final_eval"]
-    print(
-        f"{summary['out']}: {summary['timesteps']} steps in {summary['wall_time_s']:.0f}s "
-        f"({summary['env_steps_per_s']:.0f} env-steps/s); eval score {final['score']:.3f}, "
-        f"NFE {final['nfe']:.2f}, return {final['return']:.3f}"
-    )
-    return summary
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Standalone entry point (``python -m commit_env.agents.train_ppo``); no ``--init`` resolution."""
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    _add_arguments(parser)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO)
-    run_cli(args)
-
-
-if __name__ == "__main__":
-    main()
+        final = run.evaluate(model)
+    return {
+        "timesteps": int(model.num_timesteps),
+        "wall_time_s": wall,
+        "env_steps_per_s": model.num_timesteps / max(wall, 1e-9),
+        "stopped_early": bool(limit is not None and limit.stopped_early),
+        "final_eval": final,
+        "eval_history": evaluator.history,
+    }

@@ -17,10 +17,10 @@ import time
 
 import numpy as np
 import torch
+from commit_env.agents.policy_net import PerPositionMaskablePolicy, PerPositionPolicy
 from stable_baselines3 import PPO
 from stable_baselines3.common.vec_env import VecMonitor
 
-from commit_env.agents.policy_net import PerPositionMaskablePolicy, PerPositionPolicy
 from commit_env.backbones import load_backbone
 from commit_env.envs import make_sb3_vec_env
 

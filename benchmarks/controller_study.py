@@ -12,21 +12,21 @@ relative to the backbone's, and collection + training wall time.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import torch
-
-from commit_env.backbones import load_backbone
-from commit_env.decoding import Decoder, FeatureBuilder
-from commit_env.policies import make_policy
 from commit_env.evaluation.sweeps import PolicySpec, Setting, heuristic_grid, run_sweep
 from commit_env.supervised.collect import CollectConfig, MixedPolicy, collect_traces
 from commit_env.supervised.inputs import batch_from_state
 from commit_env.supervised.policy import ControllerPolicy
 from commit_env.supervised.train import TrainConfig, train
+
+from commit_env.backbones import load_backbone
+from commit_env.decoding import Decoder, FeatureBuilder
+from commit_env.io import write_json_atomic
+from commit_env.policies import make_policy
 
 TASKS = ("qa", "math", "code")
 
@@ -63,25 +63,9 @@ def forward_cost(backbone, directory, setting, n=64, repeats=20):
     return t_controller / t_backbone, t_controller, t_backbone
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="runs/controller-study")
-    parser.add_argument("--collect-n", type=int, default=768)
-    parser.add_argument("--eval-n", type=int, default=100)
-    parser.add_argument("--epochs", type=int, default=6)
-    args = parser.parse_args()
-    out = Path(args.out)
-    backbone = load_backbone("tiny")
-    setting = Setting(16, "block:4", None)
-    timings = {}
-
-    t0 = time.perf_counter()
-    collect = CollectConfig(out=str(out / "round0"), n=args.collect_n, seed=1)
-    info = collect_traces(collect, backbone=backbone)
-    timings["collect"] = time.perf_counter() - t0
-    base = TrainConfig(
-        traces=(collect.out,), out=str(out / "full"), epochs=args.epochs, rollout_n=0
-    )
+def train_variants(out, collect, epochs, backbone, collect_n, timings):
+    """Ablation variants on round 0, then one on-policy round (controller mixed with topk)."""
+    base = TrainConfig(traces=(collect.out,), out=str(out / "full"), epochs=epochs, rollout_n=0)
     variants = {
         "full": base,
         "no-hidden": replace(base, out=str(out / "no-hidden"), drop_groups=("hidden",)),
@@ -93,11 +77,10 @@ def main():
         t0 = time.perf_counter()
         summaries[name] = train(replace(cfg, progress=False))
         timings[f"train/{name}"] = time.perf_counter() - t0
-
     # one on-policy round: controller mixed with the reference, relabelled by completion
     t0 = time.perf_counter()
     learner = ControllerPolicy.from_pretrained(out / "full" / "best", backbone=backbone)
-    round1 = replace(collect, out=str(out / "round1"), n=args.collect_n // 2, seed=2)
+    round1 = replace(collect, out=str(out / "round1"), n=collect_n // 2, seed=2)
     collect_traces(
         round1,
         backbone=backbone,
@@ -108,20 +91,11 @@ def main():
         replace(base, traces=(collect.out, round1.out), out=str(out / "on-policy"), progress=False)
     )
     timings["on-policy round"] = time.perf_counter() - t0
+    return summaries
 
-    specs = [s for s in heuristic_grid(16) if s.name != "prophet"]
-    specs += [
-        controller_spec(name, out / name / "best", backbone)
-        for name in list(variants) + ["on-policy"]
-    ]
-    records = run_sweep(backbone, TASKS, specs, [setting], n=args.eval_n, seed=0)
-    (out / "records.json").write_text(json.dumps(records, indent=1))
 
-    print(
-        f"\ncollection: {info['steps']} states from {info['traces']} traces, "
-        f"{info['bytes_per_position_step']:.1f} bytes per position-step on disk"
-    )
-    print("timings (s):", {k: round(v, 1) for k, v in timings.items()})
+def print_tables(records, summaries):
+    """Validation metrics per variant and the score/NFE table per task."""
     for name, s in summaries.items():
         b = s["best"]
         print(
@@ -134,6 +108,11 @@ def main():
     for label in dict.fromkeys(r["params_label"] for r in records):
         cells = [f"{by[(label, t)]['score']:.3f} | {by[(label, t)]['nfe']:.2f}" for t in TASKS]
         print(f"| {label} | " + " | ".join(cells) + " |")
+
+
+def print_gap(records, variants):
+    """How much of the best heuristic's NFE gap to the oracle each controller closes."""
+    by = {(r["params_label"], r["task"]): r for r in records}
     print("\nNFE-gap target (score >= sequential - 0.01):")
     for t in TASKS:
         seq = by[("topk(k=1)", t)]["score"]
@@ -145,12 +124,12 @@ def main():
             and r["score"] >= seq - 0.01
         ]
         best = min(heur, key=lambda r: r["nfe"]) if heur else None
+        if best is None:
+            continue
         oracle = by[("oracle()", t)]
-        for name in list(variants) + ["on-policy"]:
+        for name in variants:
             c = by[(f"controller(variant={name})", t)]
             ok_score = c["score"] >= seq - 0.01
-            if best is None:
-                continue
             gap = best["nfe"] - oracle["nfe"]
             closed = (best["nfe"] - c["nfe"]) / gap if gap > 0 else float("nan")
             print(
@@ -158,6 +137,35 @@ def main():
                 f"NFE {c['nfe']:.2f}; best heuristic {best['params_label']} {best['nfe']:.2f}; "
                 f"oracle {oracle['nfe']:.2f}; gap closed {closed:.2f}"
             )
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="runs/controller-study")
+    parser.add_argument("--collect-n", type=int, default=768)
+    parser.add_argument("--eval-n", type=int, default=100)
+    parser.add_argument("--epochs", type=int, default=6)
+    args = parser.parse_args()
+    out = Path(args.out)
+    backbone = load_backbone("tiny")
+    setting = Setting(16, "block:4", None)
+    timings = {}
+    t0 = time.perf_counter()
+    collect = CollectConfig(out=str(out / "round0"), n=args.collect_n, seed=1)
+    info = collect_traces(collect, backbone=backbone)
+    timings["collect"] = time.perf_counter() - t0
+    summaries = train_variants(out, collect, args.epochs, backbone, args.collect_n, timings)
+    specs = [s for s in heuristic_grid(16) if s.name != "prophet"]
+    specs += [controller_spec(name, out / name / "best", backbone) for name in summaries]
+    records = run_sweep(backbone, TASKS, specs, [setting], n=args.eval_n, seed=0)
+    write_json_atomic(out / "records.json", records)
+    print(
+        f"\ncollection: {info['steps']} states from {info['traces']} traces, "
+        f"{info['bytes_per_position_step']:.1f} bytes per position-step on disk"
+    )
+    print("timings (s):", {k: round(v, 1) for k, v in timings.items()})
+    print_tables(records, summaries)
+    print_gap(records, list(summaries))
     ratio, tc, tb = forward_cost(backbone, out / "full" / "best", setting)
     print(
         f"\ncontroller forward {tc * 1e3:.2f} ms vs backbone {tb * 1e3:.2f} ms at B=64: "

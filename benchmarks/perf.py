@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import bench_engine  # noqa: E402
 import bench_env  # noqa: E402
+from commit_env.evaluation.sweeps import Setting  # noqa: E402
 from controller_study import forward_cost  # noqa: E402
 
 from commit_env.backbones import load_backbone  # noqa: E402
@@ -31,7 +32,6 @@ from commit_env.decoding import DecodeConfig  # noqa: E402
 from commit_env.evaluate import sample_examples  # noqa: E402
 from commit_env.tasks import get_task  # noqa: E402
 from commit_env.traces import TraceDataset  # noqa: E402
-from commit_env.evaluation.sweeps import Setting  # noqa: E402
 
 
 def env_ratios(B: int, rounds: int = 3, seconds: float = 1.0) -> tuple[float, float]:

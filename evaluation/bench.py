@@ -30,17 +30,29 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-from commit_env.backbones import load_backbone
-from commit_env.backbones.base import Backbone
-from commit_env.decoding import DecodeConfig, decode
-from commit_env.evaluate import sample_examples
-from commit_env.policies import make_policy
-from commit_env.tasks import get_task
 from commit_env.evaluation.io import append_jsonl_atomic, read_jsonl, write_json_atomic
 from commit_env.evaluation.sweeps import PolicySpec, Setting, heuristic_grid, record_key, run_sweep
 
-__all__ = ["BenchConfig", "run_bench"]
+from commit_env.backbones.base import Backbone
+from commit_env.backbones.spec import BackboneSpec
+from commit_env.decoding import TRAINING_SETTING, DecodeConfig, DecodeSetting, decode
+from commit_env.decoding.config import validate_setting
+from commit_env.evaluate import sample_examples
+from commit_env.io import write_text_atomic
+from commit_env.policies import CommitPolicy, make_policy
+from commit_env.tasks import get_task
+
+__all__ = [
+    "BenchConfig",
+    "LearnedPolicies",
+    "controller_stage",
+    "grid_stage",
+    "heuristics_stage",
+    "ppo_stage",
+    "report_stage",
+    "run_bench",
+    "traces_stage",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -58,8 +70,8 @@ class BenchConfig:
         dtype: Backbone dtype.
         trust_remote_code: For remote-code checkpoints.
         tasks: Tasks evaluated.
-        gen_length: G of the default setting (the one the controller is trained on).
-        window: Window of the default setting.
+        setting: The default setting (the one the controller and PPO are trained on; its
+            step budget is unlimited).
         n: Examples per task and setting.
         seed: Seed of every example draw.
         batch_size: Rows per engine batch.
@@ -81,8 +93,7 @@ class BenchConfig:
     dtype: str | None = None
     trust_remote_code: bool = False
     tasks: tuple[str, ...] = ("qa", "math", "code")
-    gen_length: int = 16
-    window: str = "block:4"
+    setting: DecodeSetting = TRAINING_SETTING
     n: int = 64
     seed: int = 0
     batch_size: int = 128
@@ -126,14 +137,20 @@ class BenchConfig:
             raise ValueError(f"unknown bench mode {mode!r}; expected 'quick' or 'full'")
         return dataclasses.replace(base, **overrides)
 
+    @property
+    def backbone_spec(self) -> BackboneSpec:
+        """The backbone with every loader option (what each stage loads or records)."""
+        return BackboneSpec.of(self)
+
     def settings(self) -> list[Setting]:
-        """The cross-setting grid (windows wider than G are skipped; blocks must divide G)."""
+        """The cross-setting grid (combinations :func:`validate_setting` rejects are skipped)."""
         out = []
         for g in self.grid_gen_lengths:
             for w in self.grid_windows:
-                kind, _, width = w.partition(":")
-                if kind == "block" and g % int(width):
-                    continue
+                try:
+                    validate_setting(g, w)
+                except ValueError:
+                    continue  # e.g. a block width that does not divide G
                 for frac in self.grid_budget_fractions:
                     budget = None if frac >= 1.0 else max(1, int(round(g * frac)))
                     out.append(Setting(g, w, budget))
@@ -161,7 +178,7 @@ def _quick_heuristics(gen_length: int) -> list[PolicySpec]:
 def _trace_records(
     backbone: Backbone,
     task_name: str,
-    specs: Sequence[tuple[str, Any]],
+    specs: Sequence[tuple[str, CommitPolicy]],
     config: DecodeConfig,
     n_examples: int,
     seed: int,
@@ -172,8 +189,8 @@ def _trace_records(
     prompts = [e.prompt for e in examples]
     out = []
     for label, policy in specs:
-        cfg = getattr(policy, "decode_config", lambda c: c)(config)
-        result = decode(backbone, prompts, policy, dataclasses.replace(cfg, record_trace=True))
+        cfg = policy.decode_config(config, record_trace=True)
+        result = decode(backbone, prompts, policy, cfg)
         steps = [d["proposal"] for d in result.trace[0] if "proposal" in d]  # each [N, G]
         proposals = torch.stack(steps)  # [T, N, G]
         final = result.tokens[None]  # [1, N, G]
@@ -192,8 +209,67 @@ def _trace_records(
     return out
 
 
+@dataclass
+class _Bench:
+    """What every stage shares: config, output paths, the backbone and the resumable records."""
+
+    cfg: BenchConfig
+    out: Path
+    backbone: Backbone
+    results_path: Path
+    done: set[tuple[Any, ...]]
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def default(self) -> Setting:
+        """The default setting with an unlimited budget."""
+        return Setting(self.cfg.setting.gen_length, self.cfg.setting.window, None)
+
+    def sweep(self, specs: Sequence[PolicySpec], settings: Sequence[Setting]) -> None:
+        """Evaluate ``specs`` on ``settings``, appending new records (skipping finished ones)."""
+
+        def on_record(record: dict[str, Any]) -> None:
+            append_jsonl_atomic(self.results_path, record)
+            self.done.add(record_key(record))
+
+        cfg = self.cfg
+        run_sweep(
+            self.backbone,
+            cfg.tasks,
+            specs,
+            settings,
+            n=cfg.n,
+            seed=cfg.seed,
+            batch_size=cfg.batch_size,
+            done=self.done,
+            on_record=on_record,
+            progress=cfg.progress,
+        )
+
+
+@dataclass(frozen=True)
+class LearnedPolicies:
+    """Result of the training stages: the learned policies' specs for the grid.
+
+    Attributes:
+        controller: The supervised controller (always trained).
+        ppo: The PPO agent, or ``None`` when ``ppo_timesteps == 0``.
+    """
+
+    controller: PolicySpec
+    ppo: PolicySpec | None = None
+
+    @property
+    def specs(self) -> list[PolicySpec]:
+        """Every learned policy, controller first."""
+        return [self.controller] + ([self.ppo] if self.ppo is not None else [])
+
+
 def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     """Run the whole pipeline; see the module docstring.
+
+    Stages: :func:`heuristics_stage`, :func:`controller_stage`, :func:`ppo_stage`,
+    :func:`grid_stage`, :func:`traces_stage` and :func:`report_stage`, each timed.
 
     Args:
         cfg: Bench settings.
@@ -201,133 +277,130 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     Returns:
         Summary with output paths and timings.
     """
-    from commit_env.evaluation import plots, reports
-
     t0 = time.perf_counter()
+    bench = _open_bench(cfg)
+
+    def timed(name: str, stage: Any, *args: Any) -> Any:
+        tick = time.perf_counter()
+        result = stage(bench, *args)
+        bench.timings[name] = time.perf_counter() - tick
+        return result
+
+    timed("heuristic_sweep", heuristics_stage)
+    controller = timed("controller", controller_stage)
+    learned = LearnedPolicies(controller)
+    if cfg.ppo_timesteps > 0:
+        learned = LearnedPolicies(controller, timed("ppo", ppo_stage))
+    timed("grid", grid_stage, learned)
+    traces = timed("traces", traces_stage, learned)
+    return report_stage(bench, learned, traces, t0)
+
+
+def _open_bench(cfg: BenchConfig) -> _Bench:
+    """Output directory, config record, task check, backbone, and the records so far."""
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "bench_config.json", dataclasses.asdict(cfg))
-    timings: dict[str, float] = {}
     for t in cfg.tasks:
         get_task(t)  # fail fast on unknown names
-    backbone = load_backbone(
-        cfg.backbone,
-        kind=cfg.kind,
-        device=cfg.device,
-        dtype=cfg.dtype,
-        trust_remote_code=cfg.trust_remote_code,
-    )
+    backbone = cfg.backbone_spec.load()
     results_path = out / "results.jsonl"
-    existing = read_jsonl(results_path)
-    done = {record_key(r) for r in existing}
+    done = {record_key(r) for r in read_jsonl(results_path)}
+    return _Bench(cfg, out, backbone, results_path, done)
 
-    def on_record(record: dict[str, Any]) -> None:
-        append_jsonl_atomic(results_path, record)
-        done.add(record_key(record))
 
-    def sweep(specs: Sequence[PolicySpec], settings: Sequence[Setting]) -> None:
-        run_sweep(
-            backbone,
-            cfg.tasks,
-            specs,
-            settings,
-            n=cfg.n,
-            seed=cfg.seed,
-            batch_size=cfg.batch_size,
-            done=done,
-            on_record=on_record,
-            progress=cfg.progress,
-        )
+def heuristics_stage(bench: _Bench) -> None:
+    """Stage 1: heuristic sweeps and the oracle on the default setting."""
+    G = bench.cfg.setting.gen_length
+    specs = heuristic_grid(G) if bench.cfg.mode == "full" else _quick_heuristics(G)
+    bench.sweep(specs, [bench.default])
 
-    default = Setting(cfg.gen_length, cfg.window, None)
-    heuristics = (
-        heuristic_grid(cfg.gen_length) if cfg.mode == "full" else _quick_heuristics(cfg.gen_length)
+
+def controller_stage(bench: _Bench) -> PolicySpec:
+    """Stage 2: traces, the supervised controller (reused when trained), its policy spec."""
+    directory = _train_controller(bench.cfg, bench.backbone, bench.out)
+    return PolicySpec(
+        "controller",
+        "controller",
+        (("threshold", "learned"),),
+        factory=_controller_factory(directory, bench.backbone),
     )
 
-    # ----- 1. heuristic sweeps and the oracle on the default setting
-    tick = time.perf_counter()
-    sweep(heuristics, [default])
-    timings["heuristic_sweep"] = time.perf_counter() - tick
 
-    # ----- 2. traces and the supervised controller
-    tick = time.perf_counter()
-    controller_dir = _train_controller(cfg, backbone, out)
-    timings["controller"] = time.perf_counter() - tick
+def ppo_stage(bench: _Bench) -> PolicySpec:
+    """Stage 3: a short PPO run warm-started by cloning the threshold rule.
 
-    learned = [
-        PolicySpec(
-            "controller",
-            "controller",
-            (("threshold", "learned"),),
-            factory=_controller_factory(controller_dir, backbone),
-        )
-    ]
-    # ----- 3. optional PPO agent
-    if cfg.ppo_timesteps > 0:
-        tick = time.perf_counter()
-        # Warm start by behaviour cloning of the Fast-dLLM threshold rule: the env observation has
-        # no hidden features or prompt, and cloning the controller from it stalled (BCE ~0.67).
-        teacher = make_policy("threshold", threshold=0.9)
-        learned.append(_train_ppo(cfg, out, backbone, teacher))
-        timings["ppo"] = time.perf_counter() - tick
+    The env observation has no hidden features or prompt, and cloning the controller from it
+    stalled (BCE ~0.67), so the Fast-dLLM threshold rule is the teacher.
+    """
+    teacher = make_policy("threshold", threshold=0.9)
+    return _train_ppo(bench.cfg, bench.out, bench.backbone, teacher)
 
-    # ----- 4. every policy over the grid of settings
-    tick = time.perf_counter()
-    grid_heuristics = [s for s in _quick_heuristics(cfg.gen_length) if s.name != "prophet"]
-    for setting in cfg.settings():
+
+def grid_stage(bench: _Bench, learned: LearnedPolicies) -> None:
+    """Stage 4: every policy over the grid of settings, and the learned ones on the default."""
+    G = bench.cfg.setting.gen_length
+    grid_heuristics = [s for s in _quick_heuristics(G) if s.name != "prophet"]
+    for setting in bench.cfg.settings():
         specs = [
             s
-            if s.label != f"topk(k={cfg.gen_length})"
+            if s.label != f"topk(k={G})"
             else PolicySpec("all-at-once", "topk", (("k", setting.gen_length),))
             for s in grid_heuristics
         ]
-        sweep(specs + learned, [setting])
-    # learned policies on the default setting too (for the Pareto picture)
-    sweep(learned, [default])
-    timings["grid"] = time.perf_counter() - tick
+        bench.sweep(specs + learned.specs, [setting])
+    bench.sweep(learned.specs, [bench.default])  # for the Pareto picture
 
-    # ----- 5. traces picture data
-    tick = time.perf_counter()
-    ctrl = learned[0].factory(default.config())
-    trace_specs = [
+
+def traces_stage(bench: _Bench, learned: LearnedPolicies) -> list[dict[str, Any]]:
+    """Stage 5: per-step stability data of three policies (``traces.json``, ``traces.png``)."""
+    default = bench.default
+    assert learned.controller.factory is not None
+    specs: list[tuple[str, CommitPolicy]] = [
         ("sequential", make_policy("topk")),
         ("threshold 0.9", make_policy("threshold", threshold=0.9)),
-        ("controller", ctrl),
+        ("controller", learned.controller.factory(default.config())),
     ]
-    traces = _trace_records(backbone, cfg.tasks[0], trace_specs, default.config(), 2, cfg.seed)
-    write_json_atomic(out / "traces.json", traces)
-    timings["traces"] = time.perf_counter() - tick
+    cfg = bench.cfg
+    traces = _trace_records(bench.backbone, cfg.tasks[0], specs, default.config(), 2, cfg.seed)
+    write_json_atomic(bench.out / "traces.json", traces)
+    return traces
 
-    # ----- 6. results, report and figures
-    records = read_jsonl(results_path)
+
+def report_stage(
+    bench: _Bench, learned: LearnedPolicies, traces: list[dict[str, Any]], t0: float
+) -> dict[str, Any]:
+    """Stage 6: ``results.json``, ``report.md``, the figures and ``summary.json``."""
+    from commit_env.evaluation import plots, reports
+
+    cfg, out = bench.cfg, bench.out
+    G, window = cfg.setting.gen_length, cfg.setting.window
+    records = read_jsonl(bench.results_path)
     write_json_atomic(out / "results.json", records)
-    cells = reports.cross_setting_cells(records, learned_families=[s.family for s in learned])
-    plots.pareto_plot(
-        [
-            r
-            for r in records
-            if r["window"] == cfg.window
-            and r["gen_length"] == cfg.gen_length
-            and r["step_budget"] is None
-        ],
-        out / "pareto.png",
-    )
+    families = [s.family for s in learned.specs]
+    cells = reports.cross_setting_cells(records, learned_families=families)
+    default_records = [
+        r
+        for r in records
+        if r["window"] == window and r["gen_length"] == G and r["step_budget"] is None
+    ]
+    plots.pareto_plot(default_records, out / "pareto.png")
     plots.cross_setting_plot([c for c in cells if c["task"] == "mean"], out / "cross_setting.png")
     plots.trace_plot(traces, out / "traces.png")
-    timings["total"] = time.perf_counter() - t0
+    bench.timings["total"] = time.perf_counter() - t0
     report = reports.render_report(
         records,
         cells,
         cfg=dataclasses.asdict(cfg),
-        timings=timings,
-        default=(cfg.gen_length, cfg.window),
+        timings=bench.timings,
+        default=(G, window),
     )
-    (out / "report.md").write_text(report)
+    write_text_atomic(out / "report.md", report)
     summary = {
         "out": str(out),
         "records": len(records),
-        "timings": timings,
-        "device": str(backbone.device),
+        "timings": bench.timings,
+        "device": str(bench.backbone.device),
     }
     write_json_atomic(out / "summary.json", summary)
     return summary
@@ -343,11 +416,10 @@ def _train_controller(cfg: BenchConfig, backbone: Backbone, out: Path) -> Path:
         return controller_dir / "best"
     collect = CollectConfig(
         out=str(out / "traces" / "round0"),
-        backbone=cfg.backbone,
+        backbone=cfg.backbone_spec,
         n=cfg.collect_n,
         seed=cfg.seed + 1,
-        gen_length=cfg.gen_length,
-        window=cfg.window,
+        setting=cfg.setting,
         batch_size=cfg.batch_size,
         device=cfg.device,
     )
@@ -361,7 +433,8 @@ def _train_controller(cfg: BenchConfig, backbone: Backbone, out: Path) -> Path:
             seed=cfg.seed,
             device=cfg.device,
             progress=cfg.progress,
-        )
+        ),
+        backbone=backbone,
     )
     return controller_dir / "best"
 
@@ -393,20 +466,20 @@ def _train_ppo(cfg: BenchConfig, out: Path, backbone: Backbone, teacher: Any) ->
                     task=cfg.tasks[0],
                     out=str(ppo_dir),
                     timesteps=cfg.ppo_timesteps,
-                    gen_length=cfg.gen_length,
-                    window=cfg.window,
+                    setting=cfg.setting,
                     seed=cfg.seed,
                     step_cost=0.02,
                     init_teacher="controller",
                     bc_episodes=64,
                     progress_bar=cfg.progress,
-                    backbone=cfg.backbone,
+                    backbone=cfg.backbone_spec,
                 ),
                 teacher=teacher,
+                backbone=backbone,
             )
         finally:
             torch.set_num_threads(threads)
-    policy = PPOPolicy.load(ppo_dir / "final.zip", backbone=backbone)
+    policy = PPOPolicy.load(ppo_dir / "final.zip")
 
     def build(config: DecodeConfig) -> Any:
         return policy if config.gen_length <= policy.gen_length else None

@@ -9,6 +9,7 @@ Subcommands:
     collect          record labelled decode traces for the supervised controller
     train-controller train the future-stability controller on traces
     train-ppo        train a PPO agent on the token-commitment environment
+    ppo-sweep        PPO per step cost against the best tuned confidence threshold
 """
 
 from __future__ import annotations
@@ -44,12 +45,23 @@ def parse_params(items: Sequence[str]) -> dict[str, str]:
     return params
 
 
-def _add_decode_args(p: argparse.ArgumentParser) -> None:
+def _add_backbone_args(p: argparse.ArgumentParser) -> None:
+    """The full backbone spec: name, kind, device, dtype, remote code."""
     p.add_argument("--backbone", default="tiny", help="'tiny' or 'hf:<name-or-path>'")
     p.add_argument("--kind", default="auto", help="backbone kind: auto|masked-lm|llada|dream")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
     p.add_argument("--dtype", default=None, help="float32, bfloat16, float16")
     p.add_argument("--trust-remote-code", action="store_true")
+
+
+def _backbone_spec(args: argparse.Namespace) -> Any:
+    from commit_env.backbones.spec import BackboneSpec
+
+    return BackboneSpec.of(args)
+
+
+def _add_decode_args(p: argparse.ArgumentParser) -> None:
+    _add_backbone_args(p)
     p.add_argument("--task", default="qa", help="task name, e.g. qa, math:hard, code, gsm8k")
     p.add_argument("--gen-length", type=int, default=None, help="G (default: the task's)")
     p.add_argument("--window", default="full", help="block:B | sliding:W | full")
@@ -60,14 +72,7 @@ def _add_decode_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=64)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Build the argument parser with every subcommand."""
-    parser = argparse.ArgumentParser(prog="commit-env", description=__doc__.splitlines()[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    sub.add_parser("list", help="list tasks, policies and backbones")
-
+def _add_eval(sub: Any) -> None:
     ev = sub.add_parser("eval", help="score one policy on one task setting")
     _add_decode_args(ev)
     ev.add_argument("--policy", default="topk", help="policy name (see `commit-env list`)")
@@ -75,12 +80,17 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", action="store_true", help="print one JSON record")
     ev.add_argument("--no-progress", action="store_true")
 
+
+def _add_train_backbone(sub: Any) -> None:
     tb = sub.add_parser("train-backbone", help="rebuild the embedded tiny backbone")
     tb.add_argument("--out", default="commit_env/backbones/data/tiny")
     tb.add_argument("--steps", type=int, default=None)
     tb.add_argument("--batch-size", type=int, default=None)
     tb.add_argument("--seed", type=int, default=None)
     tb.add_argument("--log-dir", default="runs/train-backbone")
+
+
+def _add_sweep(sub: Any) -> None:
     sw = sub.add_parser(
         "sweep", help="every heuristic (and the oracle) on tasks: a score/NFE table"
     )
@@ -88,21 +98,15 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--tasks", default="qa,math,code", help="comma-separated task names")
     sw.add_argument("--json-out", default=None, help="also write the records to this file")
 
-    from commit_env.agents.train_ppo import add_cli as add_train_ppo
 
-    add_train_ppo(sub)
-
+def _add_bench(sub: Any) -> None:
     be = sub.add_parser("bench", help="the main job (see evaluation/bench.py)")
     mode = be.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_const", dest="mode", const="quick")
     mode.add_argument("--full", action="store_const", dest="mode", const="full")
     be.set_defaults(mode="quick")
     be.add_argument("--out", default="bench-out")
-    be.add_argument("--backbone", default="tiny")
-    be.add_argument("--kind", default="auto")
-    be.add_argument("--device", default=None)
-    be.add_argument("--dtype", default=None)
-    be.add_argument("--trust-remote-code", action="store_true")
+    _add_backbone_args(be)
     be.add_argument("--task", action="append", default=None, help="task (repeatable)")
     be.add_argument("--gen-length", type=int, default=None)
     be.add_argument("--window", default=None)
@@ -113,10 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--seed", type=int, default=None)
     be.add_argument("--no-progress", action="store_true")
 
+
+def _add_collect(sub: Any) -> None:
     co = sub.add_parser("collect", help="record labelled decode traces")
     co.add_argument("--out", default="traces/round0")
-    co.add_argument("--backbone", default="tiny")
-    co.add_argument("--device", default=None)
+    _add_backbone_args(co)
     co.add_argument(
         "--task",
         action="append",
@@ -125,9 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     co.add_argument("--n", type=int, default=768, help="examples to decode")
     co.add_argument("--seed", type=int, default=0)
-    co.add_argument("--gen-length", type=int, default=16)
-    co.add_argument("--window", default="block:4")
-    co.add_argument("--budget", type=int, default=None)
+    _add_setting_args(co)
     co.add_argument("--reference", default="topk", help="reference policy name")
     co.add_argument(
         "--param",
@@ -139,6 +142,23 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument("--hidden-features", type=int, default=16, help="0 = no hidden features")
     co.add_argument("--batch-size", type=int, default=128)
 
+
+def _add_setting_args(p: argparse.ArgumentParser) -> None:
+    """G, window and budget, defaulting to the training setting."""
+    from commit_env.decoding import TRAINING_SETTING as T
+
+    p.add_argument("--gen-length", type=int, default=T.gen_length)
+    p.add_argument("--window", default=T.window, help="block:B | sliding:W | full")
+    p.add_argument("--budget", type=int, default=T.step_budget, help="step budget (max NFE)")
+
+
+def _setting(args: argparse.Namespace) -> Any:
+    from commit_env.decoding import DecodeSetting
+
+    return DecodeSetting(args.gen_length, args.window, args.budget)
+
+
+def _add_train_controller(sub: Any) -> None:
     tc = sub.add_parser("train-controller", help="train the stability controller")
     tc.add_argument("--traces", action="append", required=True, help="trace dir (repeatable)")
     tc.add_argument("--out", default="runs/controller")
@@ -158,26 +178,92 @@ def build_parser() -> argparse.ArgumentParser:
     tc.add_argument("--device", default=None)
     tc.add_argument("--skip-corrupt", action="store_true", help="skip unreadable shards")
     tc.add_argument("--resume", action="store_true")
+
+
+def _add_ppo_args(p: argparse.ArgumentParser) -> None:
+    """Options shared by ``train-ppo`` and ``ppo-sweep``."""
+    _add_backbone_args(p)
+    p.add_argument("--task", default="qa")
+    _add_setting_args(p)
+    p.add_argument("--num-envs", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch intra-op threads (1 is several times faster on a small shared CPU)",
+    )
+
+
+def _add_train_ppo(sub: Any) -> None:
+    from commit_env.agents.train_ppo import PPOConfig
+
+    d = PPOConfig()
+    p = sub.add_parser(
+        "train-ppo", help="train a PPO commitment agent (SB3) on the batched environment"
+    )
+    _add_ppo_args(p)
+    p.add_argument("--step-cost", type=float, default=d.step_cost, help="lambda per step")
+    p.add_argument("--timesteps", type=int, default=d.timesteps)
+    p.add_argument("--n-steps", type=int, default=d.n_steps)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--n-epochs", type=int, default=d.n_epochs)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--ent-coef", type=float, default=d.ent_coef)
+    p.add_argument("--out", default=None, help="run directory (default runs/...)")
+    p.add_argument("--algo", choices=("ppo", "maskable"), default=d.algo)
+    p.add_argument("--eval-every", type=int, default=d.eval_every)
+    p.add_argument("--eval-n", type=int, default=d.eval_n)
+    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
+    p.add_argument("--max-minutes", type=float, default=None)
+    p.add_argument("--init", default=None, help="warm start, e.g. controller:DIR")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def _add_ppo_sweep(sub: Any) -> None:
+    p = sub.add_parser(
+        "ppo-sweep", help="PPO per step cost against the best tuned confidence threshold"
+    )
+    _add_ppo_args(p)
+    p.add_argument("--lambdas", type=float, nargs="+", default=[0.005, 0.02, 0.05])
+    p.add_argument("--minutes", type=float, default=4.0, help="training minutes per lambda")
+    p.add_argument("--timesteps", type=int, default=1_000_000, help="upper bound")
+    p.add_argument("--eval-n", type=int, default=128)
+    p.add_argument("--warm-start", default="none", help="threshold to clone, or 'none'")
+    p.add_argument("--out", default="runs/lambda_sweep")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the argument parser with every subcommand (the one place they are wired)."""
+    parser = argparse.ArgumentParser(prog="commit-env", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="list tasks, policies and backbones")
+    for add in (
+        _add_eval,
+        _add_train_backbone,
+        _add_sweep,
+        _add_train_ppo,
+        _add_ppo_sweep,
+        _add_bench,
+        _add_collect,
+        _add_train_controller,
+    ):
+        add(sub)
     return parser
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from commit_env.backbones import load_backbone
-    from commit_env.tasks import get_task
     from commit_env.evaluation.sweeps import Setting, heuristic_grid, markdown_table, run_sweep
+
+    from commit_env.tasks import get_task
 
     tasks = [t for t in args.tasks.split(",") if t]
     for t in tasks:
         get_task(t)  # validate before loading a model
     gen_length = args.gen_length or 16
     setting = Setting(gen_length, args.window, args.budget)
-    backbone = load_backbone(
-        args.backbone,
-        kind=args.kind,
-        device=args.device,
-        dtype=args.dtype,
-        trust_remote_code=args.trust_remote_code,
-    )
+    backbone = _backbone_spec(args).load()
     records = run_sweep(
         backbone,
         tasks,
@@ -199,6 +285,12 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from commit_env.evaluation.bench import BenchConfig, run_bench
 
+    base = BenchConfig.preset(args.mode)
+    setting = None
+    if args.gen_length is not None or args.window is not None:
+        setting = type(base.setting)(
+            args.gen_length or base.setting.gen_length, args.window or base.setting.window
+        )
     overrides = {
         "out": args.out,
         "backbone": args.backbone,
@@ -207,8 +299,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         "dtype": args.dtype,
         "trust_remote_code": args.trust_remote_code,
         "tasks": tuple(args.task) if args.task else None,
-        "gen_length": args.gen_length,
-        "window": args.window,
+        "setting": setting,
         "n": args.n,
         "collect_n": args.collect_n,
         "ppo_timesteps": args.ppo_timesteps,
@@ -217,29 +308,95 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         "progress": not args.no_progress,
     }
     cfg = BenchConfig.preset(args.mode, **{k: v for k, v in overrides.items() if v is not None})
-    if cfg.gen_length not in cfg.grid_gen_lengths:
+    if cfg.setting.gen_length not in cfg.grid_gen_lengths:
         import dataclasses
 
-        cfg = dataclasses.replace(cfg, grid_gen_lengths=(cfg.gen_length,))
+        cfg = dataclasses.replace(cfg, grid_gen_lengths=(cfg.setting.gen_length,))
     summary = run_bench(cfg)
     print(json.dumps(summary, indent=2))
     print(f"report: {summary['out']}/report.md")
     return 0
 
 
+def _set_threads(args: argparse.Namespace) -> None:
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)  # process-wide: entry-point setting only
+
+
+def _ppo_config(args: argparse.Namespace, **fields: Any) -> Any:
+    from commit_env.agents.train_ppo import PPOConfig
+
+    return PPOConfig(
+        task=args.task,
+        backbone=_backbone_spec(args),
+        setting=_setting(args),
+        num_envs=args.num_envs,
+        timesteps=args.timesteps,
+        seed=args.seed,
+        **fields,
+    )
+
+
+def _resolve_init(init: str | None) -> Any:
+    """The teacher ``--init controller:DIR`` names (``None`` without ``--init``)."""
+    if not init:
+        return None
+    kind, _, path = init.partition(":")
+    if kind != "controller" or not path:
+        raise ValueError(f"--init expects controller:DIR, got {init!r}")
+    from commit_env.supervised.policy import ControllerPolicy
+
+    return ControllerPolicy.from_pretrained(path)
+
+
 def _cmd_train_ppo(args: argparse.Namespace) -> int:
-    from commit_env.agents.train_ppo import run_cli
+    from commit_env.agents.train_ppo import train_ppo
 
-    teacher = None
-    if args.init:
-        kind, _, path = args.init.partition(":")
-        if kind != "controller" or not path:
-            raise ValueError(f"--init expects controller:DIR, got {args.init!r}")
-        from commit_env.supervised.policy import ControllerPolicy
-
-        teacher = ControllerPolicy.from_pretrained(path)
-    summary = run_cli(args, teacher)
+    cfg = _ppo_config(
+        args,
+        step_cost=args.step_cost,
+        n_steps=args.n_steps,
+        batch_size=args.batch_size,
+        n_epochs=args.n_epochs,
+        lr=args.lr,
+        ent_coef=args.ent_coef,
+        out=args.out,
+        algo=args.algo,
+        eval_every=args.eval_every,
+        eval_n=args.eval_n,
+        checkpoint_every=args.checkpoint_every,
+        max_minutes=args.max_minutes,
+        init_teacher=args.init,
+        progress_bar=not args.no_progress,
+    )
+    teacher = _resolve_init(args.init)
+    _set_threads(args)
+    summary = train_ppo(cfg, teacher)
+    final = summary["final_eval"]
+    print(
+        f"{summary['out']}: {summary['timesteps']} steps in {summary['wall_time_s']:.0f}s "
+        f"({summary['env_steps_per_s']:.0f} env-steps/s); eval score {final['score']:.3f}, "
+        f"NFE {final['nfe']:.2f}, return {final['return']:.3f}"
+    )
     print(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2, default=str))
+    return 0
+
+
+def _cmd_ppo_sweep(args: argparse.Namespace) -> int:
+    from commit_env.agents.sweep import format_table, run_lambda_sweep
+
+    _set_threads(args)
+    records = run_lambda_sweep(
+        args.lambdas,
+        _ppo_config(args),
+        minutes_per_lambda=args.minutes,
+        eval_n=args.eval_n,
+        warm_start=None if args.warm_start == "none" else float(args.warm_start),
+        out=args.out,
+    )
+    print(format_table(records))
     return 0
 
 
@@ -248,13 +405,11 @@ def _cmd_collect(args: argparse.Namespace) -> int:
 
     cfg = CollectConfig(
         out=args.out,
-        backbone=args.backbone,
+        backbone=_backbone_spec(args),
         tasks=tuple(args.task) if args.task else DEFAULT_TASKS,
         n=args.n,
         seed=args.seed,
-        gen_length=args.gen_length,
-        window=args.window,
-        step_budget=args.budget,
+        setting=_setting(args),
         reference=args.reference,
         reference_params=tuple(parse_params(args.param).items()),
         feature_groups=("confidence", "history", "position", "global")
@@ -315,7 +470,6 @@ def _fields(cls: Any) -> str:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from commit_env.backbones import load_backbone
     from commit_env.decoding import DecodeConfig
     from commit_env.evaluate import evaluate_policy, reference_tokens, sample_examples
     from commit_env.policies import make_policy
@@ -332,13 +486,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         temperature=args.temperature,
         seed=args.seed,
     )
-    backbone = load_backbone(
-        args.backbone,
-        kind=args.kind,
-        device=args.device,
-        dtype=args.dtype,
-        trust_remote_code=args.trust_remote_code,
-    )
+    backbone = _backbone_spec(args).load()
     examples = sample_examples(task, args.n, args.seed)
     if args.policy == "oracle":
         ref = reference_tokens(
@@ -357,7 +505,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     record = {
         "task": args.task,
         "policy": args.policy,
-        "params": policy.params if hasattr(policy, "params") else params,
+        "params": policy.params,
         "gen_length": config.gen_length,
         "window": config.window,
         "budget": args.budget,
@@ -367,16 +515,20 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(record, sort_keys=True))
     else:
-        print(
-            f"{args.task} | {getattr(policy, 'describe', lambda: args.policy)()} | "
-            f"G={config.gen_length} window={config.window} budget={args.budget}\n"
-            f"  score {record['score']:.3f}  (95% CI {record['score_ci_low']:.3f}"
-            f"-{record['score_ci_high']:.3f}, n={record['n']})\n"
-            f"  NFE {record['nfe']:.2f}  tokens/forward {record['tokens_per_forward']:.2f}  "
-            f"forced-commit rate {record['forced_commit_rate']:.3f}  "
-            f"wall {record['wall_time']:.2f}s on {record['device']}"
-        )
+        _print_eval(record, policy.describe(), config)
     return 0
+
+
+def _print_eval(record: dict[str, Any], described: str, config: Any) -> None:
+    print(
+        f"{record['task']} | {described} | "
+        f"G={config.gen_length} window={config.window} budget={record['budget']}\n"
+        f"  score {record['score']:.3f}  (95% CI {record['score_ci_low']:.3f}"
+        f"-{record['score_ci_high']:.3f}, n={record['n']})\n"
+        f"  NFE {record['nfe']:.2f}  tokens/forward {record['tokens_per_forward']:.2f}  "
+        f"forced-commit rate {record['forced_commit_rate']:.3f}  "
+        f"wall {record['wall_time']:.2f}s on {record['device']}"
+    )
 
 
 def _cmd_train_backbone(args: argparse.Namespace) -> int:
@@ -408,6 +560,7 @@ _COMMANDS = {
     "sweep": _cmd_sweep,
     "bench": _cmd_bench,
     "train-ppo": _cmd_train_ppo,
+    "ppo-sweep": _cmd_ppo_sweep,
     "collect": _cmd_collect,
     "train-controller": _cmd_train_controller,
 }

@@ -1,35 +1,14 @@
-"""Atomic result files (temp file + rename), so an interrupted run never leaves half a file."""
+"""Result files: JSON-lines records appended atomically (via :mod:`commit_env.io`)."""
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from commit_env.io import write_json_atomic, write_text_atomic
+
 __all__ = ["write_json_atomic", "read_jsonl", "append_jsonl_atomic"]
-
-
-def write_json_atomic(path: str | Path, data: Any) -> None:
-    """Write ``data`` as JSON to ``path`` via a temp file in the same directory and a rename.
-
-    Args:
-        path: Target file.
-        data: JSON-serialisable data.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=1, sort_keys=True)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
@@ -66,15 +45,5 @@ def append_jsonl_atomic(path: str | Path, record: dict[str, Any]) -> None:
         record: The record to append.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     old = path.read_text() if path.is_file() else ""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(old + json.dumps(record, sort_keys=True) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, old + json.dumps(record, sort_keys=True) + "\n")

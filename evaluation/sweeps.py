@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from commit_env.backbones.base import Backbone
-from commit_env.decoding import DecodeConfig
+from commit_env.decoding import DecodeConfig, DecodeSetting
 from commit_env.evaluate import (
     PolicyEval,
     evaluate_policy,
@@ -57,33 +57,8 @@ class PolicySpec:
         return f"{self.name}({inner})"
 
 
-@dataclass(frozen=True)
-class Setting:
-    """One decode setting of the grid.
-
-    Attributes:
-        gen_length: G.
-        window: Window spec.
-        step_budget: Budget (None = unlimited).
-    """
-
-    gen_length: int = 16
-    window: str = "full"
-    step_budget: int | None = None
-
-    def config(self, **overrides: Any) -> DecodeConfig:
-        """The decode configuration."""
-        return DecodeConfig(
-            gen_length=self.gen_length,
-            window=self.window,
-            step_budget=self.step_budget,
-            **overrides,
-        )
-
-    @property
-    def label(self) -> str:
-        """``G=16 block:4 S=8``."""
-        return f"G={self.gen_length} {self.window} S={self.step_budget or '-'}"
+#: One decode setting of the grid: the project's one setting type.
+Setting = DecodeSetting
 
 
 def heuristic_grid(gen_length: int) -> list[PolicySpec]:
@@ -195,8 +170,7 @@ def run_sweep(
             policy = spec.factory(config)
             if policy is None:  # the learned policy does not support this setting
                 continue
-            if hasattr(policy, "decode_config"):
-                config = policy.decode_config(config)
+            config = policy.decode_config(config)
         elif spec.name == "oracle":
             if (task_name, setting) not in refs:
                 refs[(task_name, setting)] = reference_tokens(

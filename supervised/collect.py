@@ -21,11 +21,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from commit_env.backbones import load_backbone
 from commit_env.backbones.base import Backbone
+from commit_env.backbones.spec import BackboneSpec, resolve_backbone
 from commit_env.decoding import (
+    DEFAULT_TOP_K,
+    TRAINING_SETTING,
     DecodeConfig,
     Decoder,
+    DecodeSetting,
     FeatureBuilder,
     TraceState,
     completion_text,
@@ -35,7 +38,7 @@ from commit_env.decoding import (
 )
 from commit_env.evaluate import score_completions
 from commit_env.policies import CommitPolicy, make_policy
-from commit_env.tasks import Example, get_task
+from commit_env.tasks import Example, Task, get_task
 from commit_env.traces import TraceWriter
 
 __all__ = ["CollectConfig", "MixedPolicy", "collect_traces", "draw_examples", "DEFAULT_TASKS"]
@@ -53,30 +56,28 @@ class CollectConfig:
         tasks: Task names (``name:difficulty``) drawn uniformly per example.
         n: Examples to decode in total.
         seed: Seed of the example draw.
-        gen_length: G.
-        window: Decode window of the collection.
-        step_budget: Step budget (None = unlimited).
+        setting: The decode setting of the collection (G, window, step budget).
         reference: Reference policy name (``topk`` = one token per step by confidence).
         reference_params: Its parameters.
         feature_groups: Feature groups recorded (see ``FEATURE_GROUPS``).
         hidden_features: D, hidden-state projection width (0 = none).
+        top_k: K, top-k probabilities per position recorded.
         batch_size: Rows per engine batch.
         shard_traces: Traces per shard.
         device: Backbone device (None = CUDA if available).
     """
 
     out: str = "traces/round0"
-    backbone: str = "tiny"
+    backbone: str | BackboneSpec = "tiny"
     tasks: tuple[str, ...] = DEFAULT_TASKS
     n: int = 768
     seed: int = 0
-    gen_length: int = 16
-    window: str = "block:4"
-    step_budget: int | None = None
+    setting: DecodeSetting = TRAINING_SETTING
     reference: str = "topk"
     reference_params: tuple[tuple[str, Any], ...] = ()
     feature_groups: tuple[str, ...] = ("confidence", "history", "position", "global", "hidden")
     hidden_features: int = 16
+    top_k: int = DEFAULT_TOP_K
     batch_size: int = 128
     shard_traces: int = 256
     device: str | None = None
@@ -89,16 +90,13 @@ class CollectConfig:
 
     def decode_config(self) -> DecodeConfig:
         """The decode configuration of this collection."""
-        return DecodeConfig(
-            gen_length=self.gen_length,
-            window=self.window,
-            step_budget=self.step_budget,
-            hidden_features=self.hidden_features,
-        )
+        return self.setting.config(hidden_features=self.hidden_features, top_k=self.top_k)
 
     def feature_builder(self) -> FeatureBuilder:
         """The feature builder whose columns the shards store."""
-        return FeatureBuilder(self.feature_groups, top_k=3, hidden_dim=self.hidden_features)
+        return FeatureBuilder(
+            self.feature_groups, top_k=self.top_k, hidden_dim=self.hidden_features
+        )
 
 
 @dataclass
@@ -204,7 +202,7 @@ def collect_traces(
 
     Args:
         cfg: The collection settings.
-        backbone: A loaded backbone (default: ``load_backbone(cfg.backbone)``).
+        backbone: A loaded backbone (default: resolve ``cfg.backbone`` on ``cfg.device``).
         behaviour: Policy that drives the decode (default: the reference policy).
         relabel_with_reference: Label each visited state by completing a snapshot of it with the
             reference policy (on-policy rounds); otherwise by the decode's own final tokens.
@@ -217,26 +215,11 @@ def collect_traces(
 
     from commit_env.traces import TraceDataset
 
-    backbone = backbone or load_backbone(cfg.backbone, device=cfg.device)
+    backbone = backbone or resolve_backbone(cfg.backbone, device=cfg.device)
     config = cfg.decode_config()
     builder = cfg.feature_builder()
     reference = make_policy(cfg.reference, **dict(cfg.reference_params))
-    meta = {
-        "backbone": backbone.name,
-        "vocab_size": backbone.vocab_size,
-        "mask_token_id": backbone.mask_token_id,
-        "feature_names": builder.names,
-        "feature_groups": list(builder.groups),
-        "feature_dim": builder.dim,
-        "hidden_features": cfg.hidden_features,
-        "gen_length": cfg.gen_length,
-        "window": cfg.window,
-        "step_budget": cfg.step_budget,
-        "reference": reference.describe(),
-        "tasks": list(cfg.tasks),
-        "seed": cfg.seed,
-        "on_policy": behaviour is not None,
-    }
+    meta = _trace_meta(cfg, backbone, builder, reference, on_policy=behaviour is not None)
     writer = TraceWriter(cfg.out, meta, shard_traces=cfg.shard_traces)
     examples = draw_examples(cfg.tasks, cfg.n, cfg.seed)
     tasks = {name: get_task(name) for name in cfg.tasks}
@@ -251,14 +234,7 @@ def collect_traces(
         recorder.reset(state)
         run_to_completion(decoder, state, recorder)
         final = state.gen_tokens.cpu().numpy().astype(np.int32)  # [b, G]
-        texts = completion_text(backbone, state.gen_tokens)
-        batch_scores = np.zeros(len(batch))
-        for name in {n for n, _ in batch}:
-            idx = [i for i, (n, _) in enumerate(batch) if n == name]
-            got = score_completions(
-                tasks[name], [batch[i][1] for i in idx], [texts[i] for i in idx]
-            )
-            batch_scores[idx] = got
+        batch_scores = _score_batch(tasks, batch, completion_text(backbone, state.gen_tokens))
         scores.extend(batch_scores.tolist())
         targets = _relabel_targets(decoder, recorder, reference) if relabel_with_reference else None
         _write_batch(writer, backbone, batch, lo, final, batch_scores, recorder.steps, targets)
@@ -273,6 +249,47 @@ def collect_traces(
         "bytes_per_position_step": dataset.bytes_per_position_step(),
         "config": dataclasses.asdict(cfg),
     }
+
+
+def _trace_meta(
+    cfg: CollectConfig,
+    backbone: Backbone,
+    builder: FeatureBuilder,
+    reference: CommitPolicy,
+    *,
+    on_policy: bool,
+) -> dict[str, Any]:
+    """The manifest metadata: backbone, feature layout (groups, names, K, D), setting, tasks."""
+    return {
+        "backbone": backbone.name,
+        "vocab_size": backbone.vocab_size,
+        "mask_token_id": backbone.mask_token_id,
+        "feature_names": builder.names,
+        "feature_groups": list(builder.groups),
+        "feature_dim": builder.dim,
+        "hidden_features": cfg.hidden_features,
+        "top_k": cfg.top_k,
+        "gen_length": cfg.setting.gen_length,
+        "window": cfg.setting.window,
+        "step_budget": cfg.setting.step_budget,
+        "reference": reference.describe(),
+        "tasks": list(cfg.tasks),
+        "seed": cfg.seed,
+        "on_policy": on_policy,
+    }
+
+
+def _score_batch(
+    tasks: dict[str, Task], batch: Sequence[tuple[str, Example]], texts: Sequence[str]
+) -> np.ndarray:
+    """Task scores of a mixed-task batch (scored task by task, batched)."""
+    scores = np.zeros(len(batch))
+    for name in {n for n, _ in batch}:
+        idx = [i for i, (n, _) in enumerate(batch) if n == name]
+        scores[idx] = score_completions(
+            tasks[name], [batch[i][1] for i in idx], [texts[i] for i in idx]
+        )
+    return scores
 
 
 def _relabel_targets(

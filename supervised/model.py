@@ -14,9 +14,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from commit_env.supervised.inputs import ControllerBatch
+from torch import nn
 
 __all__ = ["ControllerConfig", "StabilityController"]
 

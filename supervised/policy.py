@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
-
-from commit_env.backbones.base import Backbone
-from commit_env.decoding import DecodeConfig, FeatureBuilder, TraceState
-from commit_env.policies import CommitPolicy, top_k_mask
 from commit_env.supervised.inputs import batch_from_state
 from commit_env.supervised.model import ControllerConfig, StabilityController
+
+from commit_env.backbones.base import Backbone
+from commit_env.decoding import FeatureBuilder, TraceState
+from commit_env.decoding.config import DEFAULT_TOP_K
+from commit_env.io import replace_dir_atomic
+from commit_env.policies import CommitPolicy, top_k_mask
 
 __all__ = ["ControllerPolicy", "save_controller", "load_controller"]
 
@@ -32,26 +34,15 @@ def save_controller(
         meta: What deployment must check: feature groups and names, hidden width, backbone,
             vocabulary size, deployment threshold, training settings.
     """
-    import os
-    import shutil
-    import tempfile
-
     from safetensors.torch import save_file
 
-    directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(tmp / WEIGHTS_FILE))
-    config = {"controller": model.config.__dict__, **meta}
-    (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True))
-    old = directory.with_name(f".{directory.name}.old")
-    if old.exists():
-        shutil.rmtree(old)
-    if directory.exists():
-        os.replace(directory, old)
-    os.replace(tmp, directory)
-    shutil.rmtree(old, ignore_errors=True)
+    def fill(tmp: Path) -> None:
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        save_file(state, str(tmp / WEIGHTS_FILE))
+        config = {"controller": model.config.__dict__, **meta}
+        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True))
+
+    replace_dir_atomic(directory, fill)
 
 
 def load_controller(
@@ -115,7 +106,9 @@ class ControllerPolicy(CommitPolicy):
         if self.model is None:
             raise ValueError("use ControllerPolicy.from_pretrained(directory)")
         self._builder = FeatureBuilder(
-            self.meta["feature_groups"], top_k=3, hidden_dim=self.meta["hidden_features"]
+            self.meta["feature_groups"],
+            top_k=int(self.meta.get("top_k", DEFAULT_TOP_K)),
+            hidden_dim=self.meta["hidden_features"],
         )
         if self._builder.names != self.meta["feature_names"]:
             raise ValueError(
@@ -169,18 +162,9 @@ class ControllerPolicy(CommitPolicy):
             threshold=thr, max_per_step=max_per_step, fallback=fallback, model=model, meta=meta
         )
 
-    def decode_config(self, base: DecodeConfig | None = None, **overrides: Any) -> DecodeConfig:
-        """A decode config that provides the features this controller reads.
-
-        Args:
-            base: Starting config (default: ``DecodeConfig()``).
-            **overrides: Other fields to set.
-
-        Returns:
-            ``base`` with ``hidden_features`` set to the checkpoint's.
-        """
-        base = base or DecodeConfig()
-        return replace(base, hidden_features=int(self.meta["hidden_features"]), **overrides)
+    def decode_options(self) -> dict[str, Any]:
+        """The checkpoint's hidden-feature width (see :meth:`CommitPolicy.decode_config`)."""
+        return {"hidden_features": int(self.meta["hidden_features"])}
 
     @torch.no_grad()
     def stability(self, state: TraceState) -> torch.Tensor:

@@ -25,17 +25,21 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-
-from commit_env.traces import TraceDataset
 from commit_env.supervised.inputs import ControllerBatch, batch_from_records
 from commit_env.supervised.model import ControllerConfig, StabilityController
 from commit_env.supervised.policy import ControllerPolicy, load_controller, save_controller
+
+from commit_env.backbones.base import Backbone
+from commit_env.backbones.spec import resolve_backbone
+from commit_env.decoding import DEFAULT_TOP_K
+from commit_env.io import atomic_write, write_json_atomic
+from commit_env.traces import TraceDataset
 
 __all__ = ["TrainConfig", "train", "binary_metrics", "load_training_data"]
 
@@ -192,7 +196,11 @@ def _index(batch: ControllerBatch, idx: torch.Tensor) -> ControllerBatch:
 def _feature_mask(meta: dict[str, Any], drop_groups: tuple[str, ...]) -> torch.Tensor:
     from commit_env.decoding import FeatureBuilder
 
-    builder = FeatureBuilder(meta["feature_groups"], top_k=3, hidden_dim=meta["hidden_features"])
+    builder = FeatureBuilder(
+        meta["feature_groups"],
+        top_k=int(meta.get("top_k", DEFAULT_TOP_K)),
+        hidden_dim=meta["hidden_features"],
+    )
     keep = []
     for name in builder.names:
         group = builder.spec(name).group
@@ -221,20 +229,19 @@ def _evaluate(
     return metrics
 
 
-def _rollout(directory: Path, meta: dict[str, Any], cfg: TrainConfig) -> dict[str, float]:
+def _rollout(
+    directory: Path, meta: dict[str, Any], cfg: TrainConfig, backbone: Backbone | None
+) -> dict[str, float]:
     """Closed-loop check: decode held-out prompts with the checkpoint in ``directory``."""
-    from commit_env.backbones import load_backbone
-    from commit_env.decoding import decode
-    from commit_env.evaluate import score_completions
     from commit_env.supervised.collect import draw_examples
 
-    backbone = load_backbone(meta["backbone"])
+    from commit_env.decoding import DecodeSetting, decode
+    from commit_env.evaluate import score_completions
+
+    backbone = resolve_backbone(meta["backbone"] if backbone is None else backbone)
     policy = ControllerPolicy.from_pretrained(directory, backbone=backbone)
-    config = policy.decode_config(
-        gen_length=int(meta["gen_length"]),
-        window=meta["window"],
-        step_budget=meta["step_budget"],
-    )
+    setting = DecodeSetting(int(meta["gen_length"]), meta["window"], meta["step_budget"])
+    config = policy.decode_config(setting.config())
     pairs = draw_examples(tuple(meta["tasks"]), cfg.rollout_n, cfg.rollout_seed)
     result = decode(backbone, [e.prompt for _, e in pairs], policy, config, batch_size=128)
     from commit_env.tasks import get_task
@@ -246,28 +253,94 @@ def _rollout(directory: Path, meta: dict[str, Any], cfg: TrainConfig) -> dict[st
     return {"score": float(np.mean(scores)), "nfe": float(result.nfe.float().mean())}
 
 
-def train(cfg: TrainConfig) -> dict[str, Any]:
+@dataclass
+class _Data:
+    """Stage 1 result: training and held-out states (ablated groups zeroed) and trace meta."""
+
+    train: ControllerBatch
+    val: ControllerBatch
+    meta: dict[str, Any]
+
+
+@dataclass
+class _Model:
+    """Stage 2 result: the controller, its optimizer and cosine schedule."""
+
+    model: StabilityController
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    steps_per_epoch: int
+
+
+@dataclass
+class _Progress:
+    """Loop state saved in ``last/optimizer.pt`` (restored by ``--resume``)."""
+
+    generator: torch.Generator
+    epoch: int = 0
+    best: dict[str, Any] = field(default_factory=lambda: {"f05": -1.0})
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def train(cfg: TrainConfig, *, backbone: Backbone | None = None) -> dict[str, Any]:
     """Train a controller; write ``OUT/best`` and ``OUT/last``.
+
+    Stages: :func:`_load_data`, :func:`_build_model`, :func:`_resume`, then per epoch
+    :func:`_train_epoch` and :func:`_end_epoch` (validation, checkpoints, rollout).
 
     Args:
         cfg: Training settings.
+        backbone: A loaded backbone for the closed-loop rollouts (default: resolve the spec
+            recorded in the traces); unused when ``cfg.rollout_n == 0``.
 
     Returns:
         Summary: best validation metrics, rollout score/NFE per epoch, seconds.
     """
     from torch.utils.tensorboard import SummaryWriter
-    from tqdm.auto import tqdm
 
     start_time = time.perf_counter()
     device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    generator = torch.Generator().manual_seed(cfg.seed)
+    progress = _Progress(generator=torch.Generator().manual_seed(cfg.seed))
     torch.manual_seed(cfg.seed)
+    data = _load_data(cfg)
+    parts = _build_model(cfg, data, device)
+    out = Path(cfg.out)
+    if cfg.resume and (out / "last" / "optimizer.pt").is_file():
+        _resume(out / "last", parts, progress, device)
+    writer = SummaryWriter(str(out / "tb"))
+    writer.add_text("hyperparameters", json.dumps(dataclasses.asdict(cfg), indent=2))
+    ckpt_meta = _checkpoint_meta(cfg, data.meta)
+    parts.model.train()
+    for epoch in range(progress.epoch, cfg.epochs):
+        step = _train_epoch(cfg, data.train, parts, progress.generator, epoch, writer, device)
+        _end_epoch(cfg, data, parts, progress, epoch, step, writer, ckpt_meta, device, backbone)
+    writer.close()
+    summary = {
+        "best": progress.best,
+        "history": progress.history,
+        "train_states": int(data.train.tokens.shape[0]),
+        "val_states": int(data.val.tokens.shape[0]),
+        "seconds": time.perf_counter() - start_time,
+        "checkpoint": str(out / "best"),
+    }
+    write_json_atomic(out / "summary.json", summary, indent=2, sort_keys=False)
+    return summary
+
+
+def _load_data(cfg: TrainConfig) -> _Data:
+    """Stage 1: stream the traces, split by trace id, zero the ablated feature groups."""
     train_set, val_set, meta = load_training_data(
         cfg.traces, cfg.val_every_n_traces, cfg.skip_corrupt
     )
     feature_mask = _feature_mask(meta, cfg.drop_groups)
     train_set.features *= feature_mask
     val_set.features *= feature_mask
+    return _Data(train_set, val_set, meta)
+
+
+def _build_model(cfg: TrainConfig, data: _Data, device: torch.device) -> _Model:
+    """Stage 2: the controller sized from the trace meta, AdamW and a cosine schedule."""
+    meta = data.meta
     model_cfg = ControllerConfig(
         vocab_size=int(meta["vocab_size"]),
         feature_dim=int(meta["feature_dim"]),
@@ -279,35 +352,37 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         neg_weight=cfg.neg_weight,
         tau_penalty=cfg.tau_penalty,
     )
-    out = Path(cfg.out)
     model = StabilityController(model_cfg).to(device)
     optimizer = model.configure_optimizers(cfg.lr, cfg.weight_decay)
-    n_train = train_set.tokens.shape[0]
-    steps_per_epoch = math.ceil(n_train / cfg.batch_size)
+    steps_per_epoch = math.ceil(data.train.tokens.shape[0] / cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / total_steps)))
     )
-    epoch0, best, history = 0, {"f05": -1.0}, []
-    if cfg.resume and (out / "last" / "optimizer.pt").is_file():
-        loaded, _ = load_controller(out / "last", device)
-        model.load_state_dict(loaded.state_dict())
-        saved = torch.load(out / "last" / "optimizer.pt", weights_only=True, map_location=device)
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        generator.set_state(saved["generator"])
-        epoch0, best, history = (
-            int(saved["epoch"]),
-            json.loads(saved["best"]),
-            json.loads(saved["history"]),
-        )
-        logger.info("resumed from %s at epoch %d", out / "last", epoch0)
-    writer = SummaryWriter(str(out / "tb"))
-    writer.add_text("hyperparameters", json.dumps(dataclasses.asdict(cfg), indent=2))
-    ckpt_meta = {
+    return _Model(model, optimizer, scheduler, steps_per_epoch)
+
+
+def _resume(last: Path, parts: _Model, progress: _Progress, device: torch.device) -> None:
+    """Stage 3 (``--resume``): restore weights, optimizer, schedule, generator and history."""
+    loaded, _ = load_controller(last, device)
+    parts.model.load_state_dict(loaded.state_dict())
+    saved = torch.load(last / "optimizer.pt", weights_only=True, map_location=device)
+    parts.optimizer.load_state_dict(saved["optimizer"])
+    parts.scheduler.load_state_dict(saved["scheduler"])
+    progress.generator.set_state(saved["generator"])
+    progress.epoch = int(saved["epoch"])
+    progress.best = json.loads(saved["best"])
+    progress.history = json.loads(saved["history"])
+    logger.info("resumed from %s at epoch %d", last, progress.epoch)
+
+
+def _checkpoint_meta(cfg: TrainConfig, meta: dict[str, Any]) -> dict[str, Any]:
+    """What a checkpoint records: feature layout (groups, names, K, D), backbone, setting."""
+    return {
         "feature_groups": meta["feature_groups"],
         "feature_names": meta["feature_names"],
         "hidden_features": int(meta["hidden_features"]),
+        "top_k": int(meta.get("top_k", DEFAULT_TOP_K)),
         "vocab_size": int(meta["vocab_size"]),
         "backbone": meta["backbone"],
         "gen_length": int(meta["gen_length"]),
@@ -318,71 +393,88 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         "drop_groups": list(cfg.drop_groups),
         "train_config": dataclasses.asdict(cfg),
     }
-    step = epoch0 * steps_per_epoch
-    model.train()
-    for epoch in range(epoch0, cfg.epochs):
-        perm = torch.randperm(n_train, generator=generator)
-        bar = tqdm(
-            range(steps_per_epoch),
-            desc=f"epoch {epoch + 1}/{cfg.epochs}",
-            disable=not cfg.progress,
-            unit="batch",
-        )
-        for i in bar:
-            batch = _index(train_set, perm[i * cfg.batch_size : (i + 1) * cfg.batch_size])
-            if cfg.right_crop > 0:
-                cropped = batch.right_crop(generator)
-                use = torch.rand(len(batch.tokens), generator=generator) < cfg.right_crop
-                batch = dataclasses.replace(
-                    batch,
-                    visible_end=torch.where(use, cropped.visible_end, batch.visible_end),
-                    eligible=torch.where(use[:, None], cropped.eligible, batch.eligible),
-                )
-            loss, parts = model.loss(batch.to(device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            if step % 10 == 0:
-                writer.add_scalar("train/loss", float(loss.detach()), step)
-                writer.add_scalar("train/bce", parts["bce"], step)
-                bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
-        metrics = _evaluate(model, val_set, device, cfg.threshold)
-        for key in ("loss", "auroc", "ap", "f05", "precision", "recall"):
-            writer.add_scalar(f"val/{key}", metrics[key], step)
-        save_controller(model, out / "last", ckpt_meta)
-        record = {"epoch": epoch + 1, **{f"val_{k}": v for k, v in metrics.items()}}
-        if metrics["f05"] > best["f05"]:
-            best = {**metrics, "epoch": epoch + 1}
-            save_controller(model, out / "best", ckpt_meta)
-        if cfg.rollout_n > 0:
-            rollout = _rollout(out / "last", meta, cfg)
-            writer.add_scalar("rollout/score", rollout["score"], step)
-            writer.add_scalar("rollout/nfe", rollout["nfe"], step)
-            record.update({f"rollout_{k}": v for k, v in rollout.items()})
-        history.append(record)
-        torch.save(
-            {
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "generator": generator.get_state(),
-                "epoch": epoch + 1,
-                "best": json.dumps(best),
-                "history": json.dumps(history),
-            },
-            out / "last" / "optimizer.pt",
-        )
-        logger.info("epoch %d: %s", epoch + 1, record)
-    writer.close()
-    summary = {
-        "best": best,
-        "history": history,
-        "train_states": n_train,
-        "val_states": int(val_set.tokens.shape[0]),
-        "seconds": time.perf_counter() - start_time,
-        "checkpoint": str(out / "best"),
+
+
+def _train_epoch(
+    cfg: TrainConfig,
+    train_set: ControllerBatch,
+    parts: _Model,
+    generator: torch.Generator,
+    epoch: int,
+    writer: Any,
+    device: torch.device,
+) -> int:
+    """Stage 4: one shuffled pass with random right-crops; returns the global step after it."""
+    from tqdm.auto import tqdm
+
+    model, optimizer = parts.model, parts.optimizer
+    step = epoch * parts.steps_per_epoch
+    perm = torch.randperm(train_set.tokens.shape[0], generator=generator)
+    bar = tqdm(
+        range(parts.steps_per_epoch),
+        desc=f"epoch {epoch + 1}/{cfg.epochs}",
+        disable=not cfg.progress,
+        unit="batch",
+    )
+    for i in bar:
+        batch = _index(train_set, perm[i * cfg.batch_size : (i + 1) * cfg.batch_size])
+        if cfg.right_crop > 0:
+            cropped = batch.right_crop(generator)
+            use = torch.rand(len(batch.tokens), generator=generator) < cfg.right_crop
+            batch = dataclasses.replace(
+                batch,
+                visible_end=torch.where(use, cropped.visible_end, batch.visible_end),
+                eligible=torch.where(use[:, None], cropped.eligible, batch.eligible),
+            )
+        loss, loss_parts = model.loss(batch.to(device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        parts.scheduler.step()
+        step += 1
+        if step % 10 == 0:
+            writer.add_scalar("train/loss", float(loss.detach()), step)
+            writer.add_scalar("train/bce", loss_parts["bce"], step)
+            bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+    return step
+
+
+def _end_epoch(
+    cfg: TrainConfig,
+    data: _Data,
+    parts: _Model,
+    progress: _Progress,
+    epoch: int,
+    step: int,
+    writer: Any,
+    ckpt_meta: dict[str, Any],
+    device: torch.device,
+    backbone: Backbone | None,
+) -> None:
+    """Stage 5: validate, save ``last`` (and ``best``), optional rollout, optimizer state."""
+    out = Path(cfg.out)
+    metrics = _evaluate(parts.model, data.val, device, cfg.threshold)
+    for key in ("loss", "auroc", "ap", "f05", "precision", "recall"):
+        writer.add_scalar(f"val/{key}", metrics[key], step)
+    save_controller(parts.model, out / "last", ckpt_meta)
+    record = {"epoch": epoch + 1, **{f"val_{k}": v for k, v in metrics.items()}}
+    if metrics["f05"] > progress.best["f05"]:
+        progress.best = {**metrics, "epoch": epoch + 1}
+        save_controller(parts.model, out / "best", ckpt_meta)
+    if cfg.rollout_n > 0:
+        rollout = _rollout(out / "last", data.meta, cfg, backbone)
+        writer.add_scalar("rollout/score", rollout["score"], step)
+        writer.add_scalar("rollout/nfe", rollout["nfe"], step)
+        record.update({f"rollout_{k}": v for k, v in rollout.items()})
+    progress.history.append(record)
+    state = {
+        "optimizer": parts.optimizer.state_dict(),
+        "scheduler": parts.scheduler.state_dict(),
+        "generator": progress.generator.get_state(),
+        "epoch": epoch + 1,
+        "best": json.dumps(progress.best),
+        "history": json.dumps(progress.history),
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    return summary
+    atomic_write(out / "last" / "optimizer.pt", lambda tmp: torch.save(state, tmp))
+    logger.info("epoch %d: %s", epoch + 1, record)

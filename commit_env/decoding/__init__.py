@@ -12,7 +12,14 @@ Dimension glossary (used in every docstring and shape comment):
     F   stacked feature columns
 """
 
-from commit_env.decoding.config import DecodeConfig, parse_window
+from commit_env.decoding.config import (
+    DEFAULT_TOP_K,
+    TRAINING_SETTING,
+    DecodeConfig,
+    DecodeSetting,
+    parse_window,
+    validate_setting,
+)
 from commit_env.decoding.engine import Decoder
 from commit_env.decoding.features import FEATURE_GROUPS, FEATURES, FeatureBuilder, FeatureSpec
 from commit_env.decoding.run import DecodeResult, completion_text, decode, run_to_completion
@@ -20,11 +27,14 @@ from commit_env.decoding.snapshot import concat_states, select_rows
 from commit_env.decoding.state import CommitDecision, TraceState
 
 __all__ = [
+    "DEFAULT_TOP_K",
     "FEATURES",
+    "TRAINING_SETTING",
     "FEATURE_GROUPS",
     "CommitDecision",
     "DecodeConfig",
     "DecodeResult",
+    "DecodeSetting",
     "Decoder",
     "FeatureBuilder",
     "FeatureSpec",
@@ -33,6 +43,7 @@ __all__ = [
     "decode",
     "parse_window",
     "run_to_completion",
+    "validate_setting",
     "select_rows",
     "concat_states",
 ]

@@ -69,7 +69,7 @@ def replace_rows(
     """Overwrite rows ``rows`` of ``state`` with the rows of ``fresh``, in place.
 
     Every per-row tensor field (``state.tensor_fields()``) is copied, and so are the per-row
-    entries of ``extras["generators"]`` (sampled proposals). Whichever state has the narrower
+    entries of ``generators`` (sampled proposals). Whichever state has the narrower
     prompt region is left-padded first. ``prev_logp`` is allocated lazily by the engine with a
     last dimension of 1; when the two states disagree, the narrow one is widened with zeros (a row
     only reads ``prev_logp`` after its own first forward, which rewrote it).
@@ -117,9 +117,9 @@ def replace_rows(
         # another (``confidence`` is column 0 of ``topk_probs``), so in-place row writes into one
         # field could silently change another.
         setattr(state, name, target.index_copy(0, index, source.to(target.dtype)))
-    generators = state.extras.get("generators")
+    generators = state.generators
     if generators is not None:
-        fresh_generators = fresh.extras.get("generators")
+        fresh_generators = fresh.generators
         if fresh_generators is None:
             raise ValueError("state samples proposals (has generators) but fresh does not")
         for slot, generator in zip(index.tolist(), fresh_generators, strict=True):
@@ -134,6 +134,4 @@ def _zero_widen(tensor: torch.Tensor, width: int) -> torch.Tensor:
 
 
 def _shallow_copy(state: TraceState) -> TraceState:
-    copy = TraceState(**{f: getattr(state, f) for f in state.__dataclass_fields__})
-    copy.extras = dict(state.extras)
-    return copy
+    return TraceState(**{f: getattr(state, f) for f in state.__dataclass_fields__})

@@ -1,14 +1,33 @@
-"""Decode configuration."""
+"""Decode settings: the one setting type, its one validation function and the engine config.
+
+:class:`DecodeSetting` (generation length G, window, step budget) is the setting every config of
+the project nests or is (:class:`DecodeConfig` extends it with engine options); its
+:func:`validate_setting` is the only place that checks a setting ("block width divides G" etc.).
+"""
 
 from __future__ import annotations
 
+import math
+import numbers
 import warnings
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
-__all__ = ["DecodeConfig", "WindowKind", "parse_window"]
+__all__ = [
+    "DEFAULT_TOP_K",
+    "TRAINING_SETTING",
+    "DecodeConfig",
+    "DecodeSetting",
+    "WindowKind",
+    "parse_window",
+    "validate_engine_options",
+    "validate_setting",
+]
 
 WindowKind = Literal["block", "sliding", "full"]
+
+#: K, top-k probabilities per position kept by the features (recorded in trace/checkpoint meta).
+DEFAULT_TOP_K = 3
 
 
 def parse_window(spec: str) -> tuple[WindowKind, int | None]:
@@ -23,6 +42,8 @@ def parse_window(spec: str) -> tuple[WindowKind, int | None]:
     Raises:
         ValueError: On an unknown kind or a missing/non-positive width.
     """
+    if not isinstance(spec, str):
+        raise ValueError(f"window must be a string 'block:B', 'sliding:W' or 'full', got {spec!r}")
     kind, _, width = spec.partition(":")
     if kind == "full" and not width:
         return "full", None
@@ -33,9 +54,48 @@ def parse_window(spec: str) -> tuple[WindowKind, int | None]:
     return kind, int(width)  # type: ignore[return-value]
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def validate_setting(
+    gen_length: Any, window: Any, step_budget: Any = None
+) -> tuple[WindowKind, int]:
+    """Check one decode setting; the only place these rules live.
+
+    Args:
+        gen_length: G, must be an int >= 1.
+        window: ``"full"``, ``"block:B"`` or ``"sliding:W"``; a block width (clamped to G) must
+            divide G.
+        step_budget: ``None`` (unlimited) or an int >= 1.
+
+    Returns:
+        ``(kind, width)``: the window kind and its effective width (clamped to G).
+
+    Raises:
+        ValueError: One line naming the bad value and the valid range.
+    """
+    if not _is_int(gen_length) or gen_length < 1:
+        raise ValueError(f"gen_length must be an int >= 1, got {gen_length!r}")
+    kind, width = parse_window(window)
+    G = int(gen_length)
+    width = G if width is None else min(width, G)
+    if kind == "block" and G % width:
+        raise ValueError(
+            f"block width {width} must divide gen_length {G} "
+            f"(e.g. window='block:{_largest_divisor_at_most(G, width)}')"
+        )
+    if step_budget is not None and (not _is_int(step_budget) or step_budget < 1):
+        raise ValueError(f"step_budget must be an int >= 1 or None, got {step_budget!r}")
+    return kind, width
+
+
 @dataclass(frozen=True)
-class DecodeConfig:
-    """How the decode engine runs.
+class DecodeSetting:
+    """One decode setting: generation length, window and step budget (validated on creation).
+
+    Every config that decodes nests one (training configs default to :data:`TRAINING_SETTING`);
+    :class:`DecodeConfig` *is* one, extended with engine options.
 
     Attributes:
         gen_length: G, masked positions after the prompt.
@@ -45,6 +105,68 @@ class DecodeConfig:
         step_budget: Maximum forward passes per row (NFE). When a row has used them all, its next
             step fills every remaining mask from the current proposals (counted in
             ``budget_fills``). ``None``: no limit (at most G forwards are ever needed).
+        window_kind: Parsed window kind (derived).
+        window_width: Effective window width, clamped to G (derived).
+    """
+
+    gen_length: int = 16
+    window: str = "full"
+    step_budget: int | None = None
+    window_kind: WindowKind = field(init=False, repr=False, compare=False)
+    window_width: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        kind, width = validate_setting(self.gen_length, self.window, self.step_budget)
+        raw = parse_window(self.window)[1]
+        if raw is not None and raw > self.gen_length:
+            warnings.warn(
+                f"window width {raw} exceeds gen_length {self.gen_length}; using {self.gen_length}",
+                stacklevel=3,
+            )
+        object.__setattr__(self, "window_kind", kind)
+        object.__setattr__(self, "window_width", width)
+
+    @property
+    def budget(self) -> int:
+        """The effective step budget (``gen_length`` when unlimited: enough for one per step)."""
+        return self.gen_length if self.step_budget is None else self.step_budget
+
+    @property
+    def label(self) -> str:
+        """``G=16 block:4 S=8`` (``S=-`` when unlimited)."""
+        return f"G={self.gen_length} {self.window} S={self.step_budget or '-'}"
+
+    @property
+    def setting(self) -> DecodeSetting:
+        """The plain setting (drops the engine options of a :class:`DecodeConfig`)."""
+        return DecodeSetting(self.gen_length, self.window, self.step_budget)
+
+    def config(self, **options: Any) -> DecodeConfig:
+        """A :class:`DecodeConfig` of this setting.
+
+        Args:
+            **options: Engine options (:class:`DecodeConfig` fields beyond the setting).
+
+        Returns:
+            The decode configuration.
+        """
+        return DecodeConfig(
+            gen_length=self.gen_length,
+            window=self.window,
+            step_budget=self.step_budget,
+            **options,
+        )
+
+
+#: The setting trainers and collection default to (G = 16, blocks of 4, no budget).
+TRAINING_SETTING = DecodeSetting(gen_length=16, window="block:4")
+
+
+@dataclass(frozen=True)
+class DecodeConfig(DecodeSetting):
+    """How the decode engine runs: a :class:`DecodeSetting` plus engine options.
+
+    Attributes:
         eos_stop: Once an EOS is committed and everything before it is committed, finish the row
             and fill the tail with EOS without further forwards (counted in
             ``filled_without_forward``).
@@ -58,53 +180,46 @@ class DecodeConfig:
         record_trace: Keep per-step proposals/confidences/commits for plots (costs memory).
     """
 
-    gen_length: int = 16
-    window: str = "full"
-    step_budget: int | None = None
     eos_stop: bool = True
     temperature: float = 0.0
     seed: int = 0
-    top_k: int = 3
+    top_k: int = DEFAULT_TOP_K
     history: int = 2
     hidden_features: int = 0
     record_trace: bool = False
-    window_kind: WindowKind = field(init=False)
-    window_width: int = field(init=False)
 
     def __post_init__(self) -> None:
-        if self.gen_length < 1:
-            raise ValueError(f"gen_length must be >= 1, got {self.gen_length}")
-        kind, width = parse_window(self.window)
-        width = self.gen_length if width is None else width
-        if kind == "block" and self.gen_length % width:
-            raise ValueError(
-                f"block width {width} must divide gen_length {self.gen_length} "
-                f"(e.g. window='block:{_largest_divisor_at_most(self.gen_length, width)}')"
-            )
-        if width > self.gen_length:
-            warnings.warn(
-                f"window width {width} exceeds gen_length {self.gen_length}; "
-                f"using {self.gen_length}",
-                stacklevel=2,
-            )
-            width = self.gen_length
-        object.__setattr__(self, "window_kind", kind)
-        object.__setattr__(self, "window_width", width)
-        if self.step_budget is not None and self.step_budget < 1:
-            raise ValueError(f"step_budget must be >= 1 or None, got {self.step_budget}")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        if self.top_k < 2:
-            raise ValueError(f"top_k must be >= 2 (margin needs two), got {self.top_k}")
-        if self.history < 1:
-            raise ValueError(f"history must be >= 1, got {self.history}")
-        if self.hidden_features < 0:
-            raise ValueError(f"hidden_features must be >= 0, got {self.hidden_features}")
+        super().__post_init__()
+        validate_engine_options(
+            temperature=self.temperature,
+            top_k=self.top_k,
+            history=self.history,
+            hidden_features=self.hidden_features,
+        )
 
-    @property
-    def budget(self) -> int:
-        """The effective step budget (``gen_length`` when unlimited: enough for one per step)."""
-        return self.gen_length if self.step_budget is None else self.step_budget
+
+def validate_engine_options(
+    *,
+    temperature: Any = 0.0,
+    top_k: Any = DEFAULT_TOP_K,
+    history: Any = 1,
+    hidden_features: Any = 0,
+) -> None:
+    """Check the engine options shared by :class:`DecodeConfig` and the env config.
+
+    Raises:
+        ValueError: One line naming the bad value and the valid range.
+    """
+    if not isinstance(temperature, numbers.Real) or not (
+        math.isfinite(temperature) and temperature >= 0
+    ):
+        raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
+    if not _is_int(top_k) or top_k < 2:
+        raise ValueError(f"top_k must be an int >= 2 (margin needs two), got {top_k!r}")
+    if not _is_int(history) or history < 1:
+        raise ValueError(f"history must be an int >= 1, got {history!r}")
+    if not _is_int(hidden_features) or hidden_features < 0:
+        raise ValueError(f"hidden_features must be an int >= 0, got {hidden_features!r}")
 
 
 def _largest_divisor_at_most(n: int, k: int) -> int:

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 import torch
 
 from commit_env.backbones.base import Backbone
-from commit_env.decoding.config import DecodeConfig, parse_window
+from commit_env.decoding.config import DecodeConfig, validate_setting
 from commit_env.decoding.state import WINDOW_CODES, CommitDecision, TraceState
 
 __all__ = ["Decoder", "STABLE_CAP"]
@@ -104,13 +104,37 @@ class Decoder:
             ValueError: On an empty batch, an empty prompt, a canvas longer than the backbone's
                 maximum length, a prompt longer than ``prompt_width``, or invalid per-row settings.
         """
+        ids, P = self._encode(prompts, prompt_width)
+        row_g, row_kind, row_width, row_budget = self._row_settings(
+            len(ids), gen_lengths, windows, budgets
+        )
+        state = self._empty_state(ids, P, row_g, row_kind, row_width, row_budget, row_ids)
+        if self.config.temperature > 0:
+            B = len(ids)
+            seeds = [self.config.seed + b for b in range(B)] if seeds is None else list(seeds)
+            if len(seeds) != B:
+                raise ValueError(f"got {len(seeds)} seeds for {B} prompts")
+            state.generators = [
+                torch.Generator(device=self.device).manual_seed(int(s)) for s in seeds
+            ]
+        if self.config.record_trace:
+            state.trace = []
+        if forward:
+            self._forward(state)
+        self._update_window(state)
+        return state
+
+    def _encode(
+        self, prompts: Sequence[str] | Sequence[Sequence[int]], prompt_width: int | None
+    ) -> tuple[list[list[int]], int]:
+        """Token ids of every prompt and the prompt width P; checks the canvas fits."""
         if len(prompts) == 0:
             raise ValueError("prompts must be a non-empty sequence")
         ids = [
             list(self.backbone.encode([p])[0]) if isinstance(p, str) else [int(t) for t in p]
             for p in prompts
         ]
-        B, G = len(ids), self.config.gen_length
+        G = self.config.gen_length
         lengths = [len(x) for x in ids]
         if min(lengths) == 0:
             raise ValueError(f"prompt {lengths.index(0)} is empty after tokenization")
@@ -124,15 +148,28 @@ class Decoder:
                 f"{P + G} positions but backbone {self.backbone.name!r} accepts at most "
                 f"{self.backbone.max_length}"
             )
-        dev = self.device
+        return ids, P
+
+    def _empty_state(
+        self,
+        ids: list[list[int]],
+        P: int,
+        row_g: list[int],
+        row_kind: list[int],
+        row_width: list[int],
+        row_budget: list[tuple[int, bool]],
+        row_ids: Sequence[int] | None,
+    ) -> TraceState:
+        """The state before the first forward: left-padded prompts, masked generation region.
+
+        Long only because it names every :class:`TraceState` field once (one line each).
+        """
+        B, G, dev = len(ids), self.config.gen_length, self.device
         canvas = torch.full((B, P + G), self.backbone.pad_token_id, dtype=torch.long)
         attention = torch.zeros((B, P + G), dtype=torch.long)
         for b, x in enumerate(ids):  # once per row at start, not per step
             canvas[b, P - len(x) : P] = torch.tensor(x, dtype=torch.long)
             attention[b, P - len(x) :] = 1
-        row_g, row_kind, row_width, row_budget = self._row_settings(
-            B, gen_lengths, windows, budgets
-        )
         valid = torch.arange(G)[None, :] < torch.tensor(row_g)[:, None]  # [B, G]
         canvas[:, P:] = torch.where(valid, self.backbone.mask_token_id, self.backbone.pad_token_id)
         attention[:, P:] = valid.long()
@@ -140,10 +177,10 @@ class Decoder:
         zeros_b = torch.zeros(B, dtype=torch.long, device=dev)
         as_long = {"dtype": torch.long, "device": dev}
         K, H, D = self.config.top_k, self.config.history, self.config.hidden_features
-        state = TraceState(
+        return TraceState(
             canvas=canvas.to(dev),
             attention_mask=attention.to(dev),
-            prompt_len=torch.tensor(lengths, **as_long),
+            prompt_len=torch.tensor([len(x) for x in ids], **as_long),
             valid=valid.to(dev),
             gen_len=torch.tensor(row_g, **as_long),
             window_kind=torch.tensor(row_kind, **as_long),
@@ -180,19 +217,6 @@ class Decoder:
             ),
             prev_logp=torch.zeros((B, G, 1), device=dev),
         )
-        if self.config.temperature > 0:
-            seeds = [self.config.seed + b for b in range(B)] if seeds is None else list(seeds)
-            if len(seeds) != B:
-                raise ValueError(f"got {len(seeds)} seeds for {B} prompts")
-            state.extras["generators"] = [
-                torch.Generator(device=dev).manual_seed(int(s)) for s in seeds
-            ]
-        if self.config.record_trace:
-            state.extras["trace"] = []
-        if forward:
-            self._forward(state)
-        self._update_window(state)
-        return state
 
     def _row_settings(
         self,
@@ -213,12 +237,7 @@ class Decoder:
         for g, w, b in zip(row_g, row_w, row_b, strict=True):
             if not 1 <= g <= G:
                 raise ValueError(f"per-row gen_length {g} must be in [1, {G}] (config.gen_length)")
-            kind, width = parse_window(w)
-            width = g if width is None else min(width, g)
-            if kind == "block" and g % width:
-                raise ValueError(f"block width {width} must divide gen_length {g}")
-            if b is not None and b < 1:
-                raise ValueError(f"step budget must be >= 1 or None, got {b}")
+            kind, width = validate_setting(g, w, b)
             kinds.append(WINDOW_CODES[kind])
             widths.append(width)
             budget_out.append((g, False) if b is None else (int(b), True))
@@ -283,7 +302,7 @@ class Decoder:
         state.commit_step = torch.where(commit, state.step[:, None], state.commit_step)
         state.step += active.long()
         if self.config.record_trace:
-            state.extras["trace"].append({"commit": commit.cpu(), "step": state.step.cpu()})
+            state.trace.append({"commit": commit.cpu(), "step": state.step.cpu()})
         self._finish_rows(state)
         self._forward(state)
         self._update_window(state)
@@ -362,30 +381,41 @@ class Decoder:
             h = out.hidden[:, -G:, :].float()  # [b, G, H_model]
             h = torch.nn.functional.layer_norm(h, h.shape[-1:])
             updates["hidden"] = (h @ self._projection).clamp_(-5.0, 5.0)  # [b, G, D]
-        if everyone:
-            for name, value in updates.items():
-                setattr(state, name, value)
-            state.prev_logp = logp
-        else:
-            for name, value in updates.items():
-                getattr(state, name)[rows] = value
-            if state.prev_logp.shape[-1] != logp.shape[-1]:
-                state.prev_logp = torch.zeros(
-                    (state.batch_size, G, logp.shape[-1]), device=self.device
-                )
-            state.prev_logp[rows] = logp
+        self._write_rows(state, rows, updates, logp)
         state.nfe += active.long()
         state.forward_tokens += (state.attention_mask.sum(-1)) * active.long()
         if self.config.record_trace:
-            state.extras["trace"].append(
+            state.trace.append(
                 {"proposal": state.proposal.cpu(), "confidence": state.confidence.cpu()}
             )
+
+    def _write_rows(
+        self,
+        state: TraceState,
+        rows: torch.Tensor | None,
+        updates: dict[str, torch.Tensor],
+        logp: torch.Tensor,
+    ) -> None:
+        """Store a forward's per-row results (``rows=None``: every row) and its log-probs."""
+        if rows is None:
+            for name, value in updates.items():
+                setattr(state, name, value)
+            state.prev_logp = logp
+            return
+        for name, value in updates.items():
+            getattr(state, name)[rows] = value
+        if state.prev_logp.shape[-1] != logp.shape[-1]:
+            state.prev_logp = torch.zeros(
+                (state.batch_size, state.gen_length, logp.shape[-1]), device=self.device
+            )
+        state.prev_logp[rows] = logp
 
     def _sample(
         self, state: TraceState, rows: torch.Tensor | None, logits: torch.Tensor
     ) -> torch.Tensor:
         """Gumbel-max sampling with one generator per row (a row's draws ignore its batch)."""
-        generators = state.extras["generators"]
+        generators = state.generators
+        assert generators is not None, "sampling needs per-row generators"
         index = range(state.batch_size) if rows is None else rows.tolist()
         noise = torch.stack(
             [  # one draw per row (not per position) keeps rows independent of batch composition

@@ -188,7 +188,7 @@ def decode(
         part["commit_step"] = state.commit_step.cpu()
         parts.append(part)
         if config.record_trace:
-            traces.append(state.extras["trace"])
+            traces.append(state.trace or [])
     if backbone.device.type == "cuda":
         torch.cuda.synchronize(backbone.device)
     wall = time.perf_counter() - start_time

@@ -17,8 +17,8 @@ from commit_env.decoding.state import TraceState
 
 __all__ = ["select_rows", "concat_states"]
 
-# Engine-internal extras that cannot be shared between snapshots.
-_ROW_EXTRAS = ("generators",)
+# Per-row engine state that a snapshot does not carry (greedy continuation, no trace).
+_DROPPED = ("generators", "trace")
 
 
 def select_rows(state: TraceState, rows: torch.Tensor) -> TraceState:
@@ -40,8 +40,8 @@ def select_rows(state: TraceState, rows: torch.Tensor) -> TraceState:
         value = getattr(state, f.name)
         if isinstance(value, torch.Tensor):
             values[f.name] = value.index_select(0, rows) if value.dim() > 0 else value.clone()
-        elif f.name == "extras":
-            values[f.name] = {k: v for k, v in value.items() if k not in _ROW_EXTRAS + ("trace",)}
+        elif f.name in _DROPPED:
+            values[f.name] = None
         else:
             values[f.name] = value
     return TraceState(**values)
@@ -77,8 +77,8 @@ def concat_states(states: Sequence[TraceState]) -> TraceState:
             if len(widths) > 1:  # prev_logp is [B, G, 1] before any second forward
                 parts = [p.expand(-1, -1, max(w[-1] for w in widths)) for p in parts]
             values[f.name] = torch.cat(parts, dim=0)
-        elif f.name == "extras":
-            values[f.name] = {k: v for k, v in value.items() if k not in _ROW_EXTRAS + ("trace",)}
+        elif f.name in _DROPPED:
+            values[f.name] = None
         else:
             values[f.name] = value
     return TraceState(**values)

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
-from typing import Any
+from dataclasses import dataclass, fields
 
 import torch
 
@@ -73,7 +72,10 @@ class TraceState:
         forward_tokens: int64 ``[B]`` real tokens processed by the row's forwards.
         row_ids: int64 ``[B]`` caller's index of each row (stable across batch shrinking).
         prev_logp: float32 ``[B, G, V]`` previous log-probabilities (for KL), engine-internal.
-        extras: Free-form per-state data for policies (for example an oracle's references).
+        generators: One seeded ``torch.Generator`` per row when proposals are sampled
+            (``temperature > 0``), else ``None``; engine-internal, dropped by snapshots.
+        trace: Per-step records (proposals, confidences, commits) when ``record_trace`` is on,
+            else ``None``; dropped by snapshots.
     """
 
     canvas: torch.Tensor
@@ -112,7 +114,8 @@ class TraceState:
     forward_tokens: torch.Tensor
     row_ids: torch.Tensor
     prev_logp: torch.Tensor
-    extras: dict[str, Any] = field(default_factory=dict)
+    generators: list[torch.Generator] | None = None
+    trace: list[dict[str, torch.Tensor]] | None = None
 
     @property
     def batch_size(self) -> int:

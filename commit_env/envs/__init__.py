@@ -16,6 +16,7 @@ import gymnasium as gym
 if TYPE_CHECKING:
     from commit_env.envs.commit_env import CommitEnv, CommitVectorEnv
     from commit_env.envs.core import CommitSlots, EnvConfig, Episode
+    from commit_env.envs.observation import ObservationLayout
     from commit_env.envs.sb3 import CommitSB3VecEnv, make_sb3_vec_env
     from commit_env.envs.wrappers import (
         CountActionWrapper,
@@ -33,6 +34,7 @@ __all__ = [
     "EnvConfig",
     "Episode",
     "FeatureAblationWrapper",
+    "ObservationLayout",
     "ThresholdActionWrapper",
     "make_sb3_vec_env",
     "register_envs",
@@ -46,6 +48,7 @@ _LAZY = {
     "CommitSlots": "commit_env.envs.core",
     "EnvConfig": "commit_env.envs.core",
     "Episode": "commit_env.envs.core",
+    "ObservationLayout": "commit_env.envs.observation",
     "CommitSB3VecEnv": "commit_env.envs.sb3",
     "make_sb3_vec_env": "commit_env.envs.sb3",
     "CountActionWrapper": "commit_env.envs.wrappers",

@@ -1,15 +1,19 @@
 """The batched slots engine behind every environment front end.
 
-:class:`CommitSlots` owns one :class:`~commit_env.decoding.Decoder`, one batched
-:class:`~commit_env.decoding.TraceState` with B rows ("slots") and the code that turns the state
-into observations, rewards and final infos. The single env (:class:`CommitEnv`, B = 1), the native
+:class:`CommitSlots` owns one :class:`~commit_env.decoding.Decoder` and one batched
+:class:`~commit_env.decoding.TraceState` with B rows ("slots"), and coordinates small pieces:
+:class:`~commit_env.envs.observation.ObservationLayout` (observation keys, columns, bounds,
+snapshots), :func:`draw_episode` (per-episode settings and examples), :func:`final_reward`,
+task scoring through :func:`~commit_env.evaluate.score_completions` and
+:func:`~commit_env.envs.render.render_row`. The single env (:class:`CommitEnv`, B = 1), the native
 vector env (:class:`CommitVectorEnv`, B = ``num_envs``) and the SB3 adapter
 (:class:`CommitSB3VecEnv`) differ only in *when* they reset slots and how they package the results,
 so none of them decodes or scores anything by itself.
 
 One :meth:`CommitSlots.step` is one :meth:`Decoder.step` (one backbone forward over the unfinished
 slots) plus one device-to-host copy: observation features, accounting and generated tokens are
-packed into a single float32 ``[B, W]`` tensor on the device ("snapshot") and copied once.
+packed by the layout into a single float32 ``[B, W]`` tensor on the device ("snapshot") and copied
+once.
 
 Dimensions follow :mod:`commit_env.decoding`: B slots, G canvas generation length (the largest
 generation length of any setting), K top-k columns, D hidden-projection width.
@@ -27,13 +31,16 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from commit_env.backbones import load_backbone
 from commit_env.backbones.base import Backbone
-from commit_env.decoding import FEATURES, DecodeConfig, Decoder, FeatureBuilder, parse_window
+from commit_env.backbones.spec import BackboneSpec, resolve_backbone
+from commit_env.decoding import DecodeConfig, Decoder, parse_window, validate_setting
 from commit_env.decoding.batching import replace_rows
+from commit_env.decoding.config import DEFAULT_TOP_K, validate_engine_options
 from commit_env.decoding.features import FEATURE_GROUPS
 from commit_env.decoding.run import completion_text
 from commit_env.decoding.state import TraceState
+from commit_env.envs.observation import ACCOUNTS, DEFAULT_FEATURES, ObservationLayout
+from commit_env.envs.render import render_row
 from commit_env.evaluate import score_completions
 from commit_env.tasks.base import Example, Task
 from commit_env.tasks.registry import get_task
@@ -44,17 +51,14 @@ __all__ = [
     "EnvConfig",
     "Episode",
     "CommitSlots",
+    "draw_episode",
+    "final_reward",
     "resolve_config",
     "validate_actions",
 ]
 
 RewardKind = Literal["score", "score_x_efficiency"]
-DEFAULT_FEATURES: tuple[str, ...] = ("confidence", "history", "position", "global")
 _SETTING_KEYS = ("gen_length", "window", "step_budget")
-_GLOBAL_KEYS = tuple(f.name for f in FEATURES if f.group == "global")
-_SPEC = {f.name: f for f in FEATURES}
-# Accounting columns packed after the observation columns of the snapshot (one host copy).
-_ACCOUNTS = ("done", "nfe", "step", "forced_commits", "budget", "gen_len", "budget_fills")
 
 
 @dataclass(frozen=True)
@@ -64,8 +68,9 @@ class EnvConfig:
     Attributes:
         task: Task name for :func:`commit_env.tasks.get_task` (``"qa"``, ``"math:hard"``, ...) or
             a :class:`~commit_env.tasks.Task` instance.
-        backbone: Backbone spec for :func:`commit_env.backbones.load_backbone` (shared between
-            environments while alive) or a loaded backbone (then the caller owns it).
+        backbone: Backbone spec string or :class:`~commit_env.backbones.spec.BackboneSpec`
+            (loaded through the shared cache while alive) or a loaded backbone (then the caller
+            owns it).
         gen_length: Generation length G; ``None`` uses the task's ``default_gen_length``.
         window: ``"full"``, ``"block:B"`` or ``"sliding:W"``.
         step_budget: Maximum forwards (= steps) per episode; ``None`` means the row's G.
@@ -86,7 +91,7 @@ class EnvConfig:
     """
 
     task: str | Task = "qa"
-    backbone: str | Backbone = "tiny"
+    backbone: str | BackboneSpec | Backbone = "tiny"
     gen_length: int | None = None
     window: str = "full"
     step_budget: int | None = None
@@ -95,7 +100,7 @@ class EnvConfig:
     features: Sequence[str] = DEFAULT_FEATURES
     settings: Mapping[str, Sequence[Any]] | None = None
     hidden_dim: int = 8
-    top_k: int = 3
+    top_k: int = DEFAULT_TOP_K
     temperature: float = 0.0
     success_threshold: float = 1.0
     eos_stop: bool = True
@@ -113,10 +118,7 @@ class EnvConfig:
             raise ValueError(f"step_cost must be a finite number >= 0, got {self.step_cost}")
         if "hidden" in self.features and self.hidden_dim < 1:
             raise ValueError("the 'hidden' feature group needs hidden_dim >= 1")
-        if self.top_k < 2:
-            raise ValueError(f"top_k must be >= 2, got {self.top_k}")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        validate_engine_options(temperature=self.temperature, top_k=self.top_k)
         settings = dict(self.settings or {})
         extra = sorted(set(settings) - set(_SETTING_KEYS))
         if extra:
@@ -128,14 +130,33 @@ class EnvConfig:
                 raise ValueError(f"settings[{key!r}] must be a non-empty list, got {values!r}")
             lists[key] = tuple(values)
         for g in lists["gen_length"]:
-            if g is not None and (not isinstance(g, int | np.integer) or g < 1):
-                raise ValueError(f"gen_length must be a positive int or None, got {g!r}")
+            if g is not None:
+                validate_setting(g, "full")
         for b in lists["step_budget"]:
-            if b is not None and (not isinstance(b, int | np.integer) or b < 1):
-                raise ValueError(f"step_budget must be a positive int or None, got {b!r}")
+            validate_setting(1, "full", b)
         for w in lists["window"]:
             parse_window(w)  # raises ValueError with the accepted forms
         object.__setattr__(self, "_lists", lists)
+
+    def decode_config(self, gen_length: int, **setting: Any) -> DecodeConfig:
+        """The engine config of this env's decoder (or of a decode that mirrors it).
+
+        Args:
+            gen_length: G, the canvas width.
+            **setting: ``window`` / ``step_budget`` (default: the engine's defaults, since the
+                env passes them per row).
+
+        Returns:
+            The decode config with the env's engine options and hidden width.
+        """
+        return DecodeConfig(
+            gen_length=gen_length,
+            eos_stop=self.eos_stop,
+            temperature=self.temperature,
+            top_k=self.top_k,
+            hidden_features=self.hidden_dim if "hidden" in self.features else 0,
+            **setting,
+        )
 
     def setting_lists(self, default_gen_length: int) -> dict[str, tuple[Any, ...]]:
         """The per-episode choices, with ``gen_length=None`` resolved to the task's default.
@@ -155,12 +176,13 @@ class EnvConfig:
         )
         for g in lists["gen_length"]:
             for w in lists["window"]:
-                kind, width = parse_window(w)
-                if kind == "block" and g % min(width or g, g):
+                try:
+                    validate_setting(g, w)
+                except ValueError as err:
                     raise ValueError(
                         f"window {w!r} does not divide gen_length {g}; every combination of "
-                        "settings must be valid"
-                    )
+                        f"settings must be valid ({err})"
+                    ) from None
         return lists
 
 
@@ -186,6 +208,54 @@ class Episode:
     def budget(self) -> int:
         """The most steps the episode can take (the generation length when unlimited)."""
         return self.gen_length if self.step_budget is None else self.step_budget
+
+
+def draw_episode(
+    settings: Mapping[str, Sequence[Any]], task: Task, rng: np.random.Generator
+) -> Episode:
+    """Draw the settings, example and sampler seed of one episode, in that order.
+
+    The draw order is fixed so that a slot of the vector env and a single env seeded alike
+    see the same episodes.
+
+    Args:
+        settings: The per-episode choices (:meth:`EnvConfig.setting_lists`).
+        task: The task examples are sampled from.
+        rng: The slot's generator (``env.np_random`` for the single env).
+
+    Returns:
+        The episode.
+    """
+    gen_length = int(settings["gen_length"][int(rng.integers(len(settings["gen_length"])))])
+    window = str(settings["window"][int(rng.integers(len(settings["window"])))])
+    budget = settings["step_budget"][int(rng.integers(len(settings["step_budget"])))]
+    example = task.sample(rng)
+    seed = int(rng.integers(2**31 - 1))
+    return Episode(
+        example=example,
+        gen_length=gen_length,
+        window=window,
+        step_budget=None if budget is None else int(budget),
+        seed=seed,
+    )
+
+
+def final_reward(kind: RewardKind, score: float, nfe: int, budget: int) -> float:
+    """The bonus of a finished episode.
+
+    Args:
+        kind: ``"score"`` (the task score) or ``"score_x_efficiency"``
+            (``score * (1 - (nfe - 1) / budget)``).
+        score: The task score.
+        nfe: Forwards the episode used.
+        budget: Its step budget.
+
+    Returns:
+        The final reward (before the last step's cost).
+    """
+    if kind == "score_x_efficiency":
+        return score * (1.0 - (nfe - 1) / budget)
+    return score
 
 
 def resolve_config(config: EnvConfig | None, overrides: Mapping[str, Any]) -> EnvConfig:
@@ -266,111 +336,28 @@ class CommitSlots:
         self.task: Task = get_task(config.task) if isinstance(config.task, str) else config.task
         self.settings = config.setting_lists(self.task.default_gen_length)
         self.gen_length = G = max(self.settings["gen_length"])
-        backbone = config.backbone
-        self.backbone: Backbone | None = (
-            load_backbone(backbone, device=config.device) if isinstance(backbone, str) else backbone
-        )
-        hidden = config.hidden_dim if "hidden" in config.features else 0
-        self.decoder: Decoder | None = Decoder(
-            self.backbone,
-            DecodeConfig(
-                gen_length=G,
-                eos_stop=config.eos_stop,
-                temperature=config.temperature,
-                top_k=config.top_k,
-                hidden_features=hidden,
-            ),
-        )
-        self.builder = FeatureBuilder(config.features, top_k=config.top_k, hidden_dim=hidden)
+        self.backbone: Backbone | None = resolve_backbone(config.backbone, device=config.device)
+        self.decoder: Decoder | None = Decoder(self.backbone, config.decode_config(G))
         self.device = self.decoder.device
+        self.layout = ObservationLayout(
+            config.features,
+            top_k=config.top_k,
+            hidden_dim=config.hidden_dim,
+            gen_length=G,
+            vocab_size=self.backbone.vocab_size,
+            device=self.device,
+        )
+        self.obs_keys = self.layout.keys
         self.state: TraceState | None = None
         self.episodes: list[Episode | None] = [None] * num_slots
-        self._build_layout(G, hidden)
-        self.single_observation_space = self._observation_space()
+        self.single_observation_space = self.layout.space()
         self.single_action_space = gym.spaces.MultiBinary(G)
         self._snap: np.ndarray | None = None  # float32 [B, W], latest host snapshot
 
-    # ----------------------------------------------------------------------------- layout
-    def _build_layout(self, G: int, hidden: int) -> None:
-        """Column ranges of every observation key and accounting field in the snapshot."""
-        # Token ids travel in the float32 snapshot; float32 represents integers exactly to 2**24.
-        if self.backbone.vocab_size > 2**24:
-            raise ValueError(f"vocab_size {self.backbone.vocab_size} exceeds 2**24")
-        widths: dict[str, int] = {}
-        for name in self.builder.names:
-            widths[name] = 1 if name in _GLOBAL_KEYS else G * self.builder.width(name)
-        widths["eligible"] = G
-        widths["valid"] = G
-        widths["proposal"] = G
-        self.obs_keys: tuple[str, ...] = tuple(sorted(widths))
-        cols: dict[str, tuple[int, int]] = {}
-        lo: list[float] = []
-        hi: list[float] = []
-        offset = 0
-        for key in self.obs_keys:
-            n = widths[key]
-            cols[key] = (offset, offset + n)
-            if key in ("eligible", "valid"):
-                low, high = 0.0, 1.0
-            elif key == "proposal":
-                low, high = 0.0, float(self.backbone.vocab_size - 1)
-            else:
-                low, high = _SPEC[key].low, _SPEC[key].high
-            lo += [low] * n
-            hi += [high] * n
-            offset += n
-        self._obs_width = offset
-        for name in _ACCOUNTS:
-            cols[name] = (offset, offset + 1)
-            offset += 1
-        cols["tokens"] = (offset, offset + G)
-        offset += G
-        lo += [-math.inf] * (offset - self._obs_width)
-        hi += [math.inf] * (offset - self._obs_width)
-        self._cols = cols
-        self._lo = torch.tensor(lo, dtype=torch.float32, device=self.device)  # [W]
-        self._hi = torch.tensor(hi, dtype=torch.float32, device=self.device)  # [W]
-
-    def _observation_space(self) -> gym.spaces.Dict:
-        spaces: dict[str, gym.spaces.Space[Any]] = {}
-        for key in self.obs_keys:
-            a, b = self._cols[key]
-            low = self._lo[a:b].cpu().numpy().copy()
-            high = self._hi[a:b].cpu().numpy().copy()
-            if key == "proposal":
-                spaces[key] = gym.spaces.Box(
-                    low=low.astype(np.int32), high=high.astype(np.int32), dtype=np.int32
-                )
-            else:
-                spaces[key] = gym.spaces.Box(low=low, high=high, dtype=np.float32)
-        return gym.spaces.Dict(spaces)
-
     # ----------------------------------------------------------------------------- episodes
     def draw_episode(self, rng: np.random.Generator) -> Episode:
-        """Draw the settings, example and sampler seed of one episode, in that order.
-
-        The draw order is fixed so that a slot of the vector env and a single env seeded alike
-        see the same episodes.
-
-        Args:
-            rng: The slot's generator (``env.np_random`` for the single env).
-
-        Returns:
-            The episode.
-        """
-        s = self.settings
-        gen_length = int(s["gen_length"][int(rng.integers(len(s["gen_length"])))])
-        window = str(s["window"][int(rng.integers(len(s["window"])))])
-        budget = s["step_budget"][int(rng.integers(len(s["step_budget"])))]
-        example = self.task.sample(rng)
-        seed = int(rng.integers(2**31 - 1))
-        return Episode(
-            example=example,
-            gen_length=gen_length,
-            window=window,
-            step_budget=None if budget is None else int(budget),
-            seed=seed,
-        )
+        """Draw one episode from the slot's generator (see :func:`draw_episode`)."""
+        return draw_episode(self.settings, self.task, rng)
 
     def start(
         self, rows: Sequence[int], episodes: Sequence[Episode], *, forward: bool = True
@@ -449,15 +436,12 @@ class CommitSlots:
         texts = completion_text(self.backbone, tokens)
         examples = [self.episodes[r].example for r in rows]
         scores = score_completions(self.task, examples, texts)
-        acc = {name: self.column(name)[rows, 0].astype(np.int64) for name in _ACCOUNTS[1:]}
+        acc = {name: self.column(name)[rows, 0].astype(np.int64) for name in ACCOUNTS[1:]}
         finals = np.empty(len(rows))
         infos: dict[int, dict[str, Any]] = {}
         for j, r in enumerate(rows.tolist()):
             score, nfe, budget = float(scores[j]), int(acc["nfe"][j]), int(acc["budget"][j])
-            if self.config.reward == "score_x_efficiency":
-                finals[j] = score * (1.0 - (nfe - 1) / budget)
-            else:
-                finals[j] = score
+            finals[j] = final_reward(self.config.reward, score, nfe, budget)
             infos[r] = {
                 "is_success": bool(score >= self.config.success_threshold),
                 "task_score": score,
@@ -474,42 +458,12 @@ class CommitSlots:
     # ----------------------------------------------------------------------------- observations
     def _snapshot(self, state: TraceState) -> np.ndarray:
         """Pack observations, accounting and tokens of every row into float32 ``[B, W]`` (host)."""
-        B = state.batch_size
-        feats = self.builder.build(state)
-        valid = state.valid  # [B, G]
-        validf = valid.float()
-        feats["eligible"] = state.eligible.float()
-        feats["valid"] = validf
-        feats["proposal"] = state.proposal.float()
-        parts: list[torch.Tensor] = []
-        for key in self.obs_keys:
-            value = feats[key]
-            if key in _GLOBAL_KEYS:
-                parts.append(value[:, :1])  # [B, 1] per-row constant
-            elif value.dim() == 3:
-                parts.append((value * validf[..., None]).reshape(B, -1))  # [B, G*K] or [B, G*D]
-            else:
-                parts.append(value * validf)  # [B, G] padding positions read 0
-        parts += [
-            state.done.float()[:, None],
-            state.nfe.float()[:, None],
-            state.step.float()[:, None],
-            state.forced_commits.float()[:, None],
-            state.budget.float()[:, None],
-            state.gen_len.float()[:, None],
-            state.budget_fills.float()[:, None],
-            state.gen_tokens.float(),  # [B, G] exact for ids < 2**24
-        ]
-        snap = torch.cat(parts, dim=1)  # [B, W]
-        # nan_to_num before the clamp: a NaN would pass through clamp and break the space.
-        snap = torch.nan_to_num(snap, nan=0.0).clamp_(min=self._lo, max=self._hi)
-        return snap.cpu().numpy()
+        return self.layout.pack(state)
 
     def column(self, name: str) -> np.ndarray:
         """Columns of the latest snapshot for key or accounting field ``name`` (``[B, n]``)."""
         assert self._snap is not None, "no snapshot yet"
-        a, b = self._cols[name]
-        return self._snap[:, a:b]
+        return self.layout.column(self._snap, name)
 
     def observations(self) -> dict[str, np.ndarray]:
         """The observation of every slot, batched: key -> ``[B, ...]`` (fresh arrays per step).
@@ -517,26 +471,8 @@ class CommitSlots:
         Returns:
             float32 arrays (``proposal`` int32), views of the latest snapshot.
         """
-        out = {key: self.column(key) for key in self.obs_keys}
-        out["proposal"] = out["proposal"].astype(np.int32)
-        return out
-
-    def observe(self, state: TraceState) -> dict[str, np.ndarray]:
-        """The observation this env would give for an arbitrary batched state (no side effects).
-
-        Lets a trained agent act on any decode (``agents.PPOPolicy``) with exactly the env's
-        features, masks and clamping.
-
-        Args:
-            state: A trace state whose G equals this env's width.
-
-        Returns:
-            key -> ``[B, ...]`` arrays (float32; ``proposal`` int32).
-        """
-        snap = self._snapshot(state)
-        out = {key: snap[:, slice(*self._cols[key])] for key in self.obs_keys}
-        out["proposal"] = out["proposal"].astype(np.int32)
-        return out
+        assert self._snap is not None, "no snapshot yet"
+        return self.layout.observation(self._snap)
 
     def action_masks(self) -> np.ndarray:
         """MaskablePPO masks of every slot: bool ``[B, 2G]``, ``[allow 0, allow 1]`` per position.
@@ -550,10 +486,7 @@ class CommitSlots:
 
     # ----------------------------------------------------------------------------- render
     def render_row(self, row: int) -> str:
-        """Text picture of slot ``row``: committed tokens, masks, and this step's commits.
-
-        Legend: ``?`` masked and eligible, ``_`` masked outside the window, ``[x]`` committed in
-        the latest step, ``.`` padding beyond the row's generation length.
+        """Text picture of slot ``row`` (see :func:`commit_env.envs.render.render_row`).
 
         Args:
             row: Slot index.
@@ -562,34 +495,10 @@ class CommitSlots:
             A multi-line string.
         """
         self._require_open()
-        state = self.state
-        assert state is not None, "start() before render"
-        tokens = state.gen_tokens[row].tolist()
-        committed = state.committed[row].tolist()
-        eligible = state.eligible[row].tolist()
-        valid = state.valid[row].tolist()
-        step = int(state.step[row])
-        # Positions whose commit step is the latest step were committed by the last action.
-        fresh = ((state.commit_step[row] == step - 1) & state.valid[row]).tolist() if step else []
-        eos = set(self.backbone.eos_token_ids)
-        cells = []
-        for i, tok in enumerate(tokens):
-            if not valid[i]:
-                cells.append(".")
-            elif not committed[i]:
-                cells.append("?" if eligible[i] else "_")
-            else:
-                text = "<eos>" if tok in eos else self.backbone.decode([tok])
-                text = text if text.strip() else repr(text)
-                cells.append(f"[{text}]" if fresh and fresh[i] else text)
+        assert self.state is not None, "start() before render"
         ep = self.episodes[row]
         prompt = ep.example.prompt if ep is not None else ""
-        status = "done" if bool(state.done[row]) else "running"
-        return (
-            f"step {step}/{int(state.budget[row])}  nfe {int(state.nfe[row])}  {status}\n"
-            f"prompt: {prompt}\n"
-            f"canvas: {' '.join(cells)}\n"
-        )
+        return render_row(self.state, row, self.backbone, prompt)
 
     # ----------------------------------------------------------------------------- lifecycle
     def _require_open(self) -> Decoder:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, ClassVar
 
 import torch
 
+from commit_env.decoding.config import DecodeConfig
 from commit_env.decoding.state import CommitDecision, TraceState
 
 __all__ = ["CommitPolicy", "top_k_mask", "rank_within_eligible"]
@@ -38,6 +39,34 @@ class CommitPolicy(ABC):
 
     def reset(self, state: TraceState) -> None:  # noqa: B027 - optional hook, no-op by default
         """Called once with the first state of every decode (before any :meth:`select`)."""
+
+    def decode_options(self) -> dict[str, Any]:
+        """Engine options this policy needs (e.g. the hidden width a learned policy reads).
+
+        Returns:
+            :class:`DecodeConfig` fields to force; ``{}`` for policies that read only the
+            standard features (every heuristic).
+        """
+        return {}
+
+    def decode_config(self, base: DecodeConfig | None = None, **overrides: Any) -> DecodeConfig:
+        """The decode config to run this policy with, adapted from ``base``.
+
+        The one default for every policy: ``base=None`` means ``DecodeConfig()``. A learned
+        policy's training setting is not implied; pass it explicitly (e.g.
+        ``policy.decode_config(policy.setting.config())`` for a PPO agent).
+
+        Args:
+            base: The setting and options to start from (default ``DecodeConfig()``).
+            **overrides: :class:`DecodeConfig` fields to change.
+
+        Returns:
+            ``base`` with :meth:`decode_options` and ``overrides`` applied (``base`` itself when
+            there is nothing to change).
+        """
+        base = DecodeConfig() if base is None else base
+        changes = {**self.decode_options(), **overrides}
+        return replace(base, **changes) if changes else base
 
     @property
     def params(self) -> dict[str, Any]:

@@ -8,15 +8,12 @@ and ``Answer:``, optionally preceded by worked examples in the same format.
 
 from __future__ import annotations
 
-import json
 import re
 from fractions import Fraction
 from pathlib import Path
 
-import numpy as np
-
-from commit_env.errors import DependencyNotInstalled
 from commit_env.tasks.base import Example
+from commit_env.tasks.dataset import DatasetTask, load_hub_records, read_jsonl_records
 
 __all__ = ["GSM8K", "extract_answer", "normalize_number"]
 
@@ -73,31 +70,17 @@ def _as_written(match: re.Match[str]) -> str:
     return match.group(1) + match.group(2).replace(",", "")
 
 
+def _check_record(record: dict, where: str) -> dict[str, str]:
+    for key in ("question", "answer"):
+        if not isinstance(record.get(key), str) or not record[key].strip():
+            raise ValueError(f"{where}: missing or empty string field {key!r}")
+    if _final_answer(record["answer"]) is None:
+        raise ValueError(f"{where}: answer does not end with '#### <number>'")
+    return {"question": record["question"], "answer": record["answer"]}
+
+
 def _read_jsonl(path: Path) -> list[dict[str, str]]:
-    records = []
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ValueError(f"cannot read GSM8K file {path}: {exc}") from exc
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        where = f"{path}, line {number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{where}: not valid JSON ({exc.msg})") from exc
-        if not isinstance(record, dict):
-            raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
-        for key in ("question", "answer"):
-            if not isinstance(record.get(key), str) or not record[key].strip():
-                raise ValueError(f"{where}: missing or empty string field {key!r}")
-        if _final_answer(record["answer"]) is None:
-            raise ValueError(f"{where}: answer does not end with '#### <number>'")
-        records.append({"question": record["question"], "answer": record["answer"]})
-    if not records:
-        raise ValueError(f"GSM8K file {path} is empty")
-    return records
+    return read_jsonl_records(path, "GSM8K", _check_record)
 
 
 def _final_answer(answer: str) -> str | None:
@@ -109,18 +92,17 @@ def _final_answer(answer: str) -> str | None:
 
 
 def _load_hub(dataset_name: str, config: str, split: str) -> list[dict[str, str]]:
-    try:
-        import datasets
-    except ImportError as exc:
-        raise DependencyNotInstalled(
-            'loading GSM8K from the Hugging Face Hub needs the "datasets" package: '
-            'pip install "commit-env[data]" (or pass path= to a local JSONL file)'
-        ) from exc
-    rows = datasets.load_dataset(dataset_name, config, split=split)
-    return [{"question": row["question"], "answer": row["answer"]} for row in rows]
+    return load_hub_records(
+        dataset_name,
+        split,
+        ("question", "answer"),
+        config=config,
+        missing='loading GSM8K from the Hugging Face Hub needs the "datasets" package: '
+        'pip install "commit-env[data]" (or pass path= to a local JSONL file)',
+    )
 
 
-class GSM8K:
+class GSM8K(DatasetTask):
     """GSM8K task: a word problem in, a worked solution ending with the number out.
 
     Args:
@@ -190,38 +172,10 @@ class GSM8K:
             )
         return examples
 
-    @property
-    def examples(self) -> list[Example]:
-        """Every evaluated problem, in data-set order (loads the Hub data set on first use)."""
-        if self._examples is None:
-            records = _load_hub(self.dataset_name, self.config, self.split)
-            shots = _load_hub(self.dataset_name, self.config, "train")[: self.few_shot]
-            self._examples = self._build(records, shots)
-        return self._examples
-
-    def __len__(self) -> int:
-        """Return the number of evaluated problems."""
-        return len(self.examples)
-
-    def load_examples(self, n: int | None = None) -> list[Example]:
-        """Return the first ``n`` problems (all of them when ``n`` is None).
-
-        Args:
-            n: How many problems, or None for all.
-
-        Returns:
-            The examples, in data-set order.
-
-        Raises:
-            ValueError: If ``n`` is negative.
-        """
-        if n is not None and n < 0:
-            raise ValueError(f"n must be non-negative, got {n}")
-        return list(self.examples if n is None else self.examples[:n])
-
-    def sample(self, rng: np.random.Generator) -> Example:
-        """Draw one problem uniformly; see :class:`~commit_env.tasks.base.Task`."""
-        return self.examples[int(rng.integers(len(self.examples)))]
+    def _load_examples(self) -> list[Example]:
+        records = _load_hub(self.dataset_name, self.config, self.split)
+        shots = _load_hub(self.dataset_name, self.config, "train")[: self.few_shot]
+        return self._build(records, shots)
 
     def score(self, example: Example, completion: str) -> float:
         """Return 1.0 if the completion's final number equals the reference answer, else 0.0.

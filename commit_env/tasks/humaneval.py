@@ -9,17 +9,12 @@ sequences, appended to the prompt, followed by the problem's tests, and run with
 
 from __future__ import annotations
 
-import gzip
 import importlib.util
-import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-import numpy as np
-
-from commit_env.errors import DependencyNotInstalled
 from commit_env.tasks.base import Example
+from commit_env.tasks.dataset import DatasetTask, load_hub_records, read_jsonl_records
 from commit_env.tasks.sandbox import run_sandboxed, run_sandboxed_many
 
 __all__ = ["HumanEval", "STOP_SEQUENCES", "truncate_completion", "packaged_data_file"]
@@ -69,46 +64,28 @@ def packaged_data_file() -> Path | None:
     return None
 
 
+def _check_record(record: dict, where: str) -> dict[str, str]:
+    missing = [key for key in _FIELDS if not isinstance(record.get(key), str)]
+    if missing:
+        raise ValueError(f"{where}: missing string field(s) {missing}")
+    return {key: record[key] for key in _FIELDS}
+
+
 def _read_jsonl(path: Path) -> list[dict[str, str]]:
-    opener: Any = gzip.open if path.name.endswith(".gz") else open
-    try:
-        with opener(path, "rt", encoding="utf-8") as handle:
-            lines = handle.read().splitlines()
-    except (OSError, EOFError, UnicodeDecodeError) as exc:
-        raise ValueError(f"cannot read HumanEval file {path}: {exc}") from exc
-    records = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        where = f"{path}, line {number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{where}: not valid JSON ({exc.msg})") from exc
-        if not isinstance(record, dict):
-            raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
-        missing = [key for key in _FIELDS if not isinstance(record.get(key), str)]
-        if missing:
-            raise ValueError(f"{where}: missing string field(s) {missing}")
-        records.append({key: record[key] for key in _FIELDS})
-    if not records:
-        raise ValueError(f"HumanEval file {path} is empty")
-    return records
+    return read_jsonl_records(path, "HumanEval", _check_record)
 
 
 def _load_hub(dataset_name: str, split: str) -> list[dict[str, str]]:
-    try:
-        import datasets
-    except ImportError as exc:
-        raise DependencyNotInstalled(
-            "HumanEval needs a data source: pass path= to a JSONL file, "
-            'pip install "commit-env[humaneval]" (offline copy) or "commit-env[data]" (Hub)'
-        ) from exc
-    rows = datasets.load_dataset(dataset_name, split=split)
-    return [{key: row[key] for key in _FIELDS} for row in rows]
+    return load_hub_records(
+        dataset_name,
+        split,
+        _FIELDS,
+        missing="HumanEval needs a data source: pass path= to a JSONL file, "
+        'pip install "commit-env[humaneval]" (offline copy) or "commit-env[data]" (Hub)',
+    )
 
 
-class HumanEval:
+class HumanEval(DatasetTask):
     """The 164 HumanEval problems; score 1.0 when the completed function passes its tests.
 
     Args:
@@ -165,36 +142,8 @@ class HumanEval:
             for record in records
         ]
 
-    @property
-    def examples(self) -> list[Example]:
-        """Every problem, in data-set order (loads the Hub data set on first use)."""
-        if self._examples is None:
-            self._examples = self._build(_load_hub(self.dataset_name, self.split))
-        return self._examples
-
-    def __len__(self) -> int:
-        """Return the number of problems."""
-        return len(self.examples)
-
-    def load_examples(self, n: int | None = None) -> list[Example]:
-        """Return the first ``n`` problems (all of them when ``n`` is None).
-
-        Args:
-            n: How many problems, or None for all.
-
-        Returns:
-            The examples, in data-set order.
-
-        Raises:
-            ValueError: If ``n`` is negative.
-        """
-        if n is not None and n < 0:
-            raise ValueError(f"n must be non-negative, got {n}")
-        return list(self.examples if n is None else self.examples[:n])
-
-    def sample(self, rng: np.random.Generator) -> Example:
-        """Draw one problem uniformly; see :class:`~commit_env.tasks.base.Task`."""
-        return self.examples[int(rng.integers(len(self.examples)))]
+    def _load_examples(self) -> list[Example]:
+        return self._build(_load_hub(self.dataset_name, self.split))
 
     @staticmethod
     def canonical_completion(example: Example) -> str:

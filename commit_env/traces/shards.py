@@ -14,8 +14,6 @@ default: 42 bytes). The prompt is stored once per trace, never per step.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from commit_env.errors import CorruptShardError, DependencyNotInstalled
+from commit_env.io import atomic_write, write_bytes_atomic
 
 __all__ = ["STEP_SCHEMA", "TRACE_SCHEMA", "TraceWriter", "TraceDataset", "read_manifest"]
 
@@ -60,29 +59,9 @@ def _pa() -> Any:
     return pa, pq
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _atomic_write_table(table: Any, path: Path) -> None:
     _, pq = _pa()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        pq.write_table(table, tmp, compression="zstd")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
 
 
 def read_manifest(directory: str | Path) -> dict[str, Any]:
@@ -178,7 +157,7 @@ class TraceWriter:
 
     def _write_manifest(self) -> None:
         data = json.dumps(self.manifest, indent=2, sort_keys=True).encode()
-        _atomic_write_bytes(self.directory / MANIFEST, data)
+        write_bytes_atomic(self.directory / MANIFEST, data)
 
 
 def _frombuffer(blob: bytes, dtype: Any) -> np.ndarray:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+from commit_env.agents.policy_net import PerPositionMaskablePolicy
 from sb3_contrib import MaskablePPO
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import VecMonitor
 
-from commit_env.agents.policy_net import PerPositionMaskablePolicy
 from commit_env.envs import make_sb3_vec_env
 
 

@@ -6,7 +6,6 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-
 from commit_env.agents.policy_net import (
     MaskedBernoulliDistribution,
     PerPositionExtractor,

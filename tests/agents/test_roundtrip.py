@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
 import pytest
 import torch
-from stable_baselines3.common.vec_env import VecMonitor
-
 from commit_env.agents.policy import PPOPolicy
 from commit_env.agents.train_ppo import PPOConfig, build_model
-from commit_env.decoding import DecodeConfig, Decoder
+from stable_baselines3.common.vec_env import VecMonitor
+
+from commit_env.decoding import DecodeConfig, Decoder, DecodeSetting
 from commit_env.envs import make_sb3_vec_env
 from commit_env.policies.base import CommitPolicy
 
@@ -20,7 +21,7 @@ from commit_env.policies.base import CommitPolicy
 def saved(tmp_path_factory, backbone):
     out = tmp_path_factory.mktemp("ppo")
     cfg = PPOConfig(
-        gen_length=8, window="block:4", num_envs=4, n_steps=8, batch_size=32, out=str(out)
+        setting=DecodeSetting(8, "block:4"), num_envs=4, n_steps=8, batch_size=32, out=str(out)
     )
     venv = VecMonitor(make_sb3_vec_env(4, seed=3, config=cfg.env_config(backbone)))
     model = build_model(cfg, venv)
@@ -29,13 +30,13 @@ def saved(tmp_path_factory, backbone):
     torch.nn.init.normal_(net.pi_logit.weight, std=2.0)  # varied, non-trivial decisions
     torch.nn.init.zeros_(net.pi_logit.bias)
     model.save(str(out / "final.zip"))
-    (out / "config.json").write_text(json.dumps({**cfg.__dict__}))
+    (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg)))
     return model, venv, out, cfg
 
 
 def test_load_select_matches_model_predict(saved, backbone):
     model, venv, out, _ = saved
-    policy = PPOPolicy.load(out / "final.zip", backbone=backbone)
+    policy = PPOPolicy.load(out / "final.zip")
     assert isinstance(policy, CommitPolicy)
     assert policy.step_cost == pytest.approx(0.01) and policy.gen_length == 8
     assert "eligible" in policy.observation_keys
@@ -54,7 +55,7 @@ def test_load_select_matches_model_predict(saved, backbone):
 
 def test_select_any_batch_and_shorter_gen_length(saved, backbone):
     _, _, out, _ = saved
-    policy = PPOPolicy.load(out, backbone=backbone)  # run directory works too
+    policy = PPOPolicy.load(out)  # run directory works too
     decoder = Decoder(backbone, DecodeConfig(gen_length=4, window="block:4"))
     state = decoder.start(["a", "bb", "ccc"])
     mask = policy.select(state)

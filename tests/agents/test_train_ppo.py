@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import pytest
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
 from commit_env.agents.bc import bc_warm_start
 from commit_env.agents.policy import PPOPolicy
-from commit_env.agents.train_ppo import PPOConfig, add_cli, build_model, evaluate_agent, run_cli, train_ppo
+from commit_env.agents.train_ppo import PPOConfig, build_model, evaluate_agent, train_ppo
+from commit_env.evaluation.cli import _resolve_init, build_parser
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from commit_env.decoding import DecodeSetting
 from commit_env.envs import make_sb3_vec_env
 from commit_env.policies import ThresholdPolicy
 
@@ -28,8 +29,7 @@ CUSTOM_TAGS = {
 
 def test_train_ppo_writes_model_config_and_tensorboard(tmp_path):
     cfg = PPOConfig(
-        gen_length=8,
-        window="block:4",
+        setting=DecodeSetting(8, "block:4"),
         timesteps=256,
         num_envs=8,
         n_steps=16,
@@ -46,6 +46,9 @@ def test_train_ppo_writes_model_config_and_tensorboard(tmp_path):
     assert list((tmp_path / "checkpoints").glob("*.zip"))
     stored = json.loads((tmp_path / "config.json").read_text())
     assert stored["step_cost"] == cfg.step_cost and stored["algo"] == "ppo"
+    # the observation's feature set and top-k are part of the checkpoint metadata
+    assert stored["features"] == list(cfg.features) and stored["top_k"] == cfg.top_k
+    assert stored["setting"]["gen_length"] == 8 and stored["setting"]["window"] == "block:4"
     runs = list((tmp_path / "tb").iterdir())
     assert len(runs) == 1
     acc = EventAccumulator(str(runs[0]))
@@ -60,8 +63,7 @@ def test_short_ppo_run_improves_return(tmp_path, backbone):
     # positions clearly pays, while the initial policy (bias -2) commits next to nothing and
     # relies on the engine's one forced commit per step.
     cfg = PPOConfig(
-        gen_length=8,
-        window="block:4",
+        setting=DecodeSetting(8, "block:4"),
         step_cost=0.2,
         timesteps=2048,
         num_envs=16,
@@ -81,7 +83,7 @@ def test_short_ppo_run_improves_return(tmp_path, backbone):
 
 
 def test_bc_warm_start_clones_threshold_teacher(backbone):
-    cfg = PPOConfig(gen_length=8, window="block:4", num_envs=4, n_steps=8, batch_size=32)
+    cfg = PPOConfig(setting=DecodeSetting(8, "block:4"), num_envs=4, n_steps=8, batch_size=32)
     venv = make_sb3_vec_env(4, seed=0, config=cfg.env_config(backbone))
     model = build_model(cfg, venv)
     before = evaluate_agent(model, cfg, backbone=backbone, n=32)
@@ -99,11 +101,8 @@ def test_bc_warm_start_clones_threshold_teacher(backbone):
     assert after["nfe"] < before["nfe"]
 
 
-def test_cli_helpers_parse_and_require_teacher_for_init():
-    parser = argparse.ArgumentParser()
-    sub = parser.add_subparsers(dest="command")
-    add_cli(sub)
-    args = parser.parse_args(
+def test_cli_parses_train_ppo_and_requires_a_controller_init():
+    args = build_parser().parse_args(
         [
             "train-ppo",
             "--task",
@@ -120,11 +119,16 @@ def test_cli_helpers_parse_and_require_teacher_for_init():
             "controller:/nowhere",
             "--algo",
             "maskable",
+            "--kind",
+            "masked-lm",
+            "--dtype",
+            "float32",
         ]
     )
     assert args.step_cost == 0.05 and args.budget == 6 and args.init == "controller:/nowhere"
-    with pytest.raises(ValueError, match="teacher"):
-        run_cli(args)
+    assert args.kind == "masked-lm" and args.dtype == "float32"
+    with pytest.raises(ValueError, match="controller:DIR"):
+        _resolve_init("nonsense")
 
 
 def test_config_validation():

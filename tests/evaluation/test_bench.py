@@ -1,7 +1,6 @@
 import json
 
 import pytest
-
 from commit_env.evaluation.bench import BenchConfig, run_bench
 from commit_env.evaluation.io import read_jsonl
 
@@ -95,3 +94,43 @@ def test_interrupted_bench_resumes_without_duplicates(bench):
 def test_unknown_task_fails_fast(tmp_path):
     with pytest.raises(ValueError, match="expected one of"):
         run_bench(BenchConfig.preset("quick", out=str(tmp_path), tasks=("nope",)))
+
+
+def test_backbone_options_reach_the_ppo_stage(monkeypatch, tmp_path):
+    import types
+
+    import torch
+    from commit_env.agents import train_ppo as train_ppo_module
+    from commit_env.evaluation import bench as bench_module
+    from commit_env.evaluation import cli
+
+    from commit_env.backbones.spec import BackboneSpec
+
+    captured = {}
+
+    def fake_bench(cfg):
+        captured["cfg"] = cfg
+        return {"out": str(tmp_path)}
+
+    monkeypatch.setattr(bench_module, "run_bench", fake_bench)
+    argv = ["bench", "--out", str(tmp_path), "--backbone", "hf:some/model", "--kind", "llada"]
+    argv += ["--dtype", "bfloat16", "--trust-remote-code", "--gen-length", "8"]
+    assert cli.main(argv) == 0
+    cfg = captured["cfg"]
+    expected = BackboneSpec("hf:some/model", kind="llada", dtype="bfloat16", trust_remote_code=True)
+    assert cfg.backbone_spec == expected
+    assert cfg.setting.gen_length == 8 and cfg.setting.window == "block:4"
+
+    seen = {}
+
+    def fake_train(ppo_cfg, teacher=None, *, backbone=None):
+        seen.update(cfg=ppo_cfg, backbone=backbone)
+        raise RuntimeError("stop after the call")
+
+    monkeypatch.setattr(train_ppo_module, "train_ppo", fake_train)
+    loaded = types.SimpleNamespace(device=torch.device("cpu"))
+    with pytest.raises(RuntimeError, match="stop after the call"):
+        bench_module._train_ppo(cfg, tmp_path, loaded, teacher=None)
+    assert seen["backbone"] is loaded  # the loaded backbone itself, not a re-load of the name
+    assert seen["cfg"].backbone == expected  # and the full spec is recorded in config.json
+    assert seen["cfg"].setting == cfg.setting

@@ -76,3 +76,15 @@ def test_train_ppo_rejects_bad_init(capsys, tmp_path):
     )
     assert code == 2
     assert "controller:DIR" in capsys.readouterr().err
+
+
+def test_every_subcommand_is_wired_in_one_parser():
+    from commit_env.evaluation.cli import _COMMANDS, build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    assert set(sub.choices) == set(_COMMANDS)
+    args = parser.parse_args(
+        ["ppo-sweep", "--lambdas", "0.01", "0.05", "--kind", "masked-lm", "--window", "full"]
+    )
+    assert args.lambdas == [0.01, 0.05] and args.kind == "masked-lm" and args.window == "full"

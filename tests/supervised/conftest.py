@@ -1,7 +1,7 @@
 import pytest
+from commit_env.supervised.collect import CollectConfig, collect_traces
 
 from commit_env.backbones import load_backbone
-from commit_env.supervised.collect import CollectConfig, collect_traces
 
 
 @pytest.fixture(scope="session")

@@ -1,10 +1,10 @@
 import dataclasses
 
 import numpy as np
+from commit_env.supervised.collect import CollectConfig, MixedPolicy, collect_traces
 
 from commit_env.policies import make_policy
 from commit_env.traces import TraceDataset
-from commit_env.supervised.collect import CollectConfig, MixedPolicy, collect_traces
 
 
 def test_labels_are_future_stability(small_collection):
@@ -47,8 +47,11 @@ def test_collection_resumes(tmp_path, tiny):
     collect_traces(cfg, backbone=tiny, progress=False)
     bigger = dataclasses.replace(cfg, n=16)
     collect_traces(bigger, backbone=tiny, progress=False)
-    ids = sorted({r["trace_id"] for r in TraceDataset(cfg.out).iter_records()})
+    dataset = TraceDataset(cfg.out)
+    ids = sorted({r["trace_id"] for r in dataset.iter_records()})
     assert ids == list(range(16))
+    assert dataset.meta["top_k"] == cfg.top_k == 3
+    assert dataset.meta["feature_groups"] == ["confidence", "position"]
 
 
 def test_relabelling_with_the_reference_matches_final_labels(tmp_path, tiny):

@@ -5,10 +5,10 @@ import shutil
 import numpy as np
 import pytest
 import torch
-
-from commit_env.decoding import DecodeConfig, Decoder
 from commit_env.supervised.policy import ControllerPolicy
 from commit_env.supervised.train import TrainConfig, binary_metrics, train
+
+from commit_env.decoding import DecodeConfig, Decoder
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,9 @@ def test_training_writes_checkpoints_and_logs(trained):
     out, summary = trained
     for sub in ("best", "last"):
         assert (out / sub / "model.safetensors").is_file()
-        assert (out / sub / "config.json").is_file()
+        meta = json.loads((out / sub / "config.json").read_text())
+        # the feature layout the controller reads is part of the checkpoint metadata
+        assert meta["top_k"] == 3 and meta["feature_groups"] and meta["feature_names"]
     assert len(summary["history"]) == 2
     assert 0.0 <= summary["best"]["f05"] <= 1.0
     assert "rollout_score" in summary["history"][-1]

@@ -1,0 +1,104 @@
+"""The one atomic-write helper: write a temp file next to the target, fsync, rename.
+
+An interrupted run never leaves half a file: readers see the old content or the new one. Every
+file the project writes atomically (result records, trace shards and manifests, run configs and
+summaries, controller checkpoints) goes through :func:`atomic_write` or its wrappers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "atomic_write",
+    "replace_dir_atomic",
+    "write_bytes_atomic",
+    "write_json_atomic",
+    "write_text_atomic",
+]
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
+    """Produce ``path`` atomically: ``write(tmp)`` fills a temp file, then it is renamed.
+
+    Args:
+        path: Target file (its directory is created).
+        write: Writes the complete content to the given temporary path.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically."""
+    atomic_write(path, lambda tmp: tmp.write_bytes(data))
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_json_atomic(
+    path: str | Path,
+    data: Any,
+    *,
+    indent: int = 1,
+    sort_keys: bool = True,
+    default: Callable[[Any], Any] | None = None,
+) -> None:
+    """Write ``data`` as JSON to ``path`` atomically.
+
+    Args:
+        path: Target file.
+        data: JSON-serialisable data.
+        indent: JSON indentation.
+        sort_keys: Sort object keys.
+        default: Converter for values JSON cannot encode (``json.dumps``' ``default``).
+    """
+    text = json.dumps(data, indent=indent, sort_keys=sort_keys, default=default)
+    write_text_atomic(path, text)
+
+
+def replace_dir_atomic(directory: str | Path, fill: Callable[[Path], None]) -> None:
+    """Replace a whole directory: ``fill(tmp)`` populates a temp directory, then two renames.
+
+    The old directory (if any) is moved aside first and deleted afterwards, so the target is
+    never half-written (at worst, briefly absent with the previous version kept as
+    ``.NAME.old``).
+
+    Args:
+        directory: Target directory.
+        fill: Writes the complete content into the given temporary directory.
+    """
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        fill(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = directory.with_name(f".{directory.name}.old")
+    if old.exists():
+        shutil.rmtree(old)
+    if directory.exists():
+        os.replace(directory, old)
+    os.replace(tmp, directory)
+    shutil.rmtree(old, ignore_errors=True)
