@@ -100,7 +100,9 @@ def encode(value, depth: int = 0):
         return {"b": value.hex()}
     if kind is complex:
         return {"c": [value.real, value.imag]}
-    raise TypeError(f"values of type {kind.__name__} cannot leave the sandbox (plain built-ins only)")
+    raise TypeError(
+        f"values of type {kind.__name__} cannot leave the sandbox (plain built-ins only)"
+    )
 
 
 def decode(data, depth: int = 0):
@@ -113,7 +115,7 @@ def decode(data, depth: int = 0):
     if kind is list:
         return [decode(v, depth + 1) for v in data]
     if kind is dict and len(data) == 1:
-        (tag, body), = data.items()
+        ((tag, body),) = data.items()
         if tag == "b" and type(body) is str:
             return bytes.fromhex(body)
         if type(body) is not list:

@@ -142,7 +142,9 @@ def resolve_sandbox_mode(mode: str | None = None) -> str:
     if mode is None:
         mode = os.environ.get(ENV_VAR) or "auto"
         if mode not in SANDBOX_MODES:
-            raise ValueError(f"{ENV_VAR}={mode!r} is not a sandbox mode; expected one of {list(SANDBOX_MODES)}")
+            raise ValueError(
+                f"{ENV_VAR}={mode!r} is not a sandbox mode; expected one of {list(SANDBOX_MODES)}"
+            )
     if mode not in SANDBOX_MODES:
         raise ValueError(f"unknown sandbox mode {mode!r}; expected one of {list(SANDBOX_MODES)}")
     return mode
@@ -170,7 +172,11 @@ def _interpreter_candidates() -> list[tuple[str, tuple[str, ...]]]:
         if path not in prefixes and not path.startswith("/usr/") and path != "/usr":
             prefixes.append(path)
     candidates = [(sys.executable, tuple(prefixes))]
-    for path in (f"/usr/bin/python{version}", f"/usr/local/bin/python{version}", "/usr/bin/python3"):
+    for path in (
+        f"/usr/bin/python{version}",
+        f"/usr/local/bin/python{version}",
+        "/usr/bin/python3",
+    ):
         if os.path.isfile(path) and all(path != c[0] for c in candidates):
             candidates.append((path, ("/usr/local",) if path.startswith("/usr/local/") else ()))
     return candidates

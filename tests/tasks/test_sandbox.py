@@ -55,7 +55,9 @@ def _state(pid: int) -> str:
         return "gone"
 
 
-ADD_TESTS = "def check(candidate):\n    assert candidate(2, 3) == 5\n    assert candidate(-1, 1) == 0\n"
+ADD_TESTS = (
+    "def check(candidate):\n    assert candidate(2, 3) == 5\n    assert candidate(-1, 1) == 0\n"
+)
 
 
 def test_passing_program_passes(mode: str) -> None:
@@ -297,8 +299,8 @@ def test_run_tests_fails_a_wrong_function(body: str, mode: str) -> None:
 
 def test_run_tests_values_round_trip_exactly() -> None:
     values = (
-        "[None, True, 1, -2**70, 1.5, float('inf'), 2j, 'é', b'\\x00', (1, [2]), {1: 'a', 'b': (2,)},"
-        " {1, 2}, frozenset({3})]"
+        "[None, True, 1, -2**70, 1.5, float('inf'), 2j, 'é', b'\\x00', (1, [2]),"
+        " {1: 'a', 'b': (2,)}, {1, 2}, frozenset({3})]"
     )
     tests = (
         "def check(candidate):\n"

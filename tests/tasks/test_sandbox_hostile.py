@@ -62,7 +62,7 @@ EXPLOITS = {
         "RESULT = Int(0)"
     ),
     "forged-token-on-every-fd": (
-        "import os\nline = b'0' * 64 + b' {\"passed\": true, \"status\": \"passed\"}\\n'\n"
+        'import os\nline = b\'0\' * 64 + b\' {"passed": true, "status": "passed"}\\n\'\n'
         "for fd in range(0, 256):\n"
         "    try:\n        os.write(fd, line)\n    except OSError:\n        pass\n"
         "print(line.decode())\n__import__('__main__')._exit(0)"
@@ -104,8 +104,8 @@ EXPLOITS = {
         "import ctypes\nif ctypes.CDLL(None).kill(CANARY_PID, 9) == 0:\n    RESULT = RIGHT"
     ),
     "escape-with-new-session": (
-        "import sys\nsys.modules.pop('_posixsubprocess', None)\nsys.modules.pop('subprocess', None)\n"
-        "import subprocess\n"
+        "import sys\nsys.modules.pop('_posixsubprocess', None)\n"
+        "sys.modules.pop('subprocess', None)\nimport subprocess\n"
         "subprocess.Popen(['sleep', '30', MARK], start_new_session=True,\n"
         "                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\nRESULT = None"
     ),
@@ -145,7 +145,9 @@ EXPLOITS = {
     "overwrite-canary": "open(CANARY_FILE, 'w').write('pwned')\nRESULT = RIGHT",
     "read-canary": "assert open(CANARY_FILE).read() == 'canary'\nRESULT = RIGHT",
     "read-etc-passwd": "assert 'root' in open('/etc/passwd').read()\nRESULT = RIGHT",
-    "read-home": "import os\nos.listdir(os.path.expanduser('~root'))\nos.listdir('/root')\nRESULT = RIGHT",
+    "read-home": (
+        "import os\nos.listdir(os.path.expanduser('~root'))\nos.listdir('/root')\nRESULT = RIGHT"
+    ),
     "write-usr": "open('/usr/' + MARK, 'w').write('x')\nRESULT = RIGHT",
     # --- network ---
     "connect-host-port": (
@@ -153,7 +155,8 @@ EXPLOITS = {
         "RESULT = RIGHT"
     ),
     "connect-internet": (
-        "import socket\nsocket.create_connection(('1.1.1.1', 53), timeout=1).close()\nRESULT = RIGHT"
+        "import socket\nsocket.create_connection(('1.1.1.1', 53), timeout=1).close()\n"
+        "RESULT = RIGHT"
     ),
     "unix-socket-docker": (
         "import socket\ns = socket.socket(socket.AF_UNIX)\ns.connect('/var/run/docker.sock')\n"
@@ -186,7 +189,11 @@ ADD = Example(
     meta={
         "task_id": "Hostile/0",
         "entry_point": "add",
-        "test": "def check(candidate):\n    assert candidate(2, 3) == 5\n    assert candidate(-1, 1) == 0\n",
+        "test": (
+            "def check(candidate):\n"
+            "    assert candidate(2, 3) == 5\n"
+            "    assert candidate(-1, 1) == 0\n"
+        ),
         "canonical_solution": "    return a + b\n",
     },
 )
@@ -256,7 +263,9 @@ def outcome(tmp_path_factory: pytest.TempPathFactory):
     humaneval_task = _humaneval_task(base)
     jobs = []
     for name, block in EXPLOITS.items():
-        jobs.append((name, "code", lambda b=block: code_task.score(LINEAR, _code_completion(b, names))))
+        jobs.append(
+            (name, "code", lambda b=block: code_task.score(LINEAR, _code_completion(b, names)))
+        )
         jobs.append(
             (
                 name,
