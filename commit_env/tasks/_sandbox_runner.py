@@ -2,8 +2,8 @@
 
 Run by path in fresh isolated interpreters, never imported by the caller::
 
-    python -I _sandbox_runner.py worker MODE REQ_FD RESP_FD CPU_S MEMORY_B MAX_PROCS MAX_FILE_B
-    python -I -S _sandbox_runner.py judge REQ_FD RESP_FD VERDICT_FD
+    python -I _sandbox_runner.py worker MODE ENTRY REQ_FD RESP_FD CPU_S MEM_B PROCS FILE_B ALIVE_FD
+    python -I -S _sandbox_runner.py judge REQ_FD RESP_FD VERDICT_FD PARENT
 
 It uses the standard library only, because ``-I`` keeps the package's directory off ``sys.path``.
 
@@ -270,6 +270,37 @@ def _serve(namespace: dict, entry_point: str, req_fd: int, resp_fd: int) -> None
         send(resp_fd, reply)
 
 
+def die_with_parent(parent: int) -> None:
+    """Have the kernel SIGKILL this process when its parent (pid ``parent``) dies."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, 9, 0, 0, 0)  # PR_SET_PDEATHSIG, SIGKILL
+    except Exception:
+        return
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(SETUP_ERROR_EXIT)
+
+
+def _watch_caller(alive_fd: int, exit_now) -> None:
+    """Exit as soon as the caller goes away: it holds the only write end of ``alive_fd``.
+
+    Killing the caller closes that pipe; this process then exits, and with bwrap its whole PID
+    namespace goes with it, whatever the program started.
+    """
+    import threading
+
+    def watch() -> None:
+        try:
+            while os.read(alive_fd, 64):
+                pass
+        except OSError:
+            pass
+        exit_now(1)
+
+    threading.Thread(target=watch, name="caller-watch", daemon=True).start()
+
+
 def worker(argv: list[str]) -> int:
     """Run the program from stdin under limits and guards; report on the response channel."""
     _exit = os._exit
@@ -278,6 +309,7 @@ def worker(argv: list[str]) -> int:
         req_fd, resp_fd, cpu_seconds, memory_bytes, max_processes, max_file_bytes = (
             int(a) for a in argv[2:8]
         )
+        _watch_caller(int(argv[8]), _exit)
         source = sys.stdin.buffer.read().decode("utf-8", "surrogatepass")
         apply_limits(cpu_seconds, memory_bytes, max_processes, max_file_bytes)
         apply_guards()
@@ -348,8 +380,9 @@ def _prctl_not_dumpable() -> None:
 
 def judge(argv: list[str]) -> int:
     """Decide the verdict; write ``TOKEN VERDICT_JSON`` to the verdict fd when tests passed."""
+    req_fd, resp_fd, verdict_fd, parent = (int(a) for a in argv[:4])
+    die_with_parent(parent)
     _prctl_not_dumpable()
-    req_fd, resp_fd, verdict_fd = (int(a) for a in argv[:3])
     job = json.loads(sys.stdin.buffer.read().decode("utf-8"))
     token = job["token"]
 

@@ -399,6 +399,47 @@ def _kill_group(pgid: int) -> None:
         pass  # the group is already empty
 
 
+def _kill_namespace(bwrap_pid: int, patience: float = 2.0) -> None:
+    """Kill the PID namespace under a running bwrap and wait until every process in it is gone.
+
+    The namespace's init is bwrap's child. Killing it makes the kernel kill every process of the
+    namespace, and init only finishes exiting once they all have, so waiting on init (through a
+    pidfd, which also guards against pid reuse) makes the teardown synchronous.
+    """
+    pidfd_open = getattr(os, "pidfd_open", None)
+    send = getattr(signal, "pidfd_send_signal", None)
+    try:
+        children = Path(f"/proc/{bwrap_pid}/task/{bwrap_pid}/children").read_text().split()
+    except OSError:
+        return  # bwrap has exited, and its namespace with it; --die-with-parent covers the rest
+    if pidfd_open is None or send is None:
+        return
+    pidfds = []
+    for child in children:
+        try:
+            pidfds.append(pidfd_open(int(child)))
+        except OSError:
+            continue
+    try:
+        poller = select.poll()
+        for pidfd in pidfds:
+            try:
+                send(pidfd, signal.SIGKILL)
+            except OSError:
+                pass
+            poller.register(pidfd, select.POLLIN)
+        deadline = time.monotonic() + patience
+        pending = len(pidfds)
+        while pending and time.monotonic() < deadline:
+            ready = poller.poll(max(deadline - time.monotonic(), 0.0) * 1000)
+            for fd, _ in ready:
+                poller.unregister(fd)
+                pending -= 1
+    finally:
+        for pidfd in pidfds:
+            os.close(pidfd)
+
+
 def _wait(proc: subprocess.Popen[bytes], timeout: float) -> bool:
     """Wait up to ``timeout`` s for ``proc`` to exit without reaping it; True if it exited."""
     pidfd_open = getattr(os, "pidfd_open", None)
@@ -460,8 +501,10 @@ def _execute(
     ]
     job = {"token": token, "mode": mode, "tests": tests, "setup": setup, "entry_point": entry_point}
     workdir = _make_workdir() if backend is None else None
-    pipes = [os.pipe() for _ in range(3)]  # requests (judge -> worker), responses, verdict
-    (req_r, req_w), (resp_r, resp_w), (verdict_r, verdict_w) = pipes
+    # Requests (judge -> worker), responses, the verdict, and a pipe whose write end only this
+    # process holds: the worker exits when it closes (this process was killed, or is done).
+    pipes = [os.pipe() for _ in range(4)]
+    (req_r, req_w), (resp_r, resp_w), (verdict_r, verdict_w), (alive_r, alive_w) = pipes
     worker = judge = None
     start = time.monotonic()
     try:
@@ -475,7 +518,7 @@ def _execute(
             stdin.seek(0)
             job_file.write(json.dumps(job).encode("utf-8", errors="surrogatepass"))
             job_file.seek(0)
-            tail = ["worker", mode, entry_point, str(req_r), str(resp_w), *limits]
+            tail = ["worker", mode, entry_point, str(req_r), str(resp_w), *limits, str(alive_r)]
             common = {"stdin": stdin, "stdout": subprocess.DEVNULL, "stderr": stderr}
             try:
                 if backend is not None:
@@ -484,7 +527,7 @@ def _execute(
                         backend,
                         tail,
                         size,
-                        pass_fds=(req_r, resp_w),
+                        pass_fds=(req_r, resp_w, alive_r),
                         env=_minimal_env("/tmp", tag),
                         start_new_session=True,
                         **common,
@@ -493,7 +536,7 @@ def _execute(
                     assert workdir is not None
                     worker = subprocess.Popen(
                         [sys.executable, "-I", str(RUNNER), *tail],
-                        pass_fds=(req_r, resp_w),
+                        pass_fds=(req_r, resp_w, alive_r),
                         cwd=workdir,
                         env=_minimal_env(workdir, tag),
                         start_new_session=True,
@@ -501,7 +544,7 @@ def _execute(
                     )
                 judge = subprocess.Popen(
                     [sys.executable, "-I", "-S", str(RUNNER), "judge", str(req_w), str(resp_r)]
-                    + [str(verdict_w)],
+                    + [str(verdict_w), str(os.getpid())],
                     stdin=job_file,
                     stdout=subprocess.DEVNULL,
                     stderr=judge_err,
@@ -517,11 +560,13 @@ def _execute(
                     False, "error", None, f"cannot start sandbox: {exc}", 0.0, isolation
                 )
             finally:
-                for fd in (req_r, resp_w, req_w, resp_r, verdict_w):
+                for fd in (req_r, resp_w, req_w, resp_r, verdict_w, alive_r):
                     os.close(fd)
             try:
                 finished = _wait(judge, timeout)
             finally:  # also on KeyboardInterrupt: leave no program running behind us
+                if backend is not None:
+                    _kill_namespace(worker.pid)
                 _kill_group(worker.pid)
                 _kill_group(judge.pid)
                 worker.wait()
@@ -532,6 +577,7 @@ def _execute(
             judge_text = _read_stderr(judge_err)
     finally:
         os.close(verdict_r)
+        os.close(alive_w)
         if workdir is not None:
             shutil.rmtree(workdir, ignore_errors=True)
     returncode = worker.returncode

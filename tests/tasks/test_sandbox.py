@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -421,3 +423,49 @@ def test_cpu_limit_counts_as_timeout() -> None:
     result = run_sandboxed("while True:\n    pass\n", timeout=1.0, sandbox="guards")
     assert result.status == "timeout"
     assert result.returncode in (None, -signal.SIGXCPU, 128 + signal.SIGXCPU)
+
+
+def _tagged(pid: int) -> list[int]:
+    """Live (non-zombie) processes of sandbox runs started by the process ``pid``."""
+    needle = f"{sandbox_module.RUN_TAG_VAR}={pid}-".encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                environ = Path(f"/proc/{entry}/environ").read_bytes()
+            except OSError:
+                continue
+            if needle in environ and _state(int(entry)) not in ("gone", "Z"):
+                found.append(int(entry))
+    return found
+
+
+_CALLER = (
+    "import sys\n"
+    "from commit_env.tasks.sandbox import run_sandboxed\n"
+    "run_sandboxed('import time\\ntime.sleep(60)\\n', timeout=50.0, sandbox=sys.argv[1])\n"
+)
+
+
+def test_killed_caller_leaves_no_process_and_its_directory_is_swept(mode: str) -> None:
+    caller = subprocess.Popen([sys.executable, "-c", _CALLER, mode])
+    try:
+        deadline = time.monotonic() + 20
+        while len(_tagged(caller.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(_tagged(caller.pid)) >= 2, "the sandbox run did not start"
+        caller.kill()  # SIGKILL: no cleanup code of the caller runs
+        caller.wait()
+        deadline = time.monotonic() + 3
+        while _tagged(caller.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _tagged(caller.pid) == []
+    finally:
+        if caller.poll() is None:
+            caller.kill()
+            caller.wait()
+    left = list(sandbox_module._sandbox_root().glob(f"{caller.pid}-*"))
+    if mode == "guards":
+        assert left, "the killed run's directory should still be there"
+    sweep_stale_dirs()
+    assert list(sandbox_module._sandbox_root().glob(f"{caller.pid}-*")) == []
