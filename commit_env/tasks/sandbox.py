@@ -75,6 +75,7 @@ __all__ = [
     "run_tests",
     "run_tests_many",
     "sandbox_backend",
+    "sweep_stale_dirs",
 ]
 
 RUNNER = Path(__file__).with_name("_sandbox_runner.py")
@@ -320,14 +321,29 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+_LEGACY_MAX_AGE = 3600.0
+
+
 def sweep_stale_dirs() -> int:
-    """Remove run directories left by processes that died mid-run (killed); return how many."""
+    """Remove run directories left by processes that died mid-run (killed); return how many.
+
+    Also removes ``<tmp>/commit_env_sandbox_*`` directories of earlier versions (which had no
+    owner pid in their name) once they are an hour old.
+    """
     root = _sandbox_root()
     removed = 0
+    for legacy in Path(tempfile.gettempdir()).glob("commit_env_sandbox_*"):
+        try:
+            old = time.time() - legacy.stat().st_mtime > _LEGACY_MAX_AGE
+        except OSError:
+            continue
+        if old and legacy.is_dir() and not legacy.is_symlink():
+            shutil.rmtree(legacy, ignore_errors=True)
+            removed += 1
     try:
         entries = list(root.iterdir())
     except OSError:
-        return 0
+        return removed
     for entry in entries:
         pid = entry.name.partition("-")[0]
         if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):

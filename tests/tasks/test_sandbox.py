@@ -245,6 +245,19 @@ def test_stale_run_directories_are_swept(tmp_path: Path, monkeypatch: pytest.Mon
     assert not dead.exists() and alive.exists()
 
 
+def test_legacy_directories_are_swept_when_old(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sandbox_module.tempfile, "gettempdir", lambda: str(tmp_path))
+    monkeypatch.setattr(sandbox_module, "_sandbox_root", lambda: tmp_path / "commit_env_sandbox")
+    old, new = tmp_path / "commit_env_sandbox_old", tmp_path / "commit_env_sandbox_new"
+    old.mkdir()
+    new.mkdir()
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    assert sweep_stale_dirs() == 1
+    assert not old.exists() and new.exists()
+
+
 def test_caller_environment_is_hidden(monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
     monkeypatch.setenv("COMMIT_ENV_TEST_SECRET", "hunter2")
     program = (
@@ -362,6 +375,25 @@ def test_forged_verdict_on_stdout_is_ignored() -> None:
 # ------------------------------------------------------------------------------------------------
 # Modes
 # ------------------------------------------------------------------------------------------------
+
+
+def test_tasks_take_and_check_the_mode(tmp_path: Path) -> None:
+    from commit_env.tasks import get_task
+    from commit_env.tasks.code import LinearFunctionCode
+    from commit_env.tasks.humaneval import HumanEval
+
+    task = get_task("code", sandbox="guards")
+    assert isinstance(task, LinearFunctionCode) and task.sandbox == "guards"
+    example = task.sample(__import__("numpy").random.default_rng(0))
+    assert task.score(example, example.reference) == 1.0
+    assert run_sandboxed(task.program(example, example.reference), sandbox="guards").passed
+    assert not run_sandboxed(task.program(example, "0"), sandbox="guards").passed
+    with pytest.raises(ValueError, match="unknown sandbox mode 'off'"):
+        get_task("code", sandbox="off")
+    with pytest.raises(ValueError, match="timeout"):
+        get_task("code", timeout=0)
+    with pytest.raises(ValueError, match="unknown sandbox mode"):
+        HumanEval(path=str(tmp_path / "missing.jsonl"), sandbox="bogus")
 
 
 def test_resolve_sandbox_mode(monkeypatch: pytest.MonkeyPatch) -> None:
