@@ -2,10 +2,12 @@
 
 Run by path in fresh isolated interpreters, never imported by the caller::
 
-    python -I _sandbox_runner.py worker MODE ENTRY REQ_FD RESP_FD CPU_S MEM_B PROCS FILE_B ALIVE_FD
-    python -I -S _sandbox_runner.py judge REQ_FD RESP_FD VERDICT_FD PARENT
+    python -I -S _sandbox_runner.py worker MODE ENTRY REQ RESP CPU_S MEM_B PROCS FILE_B ALIVE
+    python -I -S _sandbox_runner.py judge REQ RESP VERDICT ISOLATION
 
 It uses the standard library only, because ``-I`` keeps the package's directory off ``sys.path``.
+``REQ``, ``RESP``, ``VERDICT`` and ``ALIVE`` are inherited pipe descriptors; the worker exits when
+``ALIVE`` reaches end of file (the caller is gone or done).
 
 **Worker** (untrusted; inside the OS sandbox when one is available). Reads the program from stdin,
 sets its resource limits, installs the in-process guards (a second layer under the OS isolation),
@@ -31,7 +33,6 @@ import json
 import os
 import struct
 import sys
-import traceback
 
 # sandbox.py keeps its own copy of this value: the runner must not import the package.
 SETUP_ERROR_EXIT = 120
@@ -66,6 +67,12 @@ _EXCEPTIONS = {
     for name, value in vars(builtins).items()
     if isinstance(value, type) and issubclass(value, Exception)
 }
+
+
+def _traceback():
+    import traceback  # only on failures: it costs start-up time on every run otherwise
+
+    return traceback
 
 
 # --------------------------------------------------------------------------------------------
@@ -270,18 +277,6 @@ def _serve(namespace: dict, entry_point: str, req_fd: int, resp_fd: int) -> None
         send(resp_fd, reply)
 
 
-def die_with_parent(parent: int) -> None:
-    """Have the kernel SIGKILL this process when its parent (pid ``parent``) dies."""
-    try:
-        import ctypes
-
-        ctypes.CDLL(None).prctl(1, 9, 0, 0, 0)  # PR_SET_PDEATHSIG, SIGKILL
-    except Exception:
-        return
-    if os.getppid() != parent:  # the parent died before the request took effect
-        os._exit(SETUP_ERROR_EXIT)
-
-
 def _watch_caller(alive_fd: int, exit_now) -> None:
     """Exit as soon as the caller goes away: it holds the only write end of ``alive_fd``.
 
@@ -314,7 +309,7 @@ def worker(argv: list[str]) -> int:
         apply_limits(cpu_seconds, memory_bytes, max_processes, max_file_bytes)
         apply_guards()
     except BaseException:
-        traceback.print_exc()
+        _traceback().print_exc()
         return SETUP_ERROR_EXIT
     try:
         code = compile(source, "<program>", "exec")
@@ -326,7 +321,7 @@ def worker(argv: list[str]) -> int:
         send(resp_fd, {"error": "SystemExit"})
         return 1
     except BaseException as exc:
-        traceback.print_exc()
+        _traceback().print_exc()
         send(resp_fd, {"error": _describe(exc)["type"]})
         return 1
     if mode == "program":
@@ -380,9 +375,9 @@ def _prctl_not_dumpable() -> None:
 
 def judge(argv: list[str]) -> int:
     """Decide the verdict; write ``TOKEN VERDICT_JSON`` to the verdict fd when tests passed."""
-    req_fd, resp_fd, verdict_fd, parent = (int(a) for a in argv[:4])
-    die_with_parent(parent)
-    _prctl_not_dumpable()
+    req_fd, resp_fd, verdict_fd = (int(a) for a in argv[:3])
+    if argv[3] == "guards":  # a same-user worker could otherwise read this process's memory
+        _prctl_not_dumpable()
     job = json.loads(sys.stdin.buffer.read().decode("utf-8"))
     token = job["token"]
 
@@ -414,7 +409,7 @@ def judge(argv: list[str]) -> int:
         namespace[job["entry_point"]] = candidate
         namespace["check"](candidate)
     except BaseException:
-        return verdict(False, traceback.format_exc())
+        return verdict(False, _traceback().format_exc())
     if calls[0] == 0:
         return verdict(False, "the tests never called the function")
     return verdict(True)

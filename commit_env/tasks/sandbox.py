@@ -14,7 +14,8 @@ the runner script :mod:`commit_env.tasks._sandbox_runner` (run by path, standard
   ``timeout``, ``RLIMIT_AS``/``RLIMIT_DATA`` from ``memory_mb``, ``RLIMIT_NPROC`` from
   ``max_processes``, ``RLIMIT_FSIZE`` from ``max_file_mb``, no core files) and, as a second layer,
   replaces destructive functions of ``os``/``posix``, ``shutil`` and ``subprocess`` by ones that
-  raise ``PermissionError``.
+  raise ``PermissionError``. The worker's interpreter starts without ``site`` (``-I -S``): programs
+  get the standard library only, which is all HumanEval needs, and start in about 20 ms.
 * the **judge** (trusted, outside the sandbox, never runs generated code) decides the verdict.
   With :func:`run_tests` it executes the trusted tests itself and calls ``check(candidate)``, where
   every call of ``candidate`` goes to the worker and only plain built-in values come back (an
@@ -219,7 +220,7 @@ def _spawn_bwrap(backend: _Bwrap, tail: list[str], tmp_bytes: int, **popen: Any)
             extra = {"user": _SANDBOX_UID, "group": _SANDBOX_UID, "extra_groups": []}
         pass_fds = tuple(popen.pop("pass_fds", ())) + (runner_fd,)
         return subprocess.Popen(
-            args + [backend.interpreter, "-I", _SANDBOX_RUNNER_PATH, *tail],
+            args + [backend.interpreter, "-I", "-S", _SANDBOX_RUNNER_PATH, *tail],
             pass_fds=pass_fds,
             **extra,
             **popen,
@@ -551,7 +552,7 @@ def _execute(
                 else:
                     assert workdir is not None
                     worker = subprocess.Popen(
-                        [sys.executable, "-I", str(RUNNER), *tail],
+                        [sys.executable, "-I", "-S", str(RUNNER), *tail],
                         pass_fds=(req_r, resp_w, alive_r),
                         cwd=workdir,
                         env=_minimal_env(workdir, tag),
@@ -560,7 +561,7 @@ def _execute(
                     )
                 judge = subprocess.Popen(
                     [sys.executable, "-I", "-S", str(RUNNER), "judge", str(req_w), str(resp_r)]
-                    + [str(verdict_w), str(os.getpid())],
+                    + [str(verdict_w), isolation],
                     stdin=job_file,
                     stdout=subprocess.DEVNULL,
                     stderr=judge_err,
