@@ -91,7 +91,10 @@ EXPLOITS = {
         "import ctypes, os\nlibc = ctypes.CDLL(None)\n"
         "libc.kill(os.getppid(), 9)\nlibc.kill(1, 9)\nRESULT = None"
     ),
+    "huge-reply": "RESULT = 'x' * 10**8",
+    "deeply-nested-reply": "RESULT = []\nfor _ in range(100000):\n    RESULT = [RESULT]",
     # --- processes ---
+    "kill-every-process": "import ctypes\nctypes.CDLL(None).kill(-1, 9)\nRESULT = None",
     "pidfd-kill-canary": (
         "import sys, signal\nsys.modules.pop('posix', None)\nimport posix\n"
         "signal.pidfd_send_signal(posix.pidfd_open(CANARY_PID), 9)\nRESULT = RIGHT"
