@@ -28,9 +28,14 @@ Isolation modes (``sandbox=`` argument, else the ``COMMIT_ENV_SANDBOX`` environm
 ``"auto"``): ``"auto"`` uses bubblewrap when it works here and otherwise falls back, with one
 warning per process, to the in-process guards and resource limits only (macOS, no bwrap, user
 namespaces disabled); ``"strict"`` raises :class:`SandboxUnavailable` instead of falling back;
-``"guards"`` asks for the guards-only mode without the warning. The guards stop accidents, not an
-attacker: without OS isolation a program using ``ctypes`` can write files, use the network and
-signal processes of the same user, so score adversarial code with isolation only.
+``"guards"`` asks for the guards-only mode without the warning. There is no ``unshare`` tier: run by
+root, ``unshare --map-root-user`` leaves the program host root inside its namespaces, which can
+still write ``/proc/sys``; bwrap run as nobody cannot. The sandbox's interpreter is the first that
+uid 65534 can run: the caller's own, else the system ``python3.X`` (a caller's interpreter under
+``/root`` is out of reach). There is no seccomp filter: the kernel's system calls remain reachable.
+The guards stop accidents, not an attacker: without OS isolation a program using ``ctypes`` can
+write files, use the network and signal processes of the same user, so score adversarial code
+with isolation only.
 
 :func:`run_sandboxed` runs a whole program and passes when it ran to completion (exiting early
 fails). That verdict resists exits but not forgery (the program shares a process with the code
