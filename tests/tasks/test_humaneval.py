@@ -15,7 +15,7 @@ from commit_env.tasks import get_task
 from commit_env.tasks import humaneval as humaneval_module
 from commit_env.tasks.base import Task
 from commit_env.tasks.humaneval import HumanEval, truncate_completion
-from commit_env.tasks.sandbox import run_sandboxed_many
+from commit_env.tasks.sandbox import run_tests_many
 
 PROBLEMS = [
     {
@@ -133,8 +133,8 @@ def test_real_dataset_canonical_pass_and_broken_fail() -> None:
     task = HumanEval()
     examples = task.load_examples()
     assert len(examples) == 164
-    canonical = [task.program(e, task.canonical_completion(e)) for e in examples]
-    results = run_sandboxed_many(canonical, max_workers=2, timeout=10.0)
+    jobs = [task._job(e, task.canonical_completion(e)) for e in examples]
+    results = run_tests_many(jobs, max_workers=2, timeout=10.0)
     failures = [
         (e.meta["task_id"], r.status, r.stderr[-300:])
         for e, r in zip(examples, results, strict=True)
@@ -142,11 +142,11 @@ def test_real_dataset_canonical_pass_and_broken_fail() -> None:
     ]
     assert failures == []
 
-    broken = [task.program(e, "    return None\n") for e in examples]
-    broken += [task.program(e, "    pass\n") for e in examples[::8]]
-    results = run_sandboxed_many(broken, max_workers=2, timeout=10.0)
-    assert not any(r.passed for r in results)
+    broken = [(e, "    return None\n") for e in examples]
+    broken += [(e, "    pass\n") for e in examples[::8]]
+    scores = task.score_many([e for e, _ in broken], [c for _, c in broken], max_workers=2)
+    assert not any(scores)
 
-    looping = [task.program(e, "    while True:\n        pass\n") for e in examples[:2]]
-    results = run_sandboxed_many(looping, max_workers=2, timeout=1.0)
+    looping = [task._job(e, "    while True:\n        pass\n") for e in examples[:2]]
+    results = run_tests_many(looping, max_workers=2, timeout=1.0)
     assert [r.status for r in results] == ["timeout", "timeout"]
