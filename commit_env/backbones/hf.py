@@ -7,8 +7,9 @@ Four families are supported:
 * ``llada``: LLaDA checkpoints (remote code, ``trust_remote_code=True``). Also aligned.
 * ``dream``: Dream checkpoints (remote code). Dream is initialised from an autoregressive model, so
   its raw logit ``i - 1`` predicts token ``i``; the adapter shifts them so the output is aligned.
-* ``diffusion-gemma``: transformers' native ``DiffusionGemmaForBlockDiffusion`` (uniform-noise block
-  diffusion, no mask token), through :class:`~commit_env.backbones.diffusion_gemma.DiffusionGemmaBackbone`.
+* ``diffusion-gemma``: transformers' native ``DiffusionGemmaForBlockDiffusion`` (uniform-noise
+  block diffusion, no mask token), through
+  :class:`~commit_env.backbones.diffusion_gemma.DiffusionGemmaBackbone`.
 
 transformers is imported lazily inside the functions that load a model, so importing this module
 (and :mod:`commit_env.backbones`) stays cheap.
