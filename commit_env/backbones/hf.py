@@ -262,6 +262,22 @@ class HFBackbone:
         # Dream's own modeling code does not take a 2-D padding mask: it wants the string "full"
         # or a 4-D [B, 1, L, L] mask (see _dream_attention_mask).
         self._dream_masking = "dream" in str(getattr(config, "model_type", "") or "").lower()
+        # A transformers-native decoder stack (Qwen2 holding Dream weights, Llama holding LLaDA
+        # weights) is causal by default; it is driven like the remote code drives its model: an
+        # explicit 4-D [B, 1, L, L] mask (which transformers uses as-is, so no causal triangle)
+        # plus per-row position ids. See _bidirectional_mask.
+        self._native_bidirectional = (
+            kind in ("llada", "dream")
+            and not self._dream_masking
+            and type(model).__module__.startswith("transformers.")
+        )
+        self._attn_implementation = str(getattr(config, "_attn_implementation", None) or "eager")
+        if self._native_bidirectional and self._attn_implementation.startswith("flash"):
+            raise BackboneUnavailable(
+                f"{self.name!r}: a {kind} model on a native transformers stack needs a 4-D "
+                f"attention mask, which {self._attn_implementation!r} does not take; load it "
+                "with attn_implementation='sdpa' or 'eager'"
+            )
         self._position_offset = _position_offset(model)
 
         if max_length is None:
@@ -310,6 +326,7 @@ class HFBackbone:
         eos_token_ids: Sequence[int] = (),
         max_length: int | None = None,
         add_special_tokens: bool = True,
+        attn_implementation: str | None = None,
         **options: Any,
     ) -> HFBackbone:
         """Load a checkpoint from the Hub or a local directory.
@@ -329,6 +346,8 @@ class HFBackbone:
             eos_token_ids: Extra end-of-completion ids.
             max_length: Override of the longest accepted canvas.
             add_special_tokens: Whether :meth:`encode` adds the tokenizer's special tokens.
+            attn_implementation: transformers attention kernel (``"sdpa"``, ``"eager"`` ...);
+                default: transformers' choice.
             **options: Options of the ``diffusion-gemma`` adapter (``canvas_length``,
                 ``noise_seed``, ``self_conditioning``, ``self_conditioning_cache``; see
                 :class:`~commit_env.backbones.diffusion_gemma.DiffusionGemmaBackbone`).
@@ -387,6 +406,7 @@ class HFBackbone:
             device=resolved_device,
             dtype=resolved_dtype,
             trust_remote_code=trust_remote_code,
+            attn_implementation=attn_implementation,
         )
         return target_cls(
             model,
@@ -411,6 +431,7 @@ class HFBackbone:
         device: torch.device,
         dtype: torch.dtype,
         trust_remote_code: bool,
+        attn_implementation: str | None = None,
     ) -> Any:
         """Load the model, trying the auto classes that fit ``kind`` until one yields logits."""
         if kind == "masked-lm":
@@ -427,9 +448,10 @@ class HFBackbone:
             if auto_cls is None:
                 errors.append(f"{auto_name}: not in transformers {transformers.__version__}")
                 continue
+            extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
             try:
                 model = auto_cls.from_pretrained(
-                    source, config=config, dtype=dtype, trust_remote_code=trust_remote_code
+                    source, config=config, dtype=dtype, trust_remote_code=trust_remote_code, **extra
                 )
             except (OSError, ValueError, KeyError) as exc:
                 errors.append(f"{auto_name}: {exc}")
@@ -509,7 +531,11 @@ class HFBackbone:
         model_mask: Any = attention_mask
         if self._dream_masking:
             model_mask = _dream_attention_mask(attention_mask)
+        elif self._native_bidirectional:
+            model_mask = _bidirectional_mask(attention_mask, self._attn_implementation, self.dtype)
         kwargs: dict[str, Any] = {"input_ids": canvas, "attention_mask": model_mask}
+        if "use_cache" in self._forward_params:
+            kwargs["use_cache"] = False  # one full forward per step: a KV cache is pure overhead
         if "position_ids" in self._forward_params:
             positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
             kwargs["position_ids"] = positions + self._position_offset
@@ -657,6 +683,25 @@ def _dream_attention_mask(attention_mask: torch.Tensor) -> str | torch.Tensor:
         return "full"
     keys = attention_mask.bool()[:, None, None, :]
     return keys.expand(-1, 1, attention_mask.shape[1], -1)
+
+
+def _bidirectional_mask(
+    attention_mask: torch.Tensor, attn_implementation: str, dtype: torch.dtype
+) -> torch.Tensor:
+    """A full (non-causal) 4-D ``[B, 1, L, L]`` mask that hides padded keys.
+
+    transformers passes a 4-D mask to the attention kernel as-is (no causal triangle is added),
+    which is how Dream's remote code makes its Qwen2 stack bidirectional and how a LLaMA stack
+    without the causal mask (LLaDA) is reproduced on ``LlamaForCausalLM``. SDPA takes a boolean
+    mask (True = attend); the eager kernel adds the mask to the scores, so it gets 0 / -inf-like
+    floats. Only keys are masked: padded query rows still see the real tokens, so their (ignored)
+    outputs stay finite.
+    """
+    keys = attention_mask.bool()[:, None, None, :].expand(-1, 1, attention_mask.shape[1], -1)
+    if attn_implementation == "sdpa":
+        return keys
+    additive = torch.zeros(keys.shape, dtype=dtype, device=keys.device)
+    return additive.masked_fill_(~keys, torch.finfo(dtype).min)
 
 
 def _yields_logits(model: Any, device: torch.device) -> bool:
