@@ -108,7 +108,7 @@ def _left_pad(rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _dream_reference(model, canvas: torch.Tensor, mask: torch.Tensor, impl: str) -> torch.Tensor:
-    """Dream's ``diffusion_generate`` forward: 4-D pairwise mask, cumsum positions, shifted logits."""
+    """Dream's ``diffusion_generate`` forward: 4-D pair mask, cumsum positions, shifted logits."""
     tok_idx = mask.long().cumsum(-1) - 1
     tok_idx = tok_idx.masked_fill(mask == 0, 1)
     pair = torch.logical_and(mask.bool()[:, None, None, :], mask.bool()[:, None, :, None])
@@ -133,7 +133,7 @@ def _later_token_changes_earlier_logits(backbone) -> bool:
     other[0, -1] = 13  # change only the last token
     a = backbone.forward(row, torch.ones_like(row)).logits
     b = backbone.forward(other, torch.ones_like(other)).logits
-    # Aligned logit 1 of a Dream model is raw logit 0; both see the last token only if bidirectional.
+    # Aligned logit 1 of a Dream model is raw logit 0: it sees the last token only if bidirectional.
     return not torch.allclose(a[0, 1], b[0, 1])
 
 
@@ -170,7 +170,7 @@ def test_dream_on_qwen2_matches_the_remote_code_forward(qwen2_dir, impl):
 
 
 def test_dream_config_flag_route_agrees(qwen2_dir, impl):
-    """transformers 5's ``config.is_causal = False`` gives the same full attention as the 4-D mask."""
+    """transformers 5's ``config.is_causal=False`` gives the same full attention as a 4-D mask."""
     backbone = load_backbone(
         f"hf:{qwen2_dir}",
         kind="dream",
