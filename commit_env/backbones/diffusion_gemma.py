@@ -125,6 +125,17 @@ class DiffusionGemmaBackbone(HFBackbone):
         super().__init__(model, tokenizer, name=name, kind=kind, **kwargs)
         self.reset()  # drop what the constructor's probe forward stored
 
+    def _find_mask_token_id(self, override: int | None) -> int:
+        # The placeholder never reaches the model. Without a tokenizer/config mask token, Gemma
+        # vocabularies' reserved ``<mask>`` token serves; otherwise the caller must name one.
+        if override is None and self._special_id("mask_token_id") is None:
+            convert = getattr(self.tokenizer, "convert_tokens_to_ids", None)
+            unk = getattr(self.tokenizer, "unk_token_id", None)
+            candidate = convert("<mask>") if callable(convert) else None
+            if isinstance(candidate, int) and candidate != unk:
+                return candidate
+        return super()._find_mask_token_id(override)
+
     def reset(self) -> None:
         """Forget every stored self-conditioning signal."""
         self._sc_entries.clear()

@@ -236,3 +236,22 @@ def test_eb_policy_matches_transformers_entropy_bound_sampler(backbone, gamma):
     assert torch.equal(ours, theirs)
     # Near-uniform random logits carry ~log(V) nats each: gamma decides how many are accepted.
     assert (theirs.sum(-1) == min(CANVAS, 1 + int(gamma // math.log(len(VOCAB) - 1)))).any()
+
+
+def test_placeholder_falls_back_to_gemma_mask_token(backbone):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from commit_env.backbones.diffusion_gemma import DiffusionGemmaBackbone
+
+    vocab = {("<mask>" if t == "[MASK]" else t): i for t, i in VOCAB.items()}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    no_mask = PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="[PAD]", eos_token="[EOS]", unk_token="[UNK]"
+    )
+    assert no_mask.mask_token_id is None
+    wrapped = DiffusionGemmaBackbone(backbone.model, no_mask, name="no-mask")
+    assert wrapped.mask_token_id == MASK
+    with pytest.raises(ValueError, match="canvas_length"):
+        DiffusionGemmaBackbone(backbone.model, no_mask, name="bad", canvas_length=0)
