@@ -255,3 +255,16 @@ def test_placeholder_falls_back_to_gemma_mask_token(backbone):
     assert wrapped.mask_token_id == MASK
     with pytest.raises(ValueError, match="canvas_length"):
         DiffusionGemmaBackbone(backbone.model, no_mask, name="bad", canvas_length=0)
+
+
+def test_rows_in_different_blocks_share_one_forward(dg_dir):
+    """Rows whose canvases sit in different blocks (different prefix lengths) batch exactly."""
+    backbone = _load(dg_dir, self_conditioning=False)
+    canvas, attention = _canvas([[BOS, 5, 6, 7], [BOS, 8]], 2 * CANVAS)
+    canvas[0, -2 * CANVAS : -CANVAS] = torch.arange(5, 5 + CANVAS)  # row 0: first block committed
+    together = backbone.forward(canvas, attention).logits
+    assert together[0, -2 * CANVAS : -CANVAS, :MASK].abs().max() == 0  # row 0 decodes block 2
+    assert together[1, -CANVAS:, :MASK].abs().max() == 0  # row 1 still decodes block 1
+    for b in range(2):
+        alone = backbone.forward(canvas[b : b + 1], attention[b : b + 1]).logits
+        torch.testing.assert_close(together[b : b + 1], alone, rtol=1e-4, atol=1e-4)
