@@ -18,10 +18,17 @@ Every ``generate_until`` request is decoded by the library's one batched decode 
 reported next to the harness metrics: in ``results["config"]["commit_env"]`` (and so in lm-eval's
 output JSON), in the log, and printed by the command line above.
 
-Log-likelihood requests (``loglikelihood``, ``loglikelihood_rolling``: multiple-choice and
-perplexity tasks) are not supported: a masked diffusion model has no exact sequence likelihood,
-and the Monte-Carlo ELBO estimates that LLaDA and Dream report are a separate method with its own
-variance/cost knobs. They raise :class:`NotImplementedError` naming the request type.
+Log-likelihood requests: a masked diffusion model has no exact sequence likelihood.
+``loglikelihood`` (multiple-choice tasks) is available as an opt-in *approximation*, the
+Monte-Carlo estimate of the masked-diffusion ELBO that LLaDA reports (its Eq. 6): with the
+continuation's L tokens, draw ``l`` uniformly from 1..L, mask ``l`` random continuation positions,
+and score ``(L / l) * sum of log p(token)`` over the masked ones in one forward; the mean over
+``loglikelihood_samples`` draws (seeded) is a lower bound in expectation, noisy for few samples.
+``is_greedy`` is a one-step check: every continuation token is the argmax when all of them are
+masked at once. Without ``loglikelihood_samples`` (default 0) the request raises
+:class:`NotImplementedError`, as it does for the diffusion-gemma kind (uniform noise, no mask
+token, so this estimator does not apply) and always for ``loglikelihood_rolling`` (perplexity).
+These scores come from backbone forwards, not from decoding, and do not enter the NFE accounting.
 """
 
 from __future__ import annotations
@@ -105,6 +112,8 @@ class CommitEnvLM(LM):
         max_batch_size: Accepted for lm-eval compatibility; unused.
         trust_remote_code: Allow remote modeling code (LLaDA, Dream checkpoints).
         eos_stop: Stop a row once an EOS is committed and everything before it is.
+        loglikelihood_samples: Monte-Carlo draws per ``loglikelihood`` request (0: such requests
+            raise ``NotImplementedError``; see the module docstring for the estimator).
 
     Raises:
         ValueError: On an unknown policy / window or a non-positive length or batch size.
@@ -128,6 +137,7 @@ class CommitEnvLM(LM):
         max_batch_size: int | None = None,
         trust_remote_code: bool = False,
         eos_stop: bool = True,
+        loglikelihood_samples: int = 0,
     ) -> None:
         super().__init__()
         if isinstance(policy, str):
@@ -154,6 +164,9 @@ class CommitEnvLM(LM):
         self.seed = int(seed)
         self.eos_stop = bool(eos_stop)
         self.batch_size = int(batch_size)
+        if int(loglikelihood_samples) < 0:
+            raise ValueError(f"loglikelihood_samples must be >= 0, got {loglikelihood_samples}")
+        self.loglikelihood_samples = int(loglikelihood_samples)
         self.max_batch_size = max_batch_size
         if device is not None and str(device).startswith("cuda") and not _cuda_available():
             # lm-eval's command line passes device="cuda:0" unless told otherwise.
@@ -205,16 +218,83 @@ class CommitEnvLM(LM):
     # ------------------------------------------------------------------ requests
 
     def loglikelihood(self, requests: list[Any]) -> list[tuple[float, bool]]:
-        """Not supported: a masked diffusion LM has no exact likelihood (see the module doc).
+        """Monte-Carlo ELBO of each continuation (opt-in approximation; see the module docstring).
+
+        Args:
+            requests: lm-eval ``Instance`` objects whose ``args`` are ``(context, continuation)``.
+
+        Returns:
+            ``(estimated log-likelihood, is_greedy)`` per request.
 
         Raises:
-            NotImplementedError: Always.
+            NotImplementedError: If ``loglikelihood_samples`` is 0 or the backbone has no mask
+                token semantics (diffusion-gemma).
+            ValueError: If a continuation is empty or context + continuation do not fit.
         """
-        raise NotImplementedError(
-            f"the {MODEL_NAME} model runs generate_until tasks only; loglikelihood requests "
-            f"({len(requests)} here, from multiple-choice tasks) need a likelihood estimate that "
-            "a masked diffusion model does not define exactly; pick generation tasks (e.g. gsm8k)"
-        )
+        if self.loglikelihood_samples < 1:
+            raise NotImplementedError(
+                f"the {MODEL_NAME} model answers loglikelihood requests ({len(requests)} here, "
+                "from multiple-choice tasks) only with the Monte-Carlo ELBO approximation; "
+                "enable it with loglikelihood_samples=N in --model_args, or pick generate_until "
+                "tasks (e.g. gsm8k)"
+            )
+        if getattr(self.backbone, "kind", None) == "diffusion-gemma":
+            raise NotImplementedError(
+                "loglikelihood is not available for the diffusion-gemma kind: it diffuses with "
+                "uniform noise, not masks, so the masked-diffusion ELBO does not apply"
+            )
+        import torch  # noqa: PLC0415
+
+        generator = torch.Generator().manual_seed(self.seed)
+        out: list[tuple[float, bool]] = []
+        for request in requests:
+            context, continuation = request.args
+            result = self._elbo(str(context), str(continuation), generator)
+            out.append(result)
+            self.cache_hook.add_partial("loglikelihood", request.args, result)
+        return out
+
+    def _elbo(self, context: str, continuation: str, generator: Any) -> tuple[float, bool]:
+        import torch  # noqa: PLC0415
+
+        target = list(self.tokenizer(continuation, add_special_tokens=False)["input_ids"])
+        if not target:
+            raise ValueError(f"continuation {continuation!r} is empty after tokenization")
+        L = len(target)
+        room = self.max_length - L
+        if room < 0:
+            raise ValueError(
+                f"a continuation of {L} tokens does not fit backbone {self.backbone_name!r} "
+                f"(max_length {self.max_length})"
+            )
+        prefix = list(self.backbone.encode([context])[0]) if context else []
+        prefix = prefix[len(prefix) - room :] if len(prefix) > room else prefix
+        device, mask_id, P = self.backbone.device, self.backbone.mask_token_id, len(prefix)
+        row = torch.tensor(prefix + target, dtype=torch.long)
+        goal = torch.tensor(target, dtype=torch.long)
+
+        def log_probs(masks: torch.Tensor) -> torch.Tensor:  # [S, L] bool -> [S, L] log p
+            canvas = row.repeat(len(masks), 1)
+            canvas[:, P:] = torch.where(masks, mask_id, goal)
+            logits = self.backbone.forward(canvas.to(device), torch.ones_like(canvas).to(device))
+            logp = logits.logits[:, P:].float().log_softmax(-1).cpu()
+            return logp.gather(-1, goal.expand(len(masks), L)[..., None]).squeeze(-1)
+
+        S = self.loglikelihood_samples
+        counts = torch.randint(1, L + 1, (S,), generator=generator)  # l ~ U{1..L}
+        order = torch.rand((S, L), generator=generator).argsort(-1)
+        masks = order < counts[:, None]  # l random masked positions per draw
+        estimates = []
+        for chunk in range(0, S, self.batch_size):
+            m = masks[chunk : chunk + self.batch_size]
+            lp = log_probs(m)
+            weight = L / m.sum(-1).float()
+            estimates.append((lp * m).sum(-1) * weight)
+        canvas = row.clone()[None]
+        canvas[:, P:] = mask_id
+        logits = self.backbone.forward(canvas.to(device), torch.ones_like(canvas).to(device))
+        greedy = bool((logits.logits[0, P:].argmax(-1).cpu() == goal).all())
+        return float(torch.cat(estimates).mean()), greedy
 
     def loglikelihood_rolling(self, requests: list[Any]) -> list[float]:
         """Not supported (perplexity tasks); see :meth:`loglikelihood`.
@@ -223,8 +303,9 @@ class CommitEnvLM(LM):
             NotImplementedError: Always.
         """
         raise NotImplementedError(
-            f"the {MODEL_NAME} model runs generate_until tasks only; loglikelihood_rolling "
-            f"requests ({len(requests)} here, from perplexity tasks) are not supported"
+            f"the {MODEL_NAME} model does not support loglikelihood_rolling requests "
+            f"({len(requests)} here, from perplexity tasks): a masked diffusion model has no "
+            "exact sequence likelihood"
         )
 
     def generate_until(self, requests: list[Any], disable_tqdm: bool = False) -> list[str]:

@@ -19,6 +19,7 @@ from commit_env.policies import make_policy  # noqa: E402
 from commit_env.tasks import get_task  # noqa: E402
 
 TASK = "commit_env_tiny_sums"
+MC_TASK = "commit_env_tiny_sums_mc"
 N_DOCS = 6
 
 
@@ -53,6 +54,27 @@ metric_list:
     higher_is_better: true
 """
     )
+    # The same prompts as a multiple-choice task: the reference against an invalid sum.
+    choices = "\n".join(
+        json.dumps({"question": r["question"], "choices": [r["answer"], "9+9"], "label": 0})
+        for r in rows
+    )
+    (folder / "sums_mc.jsonl").write_text(choices + "\n")
+    (folder / "sums_mc.yaml").write_text(
+        f"""task: {MC_TASK}
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {folder / "sums_mc.jsonl"}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "{{{{question}}}}"
+doc_to_choice: "{{{{choices}}}}"
+doc_to_target: label
+metric_list:
+  - metric: acc
+"""
+    )
     return folder
 
 
@@ -73,9 +95,12 @@ def test_run_harness_uses_the_engine_and_reports_accounting(task_dir):
     from commit_env.evaluation.harness import run_harness
 
     results = run_harness(
-        [TASK], include_path=str(task_dir), include_defaults=False, backbone="tiny", policy="eb",
-        policy_args="gamma=0.5", window="block:4", batch_size=4, device="cpu",
+        [TASK, MC_TASK], include_path=str(task_dir), include_defaults=False, backbone="tiny",
+        policy="eb", policy_args="gamma=0.5", window="block:4", batch_size=4, device="cpu",
+        loglikelihood_samples=4,
     )  # fmt: skip
+    # Multiple choice through the Monte-Carlo ELBO: the valid sums beat "9+9" on every doc.
+    assert results["results"][MC_TASK]["acc,none"] == pytest.approx(1.0)
     metrics = results["results"][TASK]
     score = metrics["exact_match,none"]
     assert 0.0 <= score <= 1.0
@@ -118,11 +143,11 @@ def test_generate_until_cuts_and_groups(task_dir):
     assert acct["nfe"] == 4 + 3  # top-2 per step: ceil(8/2) + ceil(6/2) forwards
 
 
-def test_loglikelihood_is_a_clear_error():
+def test_loglikelihood_needs_opt_in_and_rolling_is_a_clear_error():
     from commit_env.evaluation.harness import CommitEnvLM
 
     lm = CommitEnvLM(backbone="tiny", device="cpu")
-    with pytest.raises(NotImplementedError, match="generate_until tasks only"):
+    with pytest.raises(NotImplementedError, match="loglikelihood_samples"):
         lm.loglikelihood([])
     with pytest.raises(NotImplementedError, match="perplexity"):
         lm.loglikelihood_rolling([])
@@ -130,6 +155,37 @@ def test_loglikelihood_is_a_clear_error():
         CommitEnvLM(backbone="tiny", policy="nope", device="cpu")
     with pytest.raises(ValueError, match="policy_args"):
         CommitEnvLM(backbone="tiny", policy="eb", policy_args="gamma", device="cpu")
+    with pytest.raises(ValueError, match="loglikelihood_samples"):
+        CommitEnvLM(backbone="tiny", loglikelihood_samples=-1, device="cpu")
+
+
+def test_loglikelihood_monte_carlo_elbo():
+    import torch
+    from commit_env.evaluation.harness import CommitEnvLM
+    from lm_eval.api.instance import Instance
+
+    lm = CommitEnvLM(backbone="tiny", device="cpu", loglikelihood_samples=8, batch_size=4)
+    backbone = lm.backbone
+    context, one = "sum 2 digits to 9:", "4"
+    # One continuation token: l = 1 always, so the estimate is exactly log p(token | masked).
+    ((ll, greedy),) = lm.loglikelihood([Instance("loglikelihood", {}, (context, one), 0)])
+    prefix = backbone.encode([context])[0]
+    target = lm.tokenizer(one, add_special_tokens=False)["input_ids"]
+    canvas = torch.tensor([prefix + [backbone.mask_token_id]])
+    logp = backbone.forward(canvas, torch.ones_like(canvas)).logits[0, -1].float().log_softmax(-1)
+    assert ll == pytest.approx(float(logp[target[0]]), abs=1e-5)
+    assert greedy == (int(logp.argmax()) == target[0])
+    # Longer continuations: a finite non-positive estimate, reproducible from the seed.
+    requests = [
+        Instance("loglikelihood", {}, (context, c), i) for i, c in enumerate(["4+5", "9+9"])
+    ]
+    first = lm.loglikelihood(requests)
+    again = CommitEnvLM(backbone="tiny", device="cpu", loglikelihood_samples=8).loglikelihood(
+        requests
+    )
+    assert first == again
+    assert all(v <= 0 and np.isfinite(v) for v, _ in first)
+    assert first[0][0] > first[1][0]  # a valid sum scores higher than an invalid one
 
 
 @pytest.mark.slow  # ~40 s: lm-eval's CLI indexes all built-in tasks; run_harness covers the rest
