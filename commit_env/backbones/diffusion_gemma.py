@@ -63,7 +63,9 @@ class DiffusionGemmaBackbone(HFBackbone):
         canvas_length: Width C of the decoder canvas (the model's block length).
         noise_seed: Seed of the uniform noise that stands in for uncommitted positions.
         self_conditioning: Whether the previous step's logits are fed back to the decoder.
-        self_conditioning_cache: Most self-conditioning entries kept (oldest dropped first).
+        self_conditioning_cache: Most self-conditioning entries kept (oldest dropped first);
+            ``None`` keeps twice the largest batch seen. One entry is ``canvas_length x V``
+            logits in the model's dtype (what transformers' ``generate`` keeps per row).
         noise_vocab_size: Noise tokens are drawn from ``[0, noise_vocab_size)``.
     """
 
@@ -77,7 +79,7 @@ class DiffusionGemmaBackbone(HFBackbone):
         canvas_length: int | None = None,
         noise_seed: int = 0,
         self_conditioning: bool = True,
-        self_conditioning_cache: int = 256,
+        self_conditioning_cache: int | None = None,
         **kwargs: Any,
     ) -> None:
         """Wrap a loaded ``DiffusionGemmaForBlockDiffusion`` and its tokenizer.
@@ -91,7 +93,8 @@ class DiffusionGemmaBackbone(HFBackbone):
             canvas_length: Decoder canvas width; default ``model.config.canvas_length``.
             noise_seed: Seed of the placeholder noise.
             self_conditioning: Feed the previous step's logits back (see the module docstring).
-            self_conditioning_cache: Most self-conditioning entries kept (>= 1).
+            self_conditioning_cache: Most self-conditioning entries kept (>= 1); default twice
+                the largest batch seen.
             **kwargs: Passed to :class:`HFBackbone` (``mask_token_id``, ``pad_token_id``, ...).
 
         Raises:
@@ -105,14 +108,17 @@ class DiffusionGemmaBackbone(HFBackbone):
             canvas_length = getattr(config, "canvas_length", None) or 256
         if int(canvas_length) < 1:
             raise ValueError(f"canvas_length must be positive, got {canvas_length}")
-        if int(self_conditioning_cache) < 1:
+        if self_conditioning_cache is not None and int(self_conditioning_cache) < 1:
             raise ValueError(
                 f"self_conditioning_cache must be positive, got {self_conditioning_cache}"
             )
         self.canvas_length = int(canvas_length)
         self.noise_seed = int(noise_seed)
         self.self_conditioning = bool(self_conditioning)
-        self.self_conditioning_cache = int(self_conditioning_cache)
+        self.self_conditioning_cache = (
+            None if self_conditioning_cache is None else int(self_conditioning_cache)
+        )
+        self._largest_batch = 1
         text_config = config.get_text_config()
         self.noise_vocab_size = int(text_config.vocab_size)
         bos = getattr(text_config, "bos_token_id", None)
@@ -185,7 +191,8 @@ class DiffusionGemmaBackbone(HFBackbone):
         entries.append((tokens, logits))
         self._sc_count += 1
         self._sc_entries.move_to_end(key)
-        while self._sc_count > self.self_conditioning_cache:
+        limit = self.self_conditioning_cache or 2 * self._largest_batch
+        while self._sc_count > limit:
             oldest = next(iter(self._sc_entries))
             dropped = self._sc_entries.pop(oldest)
             self._sc_count -= len(dropped)
@@ -201,6 +208,7 @@ class DiffusionGemmaBackbone(HFBackbone):
         cpu_canvas = canvas.cpu()
         cpu_att = attention_mask.cpu().bool()
         B, L = cpu_canvas.shape
+        self._largest_batch = max(self._largest_batch, B)
         start, C, W = self._layout(cpu_canvas, cpu_att)  # W = prefix width (left-padded)
 
         # Prefix [B, W]: canvas columns start - W .. start - 1 (negative ones are padding).

@@ -268,3 +268,23 @@ def test_rows_in_different_blocks_share_one_forward(dg_dir):
     for b in range(2):
         alone = backbone.forward(canvas[b : b + 1], attention[b : b + 1]).logits
         torch.testing.assert_close(together[b : b + 1], alone, rtol=1e-4, atol=1e-4)
+
+
+def test_self_conditioning_survives_batch_changes_and_is_bounded(dg_dir):
+    prompts = [[BOS, 5, 6], [BOS, 7, 8, 9], [BOS, 10]]
+    together, alone = _load(dg_dir), _load(dg_dir)
+    canvas, attention = _canvas(prompts, CANVAS)
+    first = together.forward(canvas, attention).logits
+    alone.forward(canvas[1:2], attention[1:2])
+    canvas[:, -1] = first[:, -1].argmax(-1)  # every row commits its last position
+    # The engine drops finished rows from its forwards: row 1 alone must find its own lineage.
+    second = together.forward(canvas[1:2], attention[1:2]).logits
+    torch.testing.assert_close(second, alone.forward(canvas[1:2], attention[1:2]).logits)
+    assert together._sc_count <= 2 * 3
+    for seed in range(5):  # unrelated prompts never grow the store past twice the largest batch
+        other, other_att = _canvas([[BOS, 11 + seed], [BOS, 12 + seed, 5]], CANVAS)
+        together.forward(other, other_att)
+    assert together._sc_count <= 2 * 3
+    bounded = _load(dg_dir, self_conditioning_cache=1)
+    bounded.forward(canvas, attention)
+    assert bounded._sc_count == 1
