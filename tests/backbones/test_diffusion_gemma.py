@@ -288,3 +288,30 @@ def test_self_conditioning_survives_batch_changes_and_is_bounded(dg_dir):
     bounded = _load(dg_dir, self_conditioning_cache=1)
     bounded.forward(canvas, attention)
     assert bounded._sc_count == 1
+
+
+def test_logits_equal_transformers_own_forward(dg_dir, monkeypatch):
+    """On an unpadded row the adapter's logits are the model's own forward on the same canvas."""
+    from transformers import DynamicCache
+
+    backbone = _load(dg_dir, self_conditioning=False)
+    seen = {}
+    original = backbone.model.forward
+
+    def spy(**kwargs):
+        seen.update(kwargs)
+        return original(**kwargs)
+
+    monkeypatch.setattr(backbone.model, "forward", spy)
+    prompt = [BOS, 5, 6, 7, 8]
+    canvas, attention = _canvas([prompt], CANVAS)
+    ours = backbone.forward(canvas, attention).logits[0, -CANVAS:]
+    noise = seen["decoder_input_ids"]
+    monkeypatch.undo()
+    cache = DynamicCache(config=backbone.model.config.get_text_config(decoder=True))
+    with torch.no_grad():  # default positions and masks, as DiffusionGemma's generate uses them
+        theirs = backbone.model(
+            input_ids=torch.tensor([prompt]), cache=cache, decoder_input_ids=noise
+        ).logits[0]
+    theirs[:, MASK] = ours[:, MASK]  # the adapter only excludes the placeholder id
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
