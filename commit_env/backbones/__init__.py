@@ -148,7 +148,8 @@ def load_backbone(
 
     Args:
         spec: ``"tiny"`` (see :func:`list_backbones`) or ``"hf:<name-or-path>"``.
-        kind: ``"auto"``, ``"masked-lm"``, ``"llada"`` or ``"dream"`` (see :class:`HFBackbone`).
+        kind: ``"auto"``, ``"masked-lm"``, ``"llada"``, ``"dream"`` or ``"diffusion-gemma"`` (see
+            :class:`HFBackbone`).
         device: Device for the model; default CUDA when available, else CPU.
         dtype: Model dtype (torch dtype or name such as ``"bf16"``); default bfloat16 on CUDA
             when supported, else float32.

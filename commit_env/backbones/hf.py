@@ -1,12 +1,15 @@
 """A :class:`~commit_env.backbones.base.Backbone` around a Hugging Face transformers checkpoint.
 
-Three families are supported:
+Four families are supported:
 
 * ``masked-lm``: any ``AutoModelForMaskedLM`` checkpoint (BERT, RoBERTa, ModernBERT, MDLM-style
   models). Logit ``i`` already scores token ``i``.
 * ``llada``: LLaDA checkpoints (remote code, ``trust_remote_code=True``). Also aligned.
 * ``dream``: Dream checkpoints (remote code). Dream is initialised from an autoregressive model, so
   its raw logit ``i - 1`` predicts token ``i``; the adapter shifts them so the output is aligned.
+* ``diffusion-gemma``: transformers' native ``DiffusionGemmaForBlockDiffusion`` (uniform-noise
+  block diffusion, no mask token), through
+  :class:`~commit_env.backbones.diffusion_gemma.DiffusionGemmaBackbone`.
 
 transformers is imported lazily inside the functions that load a model, so importing this module
 (and :mod:`commit_env.backbones`) stays cheap.
@@ -26,8 +29,9 @@ from commit_env.errors import BackboneUnavailable
 
 __all__ = ["HFBackbone", "Kind", "resolve_device", "resolve_dtype"]
 
-Kind = Literal["auto", "masked-lm", "llada", "dream"]
-_KINDS: tuple[str, ...] = ("auto", "masked-lm", "llada", "dream")
+Kind = Literal["auto", "masked-lm", "llada", "dream", "diffusion-gemma"]
+_KINDS: tuple[str, ...] = ("auto", "masked-lm", "llada", "dream", "diffusion-gemma")
+_CONCRETE_KINDS: tuple[str, ...] = _KINDS[1:]
 
 # LLaDA's released checkpoints use this id for ``<|mdm_mask|>``; older configs do not record it.
 _LLADA_MASK_TOKEN_ID = 126336
@@ -99,6 +103,8 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
 
 def _detect_kind(config: Any) -> str:
     model_type = str(getattr(config, "model_type", "") or "").lower()
+    if model_type.replace("-", "_").startswith("diffusion_gemma"):
+        return "diffusion-gemma"
     if "llada" in model_type:
         return "llada"
     if "dream" in model_type:
@@ -186,7 +192,7 @@ class HFBackbone:
 
     Attributes:
         name: The spec the backbone was loaded from.
-        kind: ``"masked-lm"``, ``"llada"`` or ``"dream"``.
+        kind: ``"masked-lm"``, ``"llada"``, ``"dream"`` or ``"diffusion-gemma"``.
         model: The underlying transformers model.
         tokenizer: The transformers tokenizer.
         mask_token_id: Id of the mask token.
@@ -219,7 +225,9 @@ class HFBackbone:
             model: A transformers model whose forward returns ``.logits`` of shape ``[B, L, V]``.
             tokenizer: The matching transformers tokenizer.
             name: Spec string recorded as :attr:`name`.
-            kind: ``"masked-lm"``, ``"llada"`` or ``"dream"`` (``"dream"`` shifts logits right).
+            kind: ``"masked-lm"``, ``"llada"``, ``"dream"`` (shifts logits right) or
+                ``"diffusion-gemma"`` (only through its subclass
+                :class:`~commit_env.backbones.diffusion_gemma.DiffusionGemmaBackbone`).
             mask_token_id: Override of the mask token id (default: tokenizer, then config).
             pad_token_id: Override of the padding id (default: tokenizer, then config, then EOS).
             eos_token_ids: Extra ids that end a completion, added to the tokenizer/config ones.
@@ -231,8 +239,8 @@ class HFBackbone:
                 model's forward does not return logits.
             ValueError: If ``kind`` is not one of the concrete kinds.
         """
-        if kind not in ("masked-lm", "llada", "dream"):
-            raise ValueError(f"kind must be 'masked-lm', 'llada' or 'dream', got {kind!r}")
+        if kind not in _CONCRETE_KINDS:
+            raise ValueError(f"kind must be one of {', '.join(_CONCRETE_KINDS)}, got {kind!r}")
         self.name = name
         self.kind = kind
         self.model = model
@@ -254,6 +262,22 @@ class HFBackbone:
         # Dream's own modeling code does not take a 2-D padding mask: it wants the string "full"
         # or a 4-D [B, 1, L, L] mask (see _dream_attention_mask).
         self._dream_masking = "dream" in str(getattr(config, "model_type", "") or "").lower()
+        # A transformers-native decoder stack (Qwen2 holding Dream weights, Llama holding LLaDA
+        # weights) is causal by default; it is driven like the remote code drives its model: an
+        # explicit 4-D [B, 1, L, L] mask (which transformers uses as-is, so no causal triangle)
+        # plus per-row position ids. See _bidirectional_mask.
+        self._native_bidirectional = (
+            kind in ("llada", "dream")
+            and not self._dream_masking
+            and type(model).__module__.startswith("transformers.")
+        )
+        self._attn_implementation = str(getattr(config, "_attn_implementation", None) or "eager")
+        if self._native_bidirectional and self._attn_implementation.startswith("flash"):
+            raise BackboneUnavailable(
+                f"{self.name!r}: a {kind} model on a native transformers stack needs a 4-D "
+                f"attention mask, which {self._attn_implementation!r} does not take; load it "
+                "with attn_implementation='sdpa' or 'eager'"
+            )
         self._position_offset = _position_offset(model)
 
         if max_length is None:
@@ -302,13 +326,16 @@ class HFBackbone:
         eos_token_ids: Sequence[int] = (),
         max_length: int | None = None,
         add_special_tokens: bool = True,
+        attn_implementation: str | None = None,
+        **options: Any,
     ) -> HFBackbone:
         """Load a checkpoint from the Hub or a local directory.
 
         Args:
             name_or_path: Hub repository id or local checkpoint directory.
-            kind: ``"auto"`` detects from ``config.model_type`` (contains ``"llada"`` -> llada,
-                ``"dream"`` -> dream, anything else -> masked-lm).
+            kind: ``"auto"`` detects from ``config.model_type`` (``diffusion_gemma`` ->
+                diffusion-gemma, contains ``"llada"`` -> llada, ``"dream"`` -> dream, anything
+                else -> masked-lm).
             device: Where to put the model; default CUDA when available, else CPU.
             dtype: Model dtype (torch dtype or ``"float32"``, ``"bf16"``, ``"fp16"`` ...); default
                 bfloat16 on CUDA when supported, else float32.
@@ -319,14 +346,20 @@ class HFBackbone:
             eos_token_ids: Extra end-of-completion ids.
             max_length: Override of the longest accepted canvas.
             add_special_tokens: Whether :meth:`encode` adds the tokenizer's special tokens.
+            attn_implementation: transformers attention kernel (``"sdpa"``, ``"eager"`` ...);
+                default: transformers' choice.
+            **options: Options of the ``diffusion-gemma`` adapter (``canvas_length``,
+                ``noise_seed``, ``self_conditioning``, ``self_conditioning_cache``; see
+                :class:`~commit_env.backbones.diffusion_gemma.DiffusionGemmaBackbone`).
 
         Returns:
-            The loaded backbone.
+            The loaded backbone (a ``DiffusionGemmaBackbone`` for ``kind="diffusion-gemma"``).
 
         Raises:
             BackboneUnavailable: If the checkpoint cannot be loaded, needs ``trust_remote_code``,
                 has no mask token, or its model does not return logits.
             ValueError: If ``kind`` or ``dtype`` is invalid.
+            TypeError: If ``options`` are given for a kind that takes none.
         """
         if kind not in _KINDS:
             raise ValueError(f"kind must be one of {', '.join(_KINDS)}, got {kind!r}")
@@ -347,6 +380,16 @@ class HFBackbone:
             raise BackboneUnavailable(f"cannot load the config of {source!r}{hint}: {exc}") from exc
         if kind == "auto":
             kind = _detect_kind(config)  # type: ignore[assignment]
+        target_cls: type[HFBackbone] = cls
+        if kind == "diffusion-gemma":
+            from commit_env.backbones.diffusion_gemma import DiffusionGemmaBackbone
+
+            target_cls = DiffusionGemmaBackbone
+        elif options:
+            raise TypeError(
+                f"unexpected options {sorted(options)} for a {kind} backbone (only the "
+                "diffusion-gemma kind takes extra options)"
+            )
 
         try:
             tokenizer = transformers.AutoTokenizer.from_pretrained(
@@ -363,8 +406,9 @@ class HFBackbone:
             device=resolved_device,
             dtype=resolved_dtype,
             trust_remote_code=trust_remote_code,
+            attn_implementation=attn_implementation,
         )
-        return cls(
+        return target_cls(
             model,
             tokenizer,
             name=name if name is not None else f"hf:{source}",
@@ -374,6 +418,7 @@ class HFBackbone:
             eos_token_ids=eos_token_ids,
             max_length=max_length,
             add_special_tokens=add_special_tokens,
+            **options,
         )
 
     @staticmethod
@@ -386,20 +431,27 @@ class HFBackbone:
         device: torch.device,
         dtype: torch.dtype,
         trust_remote_code: bool,
+        attn_implementation: str | None = None,
     ) -> Any:
         """Load the model, trying the auto classes that fit ``kind`` until one yields logits."""
         if kind == "masked-lm":
             candidates = ["AutoModelForMaskedLM"]
+        elif kind == "diffusion-gemma":
+            candidates = ["DiffusionGemmaForBlockDiffusion"]
         else:
             # LLaDA/Dream remote code maps AutoModel to the LM class; checkpoints that map it to a
             # headless base model still load through the causal-LM head.
             candidates = ["AutoModel", "AutoModelForCausalLM", "AutoModelForMaskedLM"]
         errors: list[str] = []
         for auto_name in candidates:
-            auto_cls = getattr(transformers, auto_name)
+            auto_cls = getattr(transformers, auto_name, None)
+            if auto_cls is None:
+                errors.append(f"{auto_name}: not in transformers {transformers.__version__}")
+                continue
+            extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
             try:
                 model = auto_cls.from_pretrained(
-                    source, config=config, dtype=dtype, trust_remote_code=trust_remote_code
+                    source, config=config, dtype=dtype, trust_remote_code=trust_remote_code, **extra
                 )
             except (OSError, ValueError, KeyError) as exc:
                 errors.append(f"{auto_name}: {exc}")
@@ -479,7 +531,11 @@ class HFBackbone:
         model_mask: Any = attention_mask
         if self._dream_masking:
             model_mask = _dream_attention_mask(attention_mask)
+        elif self._native_bidirectional:
+            model_mask = _bidirectional_mask(attention_mask, self._attn_implementation, self.dtype)
         kwargs: dict[str, Any] = {"input_ids": canvas, "attention_mask": model_mask}
+        if "use_cache" in self._forward_params:
+            kwargs["use_cache"] = False  # one full forward per step: a KV cache is pure overhead
         if "position_ids" in self._forward_params:
             positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
             kwargs["position_ids"] = positions + self._position_offset
@@ -627,6 +683,25 @@ def _dream_attention_mask(attention_mask: torch.Tensor) -> str | torch.Tensor:
         return "full"
     keys = attention_mask.bool()[:, None, None, :]
     return keys.expand(-1, 1, attention_mask.shape[1], -1)
+
+
+def _bidirectional_mask(
+    attention_mask: torch.Tensor, attn_implementation: str, dtype: torch.dtype
+) -> torch.Tensor:
+    """A full (non-causal) 4-D ``[B, 1, L, L]`` mask that hides padded keys.
+
+    transformers passes a 4-D mask to the attention kernel as-is (no causal triangle is added),
+    which is how Dream's remote code makes its Qwen2 stack bidirectional and how a LLaMA stack
+    without the causal mask (LLaDA) is reproduced on ``LlamaForCausalLM``. SDPA takes a boolean
+    mask (True = attend); the eager kernel adds the mask to the scores, so it gets 0 / -inf-like
+    floats. Only keys are masked: padded query rows still see the real tokens, so their (ignored)
+    outputs stay finite.
+    """
+    keys = attention_mask.bool()[:, None, None, :].expand(-1, 1, attention_mask.shape[1], -1)
+    if attn_implementation == "sdpa":
+        return keys
+    additive = torch.zeros(keys.shape, dtype=dtype, device=keys.device)
+    return additive.masked_fill_(~keys, torch.finfo(dtype).min)
 
 
 def _yields_logits(model: Any, device: torch.device) -> bool:

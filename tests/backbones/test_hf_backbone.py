@@ -325,8 +325,9 @@ def test_dream_shift(causal_dir):
     raw_model = AutoModelForCausalLM.from_pretrained(causal_dir, dtype=torch.float32).eval()
     row = torch.tensor([ROWS[1]])
     out = backbone.forward(row, torch.ones_like(row), hidden_layers=[-1])
+    full = torch.ones((1, 1, row.shape[1], row.shape[1]), dtype=torch.bool)  # Dream: no causal mask
     with torch.no_grad():
-        raw = raw_model(input_ids=row, output_hidden_states=True)
+        raw = raw_model(input_ids=row, attention_mask=full, output_hidden_states=True)
     aligned = out.logits
     assert aligned.shape == (1, len(ROWS[1]), len(VOCAB))
     torch.testing.assert_close(aligned[:, 0], raw.logits[:, 0])
