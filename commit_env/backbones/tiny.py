@@ -151,7 +151,8 @@ class TinyBackboneTrainConfig:
             )
         if not 1 <= self.micro_batches <= self.batch_size:
             raise ValueError(
-                f"micro_batches must be in 1..batch_size={self.batch_size}, got {self.micro_batches}"
+                f"micro_batches must be in 1..{self.batch_size} (batch_size), "
+                f"got {self.micro_batches}"
             )
         if not (0 <= self.p_default_gen and 0 <= self.p_double_gen) or (
             self.p_default_gen + self.p_double_gen > 1

@@ -88,7 +88,11 @@ class ListTask(EmbeddedTask):
     multi_answer: ClassVar[bool] = False
 
     def __init__(
-        self, difficulty: str | None = None, *, min_items: int = MIN_ITEMS, max_items: int = MAX_ITEMS
+        self,
+        difficulty: str | None = None,
+        *,
+        min_items: int = MIN_ITEMS,
+        max_items: int = MAX_ITEMS,
     ) -> None:
         super().__init__(difficulty)
         if not MIN_ITEMS <= min_items <= max_items <= MAX_ITEMS:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import itertools
 import string
 from functools import lru_cache
+
 import numpy as np
 
 from commit_env.tasks.base import EmbeddedTask, Example
@@ -160,7 +161,9 @@ class Sudoku4(EmbeddedTask):
         for grid in sudoku_grids():
             rows = ["".join(str(v + 1) for v in row) for row in grid]
             if all(
-                p == _BLANK or p == g for pr, gr in zip(puzzle, rows, strict=True) for p, g in zip(pr, gr, strict=True)
+                p == _BLANK or p == g
+                for pr, gr in zip(puzzle, rows, strict=True)
+                for p, g in zip(pr, gr, strict=True)
             ):
                 out.append(_render(rows))
         return out
@@ -193,4 +196,3 @@ class Sudoku4(EmbeddedTask):
     def num_solutions(self, example: Example) -> int:
         """How many grids solve ``example``."""
         return len(self.solutions(example))
-
