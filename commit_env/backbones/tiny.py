@@ -2,10 +2,16 @@
 
 The checkpoint that ships in ``commit_env/backbones/data/tiny`` is a small bidirectional BERT
 (transformers ``BertForMaskedLM``) with a character-level tokenizer, trained with the masked
-diffusion objective on the embedded task families (``qa``, ``math``, ``code``, both difficulty
-levels). Rebuild it with::
+diffusion objective on every embedded task family: the testbed (list operations, ``latin``,
+``sudoku``, ``qa:list``) and the original ``qa``, ``math``, ``code`` at both levels, mixed by
+:data:`DEFAULT_MIX` (weighted toward the harder families). Each row's generation region is the
+task's default G, 2G, or anything between the answer's length and 2G, EOS-padded, so the model
+decodes at G and 2G. Rebuild it with::
 
-    commit-env train-backbone --out commit_env/backbones/data/tiny
+    commit-env train-backbone --out commit_env/backbones/data/tiny --steps <steps>
+
+(the steps the shipped checkpoint was trained for are in its ``training_args.json``; the ``rsqrt``
+learning-rate schedule does not depend on the total, so any saved step is reproducible).
 
 Layout convention (shared with the decode engine): each sequence is ``prompt ++ completion ++ EOS*``
 left-padded with ``[PAD]``; position ids count from the first real token, so a row's positions do
