@@ -101,7 +101,7 @@ class CommitEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
     | step_budget | ``None`` | max steps (forwards); ``None`` = the generation length |
     | step_cost | ``0.01`` | lambda, reward subtracted per step |
     | reward | ``"score"`` | ``"score"`` or ``"score_x_efficiency"`` |
-    | features | confidence, history, position, global | feature groups (``"hidden"`` optional) |
+    | features | confidence, history, position, global | feature groups (``"hidden"``, ``"conflict"`` optional) |
     | settings | ``None`` | per-episode lists of ``gen_length`` / ``window`` / ``step_budget`` |
     | hidden_dim | ``8`` | D, hidden projection width (with ``"hidden"``) |
     | top_k | ``3`` | K, top-k probabilities per position |
@@ -109,6 +109,10 @@ class CommitEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
     | success_threshold | ``1.0`` | ``is_success = task_score >= threshold`` |
     | eos_stop | ``True`` | finish at a committed EOS |
     | device | ``None`` | backbone device (default CUDA when available) |
+    | action_mode | ``"mask"`` | ``"mask"`` (MultiBinary), ``"threshold"`` (Box) or ``"count"`` |
+    | shaping | ``0.0`` | weight of the potential-based shaping term (0 = off) |
+    | shaping_gamma | ``1.0`` | discount of the shaping term (the learner's gamma) |
+    | num_threads | ``None`` | torch threads (``None``: 1 for a small CPU backbone) |
     | render_mode | ``None`` | ``None`` or ``"ansi"`` |
 
     ## Version History
@@ -192,8 +196,11 @@ class CommitEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         core = self._open()
         if self._needs_reset:
             raise gym.error.ResetNeeded("call reset() before step() (the episode has ended)")
-        mask = validate_actions(action, (self.gen_length,))
-        rewards, finished, infos = core.step(mask[None, :])
+        if core.action_mode == "mask":
+            mask = validate_actions(action, (self.gen_length,))[None, :]
+        else:
+            mask = core.to_mask(action)  # one threshold / count
+        rewards, finished, infos = core.step(mask)
         terminated = bool(finished[0])
         self._needs_reset = terminated
         return _row(core.observations(), 0), float(rewards[0]), terminated, False, infos.get(0, {})
@@ -335,7 +342,7 @@ class CommitVectorEnv(gym.vector.VectorEnv):
         core = self._open()
         if not self._started:
             raise gym.error.ResetNeeded("call reset() before step()")
-        mask = validate_actions(actions, (self.num_envs, self.gen_length))
+        mask = core.to_mask(actions)  # before admitting resets: their actions are ignored
         resetting = np.flatnonzero(self._autoreset)
         if resetting.size:
             # Admit the new episodes without a forward: the step's one batched forward serves

@@ -36,10 +36,16 @@ from commit_env.backbones.spec import BackboneSpec, resolve_backbone
 from commit_env.decoding import DecodeConfig, Decoder, parse_window, validate_setting
 from commit_env.decoding.batching import replace_rows
 from commit_env.decoding.config import DEFAULT_TOP_K, validate_engine_options
-from commit_env.decoding.features import FEATURE_GROUPS
 from commit_env.decoding.run import completion_text
 from commit_env.decoding.state import TraceState
-from commit_env.envs.observation import ACCOUNTS, DEFAULT_FEATURES, ObservationLayout
+from commit_env.envs.actions import action_space, actions_to_mask, check_action_mode
+from commit_env.envs.observation import (
+    ACCOUNTS,
+    DEFAULT_FEATURES,
+    OBSERVATION_GROUPS,
+    ObservationLayout,
+)
+from commit_env.envs.threads import configure_threads
 from commit_env.envs.render import render_row
 from commit_env.evaluate import score_completions
 from commit_env.tasks.base import Example, Task
@@ -88,6 +94,18 @@ class EnvConfig:
         success_threshold: ``is_success`` is ``task_score >= success_threshold``.
         eos_stop: Finish a row once a committed EOS has every earlier position committed.
         device: Backbone device (default CUDA when available) when ``backbone`` is a spec.
+        action_mode: ``"mask"`` (``MultiBinary(G)``, the default), ``"threshold"``
+            (``Box(-1, 1, (1,))`` mapped to a confidence threshold) or ``"count"``
+            (``Discrete(G)``); see :mod:`commit_env.envs.actions`.
+        shaping: c >= 0, weight of the potential-based shaping term (0 = off, the default).
+            With potential ``Phi(s) = c * committed fraction`` (``Phi = 0`` at terminal states)
+            every step adds ``F = shaping_gamma * Phi(s') - Phi(s)``. Ng, Harada & Russell (1999)
+            show such terms leave the optimal policies unchanged; with ``shaping_gamma = 1`` the
+            terms of an episode sum to exactly 0, so every episode's return is unchanged and only
+            the credit of intermediate steps moves (progress is paid when it is made).
+        shaping_gamma: The discount of the shaping term (set it to the learner's gamma).
+        num_threads: Torch threads (``None``: ``COMMIT_ENV_NUM_THREADS`` or 1 for a small CPU
+            backbone; 0: leave torch alone); see :mod:`commit_env.envs.threads`.
     """
 
     task: str | Task = "qa"
@@ -105,13 +123,24 @@ class EnvConfig:
     success_threshold: float = 1.0
     eos_stop: bool = True
     device: str | None = None
+    action_mode: str = "mask"
+    shaping: float = 0.0
+    shaping_gamma: float = 1.0
+    num_threads: int | None = None
     _lists: dict[str, tuple[Any, ...]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "features", tuple(self.features))
-        unknown = sorted(set(self.features) - set(FEATURE_GROUPS))
+        unknown = sorted(set(self.features) - set(OBSERVATION_GROUPS))
         if unknown:
-            raise ValueError(f"unknown feature groups {unknown}; expected {list(FEATURE_GROUPS)}")
+            raise ValueError(
+                f"unknown feature groups {unknown}; expected {list(OBSERVATION_GROUPS)}"
+            )
+        check_action_mode(self.action_mode)
+        if not (math.isfinite(self.shaping) and self.shaping >= 0):
+            raise ValueError(f"shaping must be a finite number >= 0, got {self.shaping}")
+        if not 0 < self.shaping_gamma <= 1:
+            raise ValueError(f"shaping_gamma must be in (0, 1], got {self.shaping_gamma}")
         if self.reward not in ("score", "score_x_efficiency"):
             raise ValueError(f"reward must be 'score' or 'score_x_efficiency', got {self.reward!r}")
         if not (math.isfinite(self.step_cost) and self.step_cost >= 0):
@@ -339,6 +368,7 @@ class CommitSlots:
         self.backbone: Backbone | None = resolve_backbone(config.backbone, device=config.device)
         self.decoder: Decoder | None = Decoder(self.backbone, config.decode_config(G))
         self.device = self.decoder.device
+        self.num_threads = configure_threads(config.num_threads, self.backbone, self.device)
         self.layout = ObservationLayout(
             config.features,
             top_k=config.top_k,
@@ -351,8 +381,62 @@ class CommitSlots:
         self.state: TraceState | None = None
         self.episodes: list[Episode | None] = [None] * num_slots
         self.single_observation_space = self.layout.space()
-        self.single_action_space = gym.spaces.MultiBinary(G)
+        self.action_mode = config.action_mode
+        self.single_action_space = action_space(config.action_mode, G)
         self._snap: np.ndarray | None = None  # float32 [B, W], latest host snapshot
+
+    # ----------------------------------------------------------------------------- actions
+    def to_mask(self, actions: Any) -> np.ndarray:
+        """Validate a batch of actions of the env's ``action_mode`` and return commit masks.
+
+        Args:
+            actions: ``[B, G]`` 0/1 masks (``"mask"``), or ``B`` thresholds / counts.
+
+        Returns:
+            bool ``[B, G]``.
+
+        Raises:
+            ValueError: On a wrong shape, dtype or value.
+        """
+        B, G = self.num_slots, self.gen_length
+        if self.action_mode == "mask":
+            return validate_actions(actions, (B, G))
+        assert self.state is not None, "start() before step()"
+        mask = actions_to_mask(
+            self.action_mode, actions, self.state.confidence, self.state.eligible
+        )
+        return mask.cpu().numpy()
+
+    def set_gen_lengths(self, lengths: Sequence[int]) -> None:
+        """Change the generation lengths later episodes draw from (a length curriculum).
+
+        Args:
+            lengths: Non-empty lengths, each <= the padded width G and valid with every window.
+
+        Raises:
+            ValueError: On an empty list, a length above G or one a block window does not divide.
+        """
+        lengths = tuple(int(g) for g in lengths)
+        if not lengths or any(g < 1 or g > self.gen_length for g in lengths):
+            raise ValueError(
+                f"curriculum lengths must be a non-empty list of ints in [1, {self.gen_length}], "
+                f"got {list(lengths)}"
+            )
+        for g in lengths:
+            for w in self.settings["window"]:
+                try:
+                    validate_setting(g, w)
+                except ValueError as err:
+                    raise ValueError(f"length {g} does not fit window {w!r}: {err}") from None
+        self.settings = {**self.settings, "gen_length": lengths}
+
+    def _potential(self) -> np.ndarray:
+        """``Phi = shaping * committed fraction`` of every slot (0 for finished slots)."""
+        st = self.state
+        assert st is not None
+        frac = (st.committed & st.valid).sum(-1).float() / st.gen_len.clamp(min=1).float()
+        phi = self.config.shaping * frac.masked_fill(st.done, 0.0)  # terminal potential 0
+        return phi.cpu().numpy().astype(np.float64)
 
     # ----------------------------------------------------------------------------- episodes
     def draw_episode(self, rng: np.random.Generator) -> Episode:
@@ -417,12 +501,18 @@ class CommitSlots:
         assert self.state is not None and self._snap is not None, "start() before step()"
         was_done = self.column("done")[:, 0] > 0.5  # [B]
         admitted = self.column("nfe")[:, 0] < 0.5  # [B] started with forward=False: no reward yet
+        shaping = self.config.shaping > 0
+        phi_before = self._potential() if shaping else None
         mask = torch.from_numpy(np.ascontiguousarray(actions)).to(self.device, non_blocking=True)
         decoder.step(self.state, mask)
         self._snap = self._snapshot(self.state)
         done = self.column("done")[:, 0] > 0.5
         finished = done & ~was_done
         rewards = np.where(was_done | admitted, 0.0, -self.config.step_cost)
+        if shaping:
+            # F = gamma * Phi(s') - Phi(s); admitted rows had no state before, finished rows none after
+            shaped = self.config.shaping_gamma * self._potential() - phi_before
+            rewards = rewards + np.where(was_done | admitted, 0.0, shaped)
         infos: dict[int, dict[str, Any]] = {}
         if finished.any():
             rows = np.flatnonzero(finished)

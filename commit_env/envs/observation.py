@@ -28,7 +28,14 @@ from commit_env.decoding import FEATURES, FeatureBuilder
 from commit_env.decoding.features import FEATURE_GROUPS
 from commit_env.decoding.state import TraceState
 
-__all__ = ["ACCOUNTS", "DEFAULT_FEATURES", "ObservationLayout"]
+__all__ = [
+    "ACCOUNTS",
+    "CONFLICT_KEYS",
+    "DEFAULT_FEATURES",
+    "OBSERVATION_GROUPS",
+    "ObservationLayout",
+    "conflict_features",
+]
 
 #: Feature groups an env observes unless told otherwise.
 DEFAULT_FEATURES: tuple[str, ...] = ("confidence", "history", "position", "global")
@@ -42,15 +49,57 @@ ACCOUNTS: tuple[str, ...] = (
     "gen_len",
     "budget_fills",
 )
+#: Keys of the env-level ``"conflict"`` group (not a decoder feature; see :func:`conflict_features`).
+CONFLICT_KEYS: tuple[str, ...] = ("dup_committed", "dup_neighbor", "dup_proposal")
+#: Every group an env can observe: the decoder's feature groups plus ``"conflict"``.
+OBSERVATION_GROUPS: tuple[str, ...] = (*FEATURE_GROUPS, "conflict")
 _GLOBAL_KEYS = frozenset(f.name for f in FEATURES if f.group == "global")
 _SPEC = {f.name: f for f in FEATURES}
+
+
+def conflict_features(state: TraceState) -> dict[str, torch.Tensor]:
+    """Per-position flags that make token conflicts visible to a per-position policy.
+
+    Confidences alone cannot tell a policy that two masked positions both propose ``"the"``
+    (committing both yields a stutter) or that a proposal repeats a token already committed in
+    the row. These flags compare token ids, so a weight-shared per-position network sees them
+    without embedding the vocabulary. Only masked, valid positions can be flagged.
+
+    Args:
+        state: A trace state with B rows and G positions.
+
+    Returns:
+        float32 ``[B, G]`` tensors: ``dup_proposal`` (another masked position proposes the same
+        token), ``dup_committed`` (some committed position of the row holds that token) and
+        ``dup_neighbor`` (the left or right neighbour holds or proposes the same token).
+    """
+    masked = state.masked & state.valid  # [B, G]
+    prop = state.proposal  # [B, G]
+    toks = state.gen_tokens  # [B, G]
+    same = prop[:, :, None] == prop[:, None, :]  # [B, G, G]
+    eye = torch.eye(prop.shape[1], dtype=torch.bool, device=prop.device)
+    dup_prop = (same & ~eye & masked[:, None, :]).any(-1)  # [B, G]
+    committed = state.committed & state.valid
+    dup_comm = ((prop[:, :, None] == toks[:, None, :]) & committed[:, None, :]).any(-1)
+    # the token each position currently "shows": its committed token or its proposal
+    shown = torch.where(committed, toks, prop)  # [B, G]
+    left = torch.zeros_like(masked)
+    right = torch.zeros_like(masked)
+    left[:, 1:] = (prop[:, 1:] == shown[:, :-1]) & state.valid[:, :-1]
+    right[:, :-1] = (prop[:, :-1] == shown[:, 1:]) & state.valid[:, 1:]
+    return {
+        "dup_committed": (dup_comm & masked).float(),
+        "dup_neighbor": ((left | right) & masked).float(),
+        "dup_proposal": (dup_prop & masked).float(),
+    }
 
 
 class ObservationLayout:
     """Column ranges and bounds of every observation key and accounting field.
 
     Args:
-        features: Feature groups of :class:`~commit_env.decoding.FeatureBuilder`.
+        features: Feature groups of :class:`~commit_env.decoding.FeatureBuilder`, plus
+            optionally ``"conflict"`` (the :data:`CONFLICT_KEYS` of :func:`conflict_features`).
         top_k: K, top-k probabilities per position.
         hidden_dim: D, hidden-projection width (used only with the ``"hidden"`` group).
         gen_length: G, the padded observation width.
@@ -71,9 +120,11 @@ class ObservationLayout:
         vocab_size: int,
         device: torch.device | str = "cpu",
     ) -> None:
-        unknown = sorted(set(features) - set(FEATURE_GROUPS))
+        unknown = sorted(set(features) - set(OBSERVATION_GROUPS))
         if unknown:
-            raise ValueError(f"unknown feature groups {unknown}; expected {list(FEATURE_GROUPS)}")
+            raise ValueError(
+                f"unknown feature groups {unknown}; expected {list(OBSERVATION_GROUPS)}"
+            )
         if vocab_size > 2**24:
             raise ValueError(f"vocab_size {vocab_size} exceeds 2**24 (float32 token columns)")
         self.features = tuple(features)
@@ -81,8 +132,12 @@ class ObservationLayout:
         self.gen_length = gen_length
         self.vocab_size = vocab_size
         self.device = torch.device(device)
-        self.builder = FeatureBuilder(self.features, top_k=top_k, hidden_dim=self.hidden_dim)
+        self.conflicts = "conflict" in self.features
+        groups = tuple(f for f in self.features if f != "conflict")
+        self.builder = FeatureBuilder(groups, top_k=top_k, hidden_dim=self.hidden_dim)
         widths = {name: self._width(name) for name in self.builder.names}
+        if self.conflicts:
+            widths.update({key: gen_length for key in CONFLICT_KEYS})
         widths.update(eligible=gen_length, valid=gen_length, proposal=gen_length)
         self.keys: tuple[str, ...] = tuple(sorted(widths))
         self._columns(widths)
@@ -91,7 +146,7 @@ class ObservationLayout:
         return 1 if name in _GLOBAL_KEYS else self.gen_length * self.builder.width(name)
 
     def _bounds(self, key: str) -> tuple[float, float]:
-        if key in ("eligible", "valid"):
+        if key in ("eligible", "valid") or key in CONFLICT_KEYS:
             return 0.0, 1.0
         if key == "proposal":
             return 0.0, float(self.vocab_size - 1)
@@ -155,6 +210,8 @@ class ObservationLayout:
         feats["eligible"] = state.eligible.float()
         feats["valid"] = validf
         feats["proposal"] = state.proposal.float()
+        if self.conflicts:
+            feats.update(conflict_features(state))
         parts: list[torch.Tensor] = []
         for key in self.keys:
             value = feats[key]
