@@ -13,7 +13,12 @@ from typing import Any
 import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback
 
-__all__ = ["DecodeStatsCallback", "PeriodicEvalCallback", "WallClockLimitCallback"]
+__all__ = [
+    "DecodeStatsCallback",
+    "LengthCurriculumCallback",
+    "PeriodicEvalCallback",
+    "WallClockLimitCallback",
+]
 
 
 class DecodeStatsCallback(BaseCallback):
@@ -26,14 +31,18 @@ class DecodeStatsCallback(BaseCallback):
     * ``rollout/nfe_mean``: mean backbone forwards per episode;
     * ``rollout/commit_per_step_mean``: mean of ``gen_length / steps`` (tokens locked per step);
     * ``rollout/forced_commit_rate``: forced commits / steps over the rollout's episodes (how
-      often the agent committed nothing and the engine forced the top-1).
+      often the agent committed nothing and the engine forced the top-1);
+    * ``rollout/return_mean`` (when ``step_cost`` is given): mean ``score - step_cost * nfe``,
+      the objective itself, free of any shaping term.
 
     Args:
+        step_cost: lambda of the run (``None``: no ``rollout/return_mean``).
         verbose: SB3 verbosity.
     """
 
-    def __init__(self, verbose: int = 0) -> None:
+    def __init__(self, step_cost: float | None = None, verbose: int = 0) -> None:
         super().__init__(verbose)
+        self.step_cost = step_cost
         self._episodes: list[tuple[float, float, float, float, float]] = []
 
     def _on_rollout_start(self) -> None:
@@ -69,6 +78,61 @@ class DecodeStatsCallback(BaseCallback):
             "rollout/commit_per_step_mean", float((gen / np.maximum(steps, 1)).mean())
         )
         self.logger.record("rollout/forced_commit_rate", float(forced.sum() / max(steps.sum(), 1)))
+        if self.step_cost is not None:
+            self.logger.record("rollout/return_mean", float((score - self.step_cost * nfe).mean()))
+
+
+class LengthCurriculumCallback(BaseCallback):
+    """Curriculum over generation lengths: stage i draws episodes from ``lengths[: i + 1]``.
+
+    Training progress (the larger of the timestep fraction and, with ``max_seconds``, the wall
+    time fraction) is split into ``len(lengths)`` equal stages; at each stage boundary the env's
+    ``set_gen_lengths`` is called (``CommitSB3VecEnv.set_gen_lengths``), so new episodes draw
+    their length uniformly from the lengths reached so far. Records ``train/curriculum_stage``.
+
+    Args:
+        lengths: Increasing generation lengths, the last normally the env's G.
+        total_timesteps: The run's timestep budget.
+        max_seconds: The run's wall-time budget, if any.
+        verbose: SB3 verbosity.
+
+    Raises:
+        ValueError: If ``lengths`` is empty or not increasing.
+    """
+
+    def __init__(
+        self,
+        lengths: Any,
+        total_timesteps: int,
+        max_seconds: float | None = None,
+        verbose: int = 0,
+    ) -> None:
+        super().__init__(verbose)
+        self.lengths = [int(g) for g in lengths]
+        if not self.lengths or any(b <= a for a, b in zip(self.lengths, self.lengths[1:])):
+            raise ValueError(f"curriculum lengths must be increasing, got {self.lengths}")
+        self.total = max(int(total_timesteps), 1)
+        self.max_seconds = max_seconds
+        self.stage = -1
+        self._start = 0.0
+
+    def _on_training_start(self) -> None:
+        self._start = time.perf_counter()
+        self._advance(0)
+
+    def _advance(self, stage: int) -> None:
+        self.stage = stage
+        self.training_env.env_method("set_gen_lengths", self.lengths[: stage + 1])
+        self.logger.record("train/curriculum_stage", stage)
+
+    def _on_step(self) -> bool:
+        frac = self.num_timesteps / self.total
+        if self.max_seconds:
+            frac = max(frac, (time.perf_counter() - self._start) / self.max_seconds)
+        stage = min(int(frac * len(self.lengths)), len(self.lengths) - 1)
+        if stage > self.stage:
+            self._advance(stage)
+        return True
 
 
 class PeriodicEvalCallback(BaseCallback):

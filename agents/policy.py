@@ -27,6 +27,7 @@ from commit_env.backbones.spec import BackboneSpec
 from commit_env.decoding import DEFAULT_TOP_K, TRAINING_SETTING, DecodeSetting
 from commit_env.decoding.state import TraceState
 from commit_env.envs.core import EnvConfig
+from commit_env.envs.actions import actions_to_mask
 from commit_env.envs.observation import DEFAULT_FEATURES, ObservationLayout
 from commit_env.policies.base import CommitPolicy
 
@@ -270,6 +271,8 @@ class PPOPolicy(CommitPolicy):
             features=tuple(cfg.get("features", DEFAULT_FEATURES)),
             top_k=int(cfg.get("top_k", DEFAULT_TOP_K)),
             hidden_dim=int(cfg.get("hidden_dim", 8)),
+            action_mode=cfg.get("action_mode", "mask"),
+            shaping=float(cfg.get("shaping", 0.0)),
         )
         return cls.from_model(model, env_config, algo=algo, path=str(path))
 
@@ -337,5 +340,8 @@ class PPOPolicy(CommitPolicy):
                 masks[:, 1::2] = obs["eligible"] > 0.5
                 kwargs["action_masks"] = masks
             act, _ = self._model.predict(obs, deterministic=True, **kwargs)
+            mode = self.env_config.action_mode
+            if mode != "mask":  # one threshold / count per row, mapped as the env maps it
+                return actions_to_mask(mode, act, state.confidence, state.eligible)
             actions = torch.as_tensor(np.asarray(act) > 0.5)
         return actions[:, :G_s].to(state.eligible.device) & state.eligible

@@ -23,6 +23,20 @@ Which algorithm: ``--algo ppo`` (plain PPO with
 eligibility) is the main path. ``--algo maskable`` runs sb3-contrib's MaskablePPO with the same
 network; it builds one masked categorical per position every step and is several times slower
 per step (``benchmarks/bench_ppo.py``) with no gain here.
+
+Learning from scratch (no behaviour cloning), ``--from-scratch`` = :data:`FROM_SCRATCH`:
+
+* ``action_mode="threshold"``: the action is one number per step mapped to a confidence
+  threshold (:mod:`commit_env.envs.actions`), so "commit nothing" cannot be expressed, every
+  fixed threshold rule is a constant action, and the state-dependent policy can only add to it.
+  The network is SB3's ``MultiInputPolicy`` on :class:`PerPositionExtractor` features (the raw
+  ``proposal`` ids left out) with a Gaussian head.
+* ``shaping=1.0``: potential-based shaping ``F = gamma * Phi(s') - Phi(s)`` with
+  ``Phi = committed fraction`` and ``Phi(terminal) = 0`` (Ng et al. 1999); with ``gamma = 1`` the
+  terms of every episode sum to exactly 0, so returns and optimal policies are unchanged.
+* ``"conflict"`` observation group: per-position duplicate-token flags
+  (:func:`commit_env.envs.observation.conflict_features`).
+* ``curriculum``: optional increasing generation lengths (``--curriculum 8 16 24``).
 """
 
 from __future__ import annotations
@@ -48,7 +62,18 @@ from commit_env.io import write_json_atomic
 from commit_env.policies.base import CommitPolicy
 from commit_env.tasks.registry import get_task
 
-__all__ = ["PPOConfig", "build_model", "evaluate_agent", "train_ppo"]
+__all__ = ["FROM_SCRATCH", "PPOConfig", "build_model", "evaluate_agent", "train_ppo"]
+
+#: PPOConfig fields of the from-scratch recipe (``--from-scratch``; see the module docstring).
+FROM_SCRATCH: dict[str, Any] = {
+    "action_mode": "threshold",
+    "shaping": 1.0,
+    "features": (*DEFAULT_FEATURES, "conflict"),
+    "policy": "mlp",
+    "lr": 1e-3,
+    "ent_coef": 0.0,
+    "log_std_init": -0.5,
+}
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +118,14 @@ class PPOConfig:
         bc_epochs: Behaviour-cloning epochs.
         progress_bar: Show SB3's progress bar (needs ``tqdm`` and ``rich``).
         verbose: SB3 verbosity (1 prints the logger table every rollout).
+        action_mode: The env's action (``"mask"``, ``"threshold"`` or ``"count"``); the
+            per-position policy needs ``"mask"``, the others use ``policy="mlp"``.
+        shaping: Weight of the env's potential-based shaping (0 = off); its discount is
+            ``gamma``.
+        curriculum: Increasing generation lengths for :class:`LengthCurriculumCallback`
+            (``None`` = off).
+        threads: Torch threads (``None``: the env's default, 1 for a small CPU backbone).
+        log_std_init: Initial log std of the Gaussian head (threshold mode).
     """
 
     task: str = "qa"
@@ -127,8 +160,24 @@ class PPOConfig:
     bc_epochs: int = 20
     progress_bar: bool = True
     verbose: int = 0
+    action_mode: str = "mask"
+    shaping: float = 0.0
+    curriculum: tuple[int, ...] | None = None
+    threads: int | None = None
+    log_std_init: float = -0.5
 
     def __post_init__(self) -> None:
+        if self.action_mode not in ("mask", "threshold", "count"):
+            raise ValueError(
+                f"action_mode must be 'mask', 'threshold' or 'count', got {self.action_mode!r}"
+            )
+        if self.action_mode != "mask" and (self.policy != "mlp" or self.algo != "ppo"):
+            raise ValueError(
+                f"action_mode {self.action_mode!r} needs policy='mlp' and algo='ppo' (the "
+                "per-position and maskable policies emit commit masks)"
+            )
+        if self.curriculum is not None:
+            object.__setattr__(self, "curriculum", tuple(int(g) for g in self.curriculum))
         if self.algo not in ("ppo", "maskable"):
             raise ValueError(f"algo must be 'ppo' or 'maskable', got {self.algo!r}")
         if self.policy not in ("per_position", "mlp"):
@@ -174,6 +223,10 @@ class PPOConfig:
             features=self.features,
             top_k=self.top_k,
             hidden_dim=self.hidden_dim,
+            action_mode=self.action_mode,
+            shaping=self.shaping,
+            shaping_gamma=self.gamma,
+            num_threads=self.threads,
         )
 
 
@@ -189,8 +242,16 @@ def build_model(cfg: PPOConfig, venv: Any, tensorboard_log: str | None = None) -
         The untrained model.
     """
     if cfg.policy == "mlp":
+        from commit_env.agents.policy_net import PerPositionExtractor
+
         policy: Any = "MultiInputPolicy"
-        policy_kwargs: dict[str, Any] | None = None
+        # PerPositionExtractor leaves the raw token ids out (they have no ordinal meaning).
+        policy_kwargs: dict[str, Any] | None = {
+            "features_extractor_class": PerPositionExtractor,
+            "net_arch": {"pi": [cfg.hidden, cfg.hidden], "vf": [cfg.hidden, cfg.hidden]},
+        }
+        if cfg.action_mode == "threshold":
+            policy_kwargs["log_std_init"] = cfg.log_std_init
     else:
         policy = PerPositionPolicy if cfg.algo == "ppo" else PerPositionMaskablePolicy
         policy_kwargs = {"hidden": cfg.hidden, "logit_bias": cfg.logit_bias}
@@ -358,6 +419,7 @@ def _learn(run: _Run) -> dict[str, Any]:
     """Stage 3: RL with evaluation/checkpoint/time-limit callbacks, save, final evaluation."""
     from commit_env.agents.callbacks import (
         DecodeStatsCallback,
+        LengthCurriculumCallback,
         PeriodicEvalCallback,
         WallClockLimitCallback,
     )
@@ -367,7 +429,15 @@ def _learn(run: _Run) -> dict[str, Any]:
     evaluator = PeriodicEvalCallback(
         run.evaluate, max(cfg.eval_every, 1), on_best=lambda m: m.save(str(out / "best.zip"))
     )
-    callbacks: list[Any] = [DecodeStatsCallback()]
+    callbacks: list[Any] = [DecodeStatsCallback(step_cost=cfg.step_cost)]
+    if cfg.curriculum:
+        callbacks.append(
+            LengthCurriculumCallback(
+                cfg.curriculum,
+                cfg.timesteps,
+                None if cfg.max_minutes is None else cfg.max_minutes * 60.0,
+            )
+        )
     if cfg.eval_every:
         callbacks.append(evaluator)
     if cfg.checkpoint_every:

@@ -114,6 +114,17 @@ class CommitSB3VecEnv(VecEnv):
             core.start(rows, [core.draw_episode(self._rngs[i]) for i in rows])
         return core.observations(), rewards.astype(np.float32), dones, infos
 
+    def set_gen_lengths(self, lengths: Sequence[int]) -> None:
+        """Generation lengths that later episodes draw from (see ``CommitSlots.set_gen_lengths``).
+
+        Args:
+            lengths: Lengths <= G.
+
+        Raises:
+            ValueError: On a length above G or one the window does not divide.
+        """
+        self._open().set_gen_lengths(lengths)
+
     def action_masks(self) -> np.ndarray:
         """MaskablePPO masks: bool ``(num_envs, 2 * G)``."""
         return self._open().action_masks()
