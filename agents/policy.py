@@ -26,8 +26,8 @@ from commit_env.agents.policy_net import PerPositionNet, per_position_layout
 from commit_env.backbones.spec import BackboneSpec
 from commit_env.decoding import DEFAULT_TOP_K, TRAINING_SETTING, DecodeSetting
 from commit_env.decoding.state import TraceState
-from commit_env.envs.core import EnvConfig
 from commit_env.envs.actions import actions_to_mask
+from commit_env.envs.core import EnvConfig
 from commit_env.envs.observation import DEFAULT_FEATURES, ObservationLayout
 from commit_env.policies.base import CommitPolicy
 

@@ -45,8 +45,8 @@ from commit_env.envs.observation import (
     OBSERVATION_GROUPS,
     ObservationLayout,
 )
-from commit_env.envs.threads import configure_threads
 from commit_env.envs.render import render_row
+from commit_env.envs.threads import configure_threads
 from commit_env.evaluate import score_completions
 from commit_env.tasks.base import Example, Task
 from commit_env.tasks.registry import get_task
