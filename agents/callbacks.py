@@ -109,7 +109,9 @@ class LengthCurriculumCallback(BaseCallback):
     ) -> None:
         super().__init__(verbose)
         self.lengths = [int(g) for g in lengths]
-        if not self.lengths or any(b <= a for a, b in zip(self.lengths, self.lengths[1:])):
+        if not self.lengths or any(
+            b <= a for a, b in zip(self.lengths, self.lengths[1:], strict=False)
+        ):
             raise ValueError(f"curriculum lengths must be increasing, got {self.lengths}")
         self.total = max(int(total_timesteps), 1)
         self.max_seconds = max_seconds

@@ -101,7 +101,7 @@ class CommitEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
     | step_budget | ``None`` | max steps (forwards); ``None`` = the generation length |
     | step_cost | ``0.01`` | lambda, reward subtracted per step |
     | reward | ``"score"`` | ``"score"`` or ``"score_x_efficiency"`` |
-    | features | confidence, history, position, global | feature groups (``"hidden"``, ``"conflict"`` optional) |
+    | features | confidence, history, position, global | + ``"hidden"``, ``"conflict"`` |
     | settings | ``None`` | per-episode lists of ``gen_length`` / ``window`` / ``step_budget`` |
     | hidden_dim | ``8`` | D, hidden projection width (with ``"hidden"``) |
     | top_k | ``3`` | K, top-k probabilities per position |

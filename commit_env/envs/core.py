@@ -510,7 +510,7 @@ class CommitSlots:
         finished = done & ~was_done
         rewards = np.where(was_done | admitted, 0.0, -self.config.step_cost)
         if shaping:
-            # F = gamma * Phi(s') - Phi(s); admitted rows had no state before, finished rows none after
+            # F = gamma * Phi(s') - Phi(s); admitted rows have no previous state
             shaped = self.config.shaping_gamma * self._potential() - phi_before
             rewards = rewards + np.where(was_done | admitted, 0.0, shaped)
         infos: dict[int, dict[str, Any]] = {}

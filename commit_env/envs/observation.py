@@ -49,7 +49,7 @@ ACCOUNTS: tuple[str, ...] = (
     "gen_len",
     "budget_fills",
 )
-#: Keys of the env-level ``"conflict"`` group (not a decoder feature; see :func:`conflict_features`).
+#: Keys of the env-level ``"conflict"`` group (see :func:`conflict_features`).
 CONFLICT_KEYS: tuple[str, ...] = ("dup_committed", "dup_neighbor", "dup_proposal")
 #: Every group an env can observe: the decoder's feature groups plus ``"conflict"``.
 OBSERVATION_GROUPS: tuple[str, ...] = (*FEATURE_GROUPS, "conflict")
