@@ -191,7 +191,20 @@ def _add_ppo_args(p: argparse.ArgumentParser) -> None:
         "--threads",
         type=int,
         default=None,
-        help="torch intra-op threads (1 is several times faster on a small shared CPU)",
+        help="torch intra-op threads (default: 1 for a small backbone on the CPU, else torch's; "
+        "or COMMIT_ENV_NUM_THREADS)",
+    )
+    p.add_argument(
+        "--from-scratch",
+        action="store_true",
+        help="learn without imitation: threshold action, potential-based shaping, conflict "
+        "features (agents.train_ppo.FROM_SCRATCH)",
+    )
+    p.add_argument("--action-mode", choices=("mask", "threshold", "count"), default=None)
+    p.add_argument("--shaping", type=float, default=None, help="potential-based shaping weight")
+    p.add_argument("--conflict-features", action="store_true", help="observe duplicate-token flags")
+    p.add_argument(
+        "--curriculum", type=int, nargs="+", default=None, help="increasing generation lengths"
     )
 
 
@@ -230,6 +243,13 @@ def _add_ppo_sweep(sub: Any) -> None:
     p.add_argument("--timesteps", type=int, default=1_000_000, help="upper bound")
     p.add_argument("--eval-n", type=int, default=128)
     p.add_argument("--warm-start", default="none", help="threshold to clone, or 'none'")
+    p.add_argument(
+        "--tasks",
+        nargs="+",
+        default=None,
+        help="with --from-scratch: families, one agent per family and lambda at each family's "
+        "default setting",
+    )
     p.add_argument("--out", default="runs/lambda_sweep")
 
 
@@ -326,8 +346,20 @@ def _set_threads(args: argparse.Namespace) -> None:
 
 
 def _ppo_config(args: argparse.Namespace, **fields: Any) -> Any:
-    from commit_env.agents.train_ppo import PPOConfig
+    from commit_env.agents.train_ppo import FROM_SCRATCH, PPOConfig
 
+    extra: dict[str, Any] = dict(FROM_SCRATCH) if args.from_scratch else {}
+    if args.action_mode is not None:
+        extra["action_mode"] = args.action_mode
+        if args.action_mode != "mask":
+            extra["policy"] = "mlp"
+    if args.shaping is not None:
+        extra["shaping"] = args.shaping
+    if args.conflict_features and "conflict" not in extra.get("features", ()):
+        extra["features"] = (*PPOConfig().features, "conflict")
+    if args.curriculum:
+        extra["curriculum"] = tuple(args.curriculum)
+    extra.update(fields)
     return PPOConfig(
         task=args.task,
         backbone=_backbone_spec(args),
@@ -335,7 +367,8 @@ def _ppo_config(args: argparse.Namespace, **fields: Any) -> Any:
         num_envs=args.num_envs,
         timesteps=args.timesteps,
         seed=args.seed,
-        **fields,
+        threads=args.threads,
+        **extra,
     )
 
 
@@ -388,6 +421,19 @@ def _cmd_ppo_sweep(args: argparse.Namespace) -> int:
     from commit_env.agents.sweep import format_table, run_lambda_sweep
 
     _set_threads(args)
+    if args.from_scratch:
+        from commit_env.agents.sweep import format_scratch_table, run_scratch_sweep
+
+        records = run_scratch_sweep(
+            args.lambdas,
+            args.tasks or [args.task],
+            _ppo_config(args),
+            minutes_per_agent=args.minutes,
+            eval_n=args.eval_n,
+            out=args.out,
+        )
+        print(format_scratch_table(records))
+        return 0
     records = run_lambda_sweep(
         args.lambdas,
         _ppo_config(args),
