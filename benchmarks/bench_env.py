@@ -17,12 +17,20 @@ disturbed by other processes) and the median round.
 CPU, embedded backbone::
 
     python benchmarks/bench_env.py --num-envs 64 --rounds 5 --seconds 1
+
+Thread study (issue 14): ``--threads-study`` measures the single env's steps/s with 1 and 2 torch
+threads, first as the machine is, then with one extra busy process (``yes > /dev/null``, started
+here and killed by its pid afterwards) so that the second core is taken::
+
+    python benchmarks/bench_env.py --threads-study --rounds 3 --seconds 2
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import subprocess
 import time
 from collections.abc import Callable
 
@@ -37,8 +45,10 @@ from commit_env.evaluate import sample_examples
 from commit_env.tasks import get_task
 
 
-def single_env_stepper(kwargs: dict) -> tuple[Callable[[], None], Callable[[], None]]:
-    env = CommitEnv(**kwargs)
+def single_env_stepper(
+    kwargs: dict, num_threads: int | None = None
+) -> tuple[Callable[[], None], Callable[[], None]]:
+    env = CommitEnv(**(kwargs | {"num_threads": num_threads or kwargs.get("num_threads")}))
     env.reset(seed=0)
     action = np.zeros(env.gen_length, dtype=np.int8)
 
@@ -127,6 +137,34 @@ def time_round(step: Callable[[], object], seconds: float, min_iters: int = 5) -
     return (own or (time.perf_counter() - start)) / iters
 
 
+def threads_study(kwargs: dict, rounds: int, seconds: float, threads: list[int]) -> None:
+    """Single-env steps/s per torch thread count, as is and with one extra busy process."""
+    results: dict[tuple[str, int], list[float]] = {}
+    for load in ("as is", "+1 busy process"):
+        busy = None
+        if load != "as is":
+            busy = subprocess.Popen(["yes"], stdout=subprocess.DEVNULL)  # noqa: S607
+        try:
+            for n in threads:
+                step, close = single_env_stepper(kwargs, num_threads=n)
+                for _ in range(10):
+                    step()
+                results[(load, n)] = [1.0 / time_round(step, seconds) for _ in range(rounds)]
+                close()
+        finally:
+            if busy is not None:
+                busy.kill()  # by pid: only the process started above
+                busy.wait()
+    print(
+        f"backbone={kwargs['backbone']} task={kwargs['task']} G={kwargs['gen_length']} "
+        f"cpus={os.cpu_count()} rounds={rounds}x{seconds}s (single env, commit-nothing policy)"
+    )
+    print("| load | torch threads | steps/s best | steps/s median |")
+    print("|---|---|---|---|")
+    for (load, n), v in results.items():
+        print(f"| {load} | {n} | {max(v):,.1f} | {statistics.median(v):,.1f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backbone", default="tiny")
@@ -135,9 +173,20 @@ def main() -> None:
     parser.add_argument("--num-envs", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=1.0, help="length of one timing round")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default: the env's default)"
+    )
     parser.add_argument("--device", default=None)
+    parser.add_argument(
+        "--threads-study",
+        action="store_true",
+        help="single env steps/s with 1 and 2 threads, as is and with the other core busy",
+    )
     args = parser.parse_args()
+    if args.threads_study:
+        kw = {"task": args.task, "backbone": args.backbone, "gen_length": args.gen_length}
+        threads_study(kw | {"device": args.device}, args.rounds, args.seconds, [1, 2])
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     kwargs = {
@@ -145,6 +194,7 @@ def main() -> None:
         "backbone": args.backbone,
         "gen_length": args.gen_length,
         "device": args.device,
+        "num_threads": args.threads,  # None: the env's default (1 for a small CPU backbone)
     }
     B = args.num_envs
     single, close_single = single_env_stepper(kwargs)
