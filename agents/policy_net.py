@@ -51,6 +51,7 @@ __all__ = [
     "MaskedBernoulliDistribution",
     "PerPositionExtractor",
     "PerPositionMaskablePolicy",
+    "PerPositionMlpPolicy",
     "PerPositionNet",
     "PerPositionPolicy",
     "per_position_layout",
@@ -438,6 +439,33 @@ class PerPositionMaskablePolicy(_PerPositionMixin, MaskableMultiInputActorCritic
         logits = latent_pi[:, :G]  # [B, G]
         pairs = torch.stack([torch.zeros_like(logits), logits], dim=-1)  # [B, G, 2]
         return self.action_dist.proba_distribution(action_logits=pairs.reshape(B, 2 * G))
+
+
+class PerPositionMlpPolicy(MultiInputActorCriticPolicy):
+    """SB3's ``MultiInputPolicy`` on :class:`PerPositionExtractor` features, for any action space.
+
+    The threshold and count action modes (``EnvConfig.action_mode``) emit one number per step, so
+    they use a plain MLP actor-critic; this class only swaps SB3's ``CombinedExtractor`` (which
+    would feed the raw ``proposal`` token ids as magnitudes) for the per-position stack. It can be
+    named by its import path where a policy string is expected, e.g. in an RL Zoo hyperparameter
+    file: ``policy: commit_env.agents.policy_net.PerPositionMlpPolicy``.
+
+    Args:
+        observation_space: The env's Dict observation space.
+        action_space: Any SB3-supported action space.
+        lr_schedule: Learning-rate schedule.
+        **kwargs: ``MultiInputActorCriticPolicy`` arguments.
+    """
+
+    def __init__(
+        self,
+        observation_space: gym.spaces.Dict,
+        action_space: gym.spaces.Space,
+        lr_schedule: Schedule,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.setdefault("features_extractor_class", PerPositionExtractor)
+        super().__init__(observation_space, action_space, lr_schedule, **kwargs)
 
 
 def _check_spaces(observation_space: gym.spaces.Space, action_space: gym.spaces.Space) -> None:

@@ -242,12 +242,11 @@ def build_model(cfg: PPOConfig, venv: Any, tensorboard_log: str | None = None) -
         The untrained model.
     """
     if cfg.policy == "mlp":
-        from commit_env.agents.policy_net import PerPositionExtractor
+        from commit_env.agents.policy_net import PerPositionMlpPolicy
 
-        policy: Any = "MultiInputPolicy"
-        # PerPositionExtractor leaves the raw token ids out (they have no ordinal meaning).
+        # MultiInputPolicy on PerPositionExtractor features (raw token ids left out).
+        policy: Any = PerPositionMlpPolicy
         policy_kwargs: dict[str, Any] | None = {
-            "features_extractor_class": PerPositionExtractor,
             "net_arch": {"pi": [cfg.hidden, cfg.hidden], "vf": [cfg.hidden, cfg.hidden]},
         }
         if cfg.action_mode == "threshold":

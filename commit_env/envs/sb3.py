@@ -27,7 +27,7 @@ except ImportError as e:  # pragma: no cover - SB3 is a core dependency; keep th
         'the SB3 adapter needs stable-baselines3: pip install "stable-baselines3>=2.4"'
     ) from e
 
-__all__ = ["CommitSB3VecEnv", "make_sb3_vec_env"]
+__all__ = ["CommitSB3VecEnv", "batched_vec_env", "make_sb3_vec_env"]
 
 VecEnvIndices = int | Sequence[int] | None
 
@@ -242,3 +242,38 @@ def make_sb3_vec_env(
     if seed is not None:
         venv.seed(seed)
     return venv
+
+
+def batched_vec_env(venv: Any) -> Any:
+    """Replace a ``DummyVecEnv`` of single token-commitment envs by one batched adapter.
+
+    For tools that can only build ``n`` single envs (RL Baselines3 Zoo's ``make_vec_env``): the
+    single envs run one backbone forward each per step, the adapter one forward for all. Use it
+    as the Zoo's ``vec_env_wrapper`` (``vec_env_wrapper: commit_env.envs.sb3.batched_vec_env``
+    in the hyperparameter file). The config is read from the first env, the single envs are
+    closed, the seeds the caller set (``venv.seed``) carry over, and the result is wrapped in
+    ``VecMonitor`` (the single envs' ``Monitor`` files are no longer written).
+
+    Args:
+        venv: A ``DummyVecEnv`` (or anything with ``envs``) of ``CommitEnv`` instances.
+
+    Returns:
+        ``VecMonitor(CommitSB3VecEnv(venv.num_envs, config))``.
+
+    Raises:
+        TypeError: If the envs are not token-commitment envs.
+    """
+    from stable_baselines3.common.vec_env import VecMonitor
+
+    envs = getattr(venv, "envs", None)
+    config = getattr(getattr(envs[0], "unwrapped", None), "config", None) if envs else None
+    if not isinstance(config, EnvConfig):
+        raise TypeError(
+            f"batched_vec_env needs a DummyVecEnv of commit_env envs, got {type(venv).__name__}"
+        )
+    seeds = list(getattr(venv, "_seeds", []) or [])
+    batched = CommitSB3VecEnv(venv.num_envs, config)
+    venv.close()
+    if seeds and seeds[0] is not None:
+        batched.seed(int(seeds[0]))
+    return VecMonitor(batched, info_keywords=("is_success",))
