@@ -90,7 +90,9 @@ def test_shaping_preserves_every_episode_return(backbone_spec):
     for c in (0.0, 1.0):
         env = CommitEnv(task="qa", backbone=backbone_spec, shaping=c, action_mode="threshold")
         rng = np.random.default_rng(0)
-        rewards, info = _episode(env, lambda obs: rng.uniform(-1, 1, size=1).astype(np.float32))
+        rewards, info = _episode(
+            env, lambda obs, rng=rng: rng.uniform(-1, 1, size=1).astype(np.float32)
+        )
         returns[c] = sum(rewards)
         per_step[c] = rewards
         env.close()
