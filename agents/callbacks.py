@@ -195,24 +195,28 @@ class PeriodicEvalCallback(BaseCallback):
 
 
 class WallClockLimitCallback(BaseCallback):
-    """Stop training once ``max_seconds`` of wall time have passed since training started.
+    """Stop training once ``max_seconds`` of wall (or process CPU) time have passed.
 
     Args:
         max_seconds: Budget in seconds.
+        cpu: Count this process's CPU time (``time.process_time``, all its threads) instead of
+            wall time: the budget then means the same on an idle and on a shared machine.
         verbose: SB3 verbosity.
     """
 
-    def __init__(self, max_seconds: float, verbose: int = 0) -> None:
+    def __init__(self, max_seconds: float, cpu: bool = False, verbose: int = 0) -> None:
         super().__init__(verbose)
         self.max_seconds = max_seconds
+        self.cpu = cpu
+        self._clock = time.process_time if cpu else time.perf_counter
         self._start = 0.0
         self.stopped_early = False
 
     def _on_training_start(self) -> None:
-        self._start = time.perf_counter()
+        self._start = self._clock()
 
     def _on_step(self) -> bool:
-        if time.perf_counter() - self._start > self.max_seconds:
+        if self._clock() - self._start > self.max_seconds:
             self.stopped_early = True
             return False
         return True

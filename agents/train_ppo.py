@@ -112,6 +112,8 @@ class PPOConfig:
         eval_seed: Seed of the evaluation examples.
         checkpoint_every: Timesteps between checkpoints (0 = none).
         max_minutes: Stop training after this much wall time (``None`` = no limit).
+        max_cpu_minutes: Stop training after this much CPU time of the process (``None`` = no
+            limit); the M4 budget is counted this way.
         init_teacher: ``--init`` spec as given (e.g. ``controller:DIR``); the caller resolves it
             into a teacher policy passed to :func:`train_ppo`.
         bc_episodes: Teacher decodes recorded for behaviour cloning.
@@ -155,6 +157,7 @@ class PPOConfig:
     eval_seed: int = 12345
     checkpoint_every: int = 0
     max_minutes: float | None = None
+    max_cpu_minutes: float | None = None
     init_teacher: str | None = None
     bc_episodes: int = 128
     bc_epochs: int = 20
@@ -447,11 +450,13 @@ def _learn(run: _Run) -> dict[str, Any]:
                 name_prefix=cfg.algo,
             )
         )
-    limit = None
+    limits = []
     if cfg.max_minutes is not None:
-        limit = WallClockLimitCallback(cfg.max_minutes * 60.0)
-        callbacks.append(limit)
-    tick = time.perf_counter()
+        limits.append(WallClockLimitCallback(cfg.max_minutes * 60.0))
+    if cfg.max_cpu_minutes is not None:
+        limits.append(WallClockLimitCallback(cfg.max_cpu_minutes * 60.0, cpu=True))
+    callbacks += limits
+    tick, cpu_tick = time.perf_counter(), time.process_time()
     model.learn(
         total_timesteps=cfg.timesteps,
         callback=CallbackList(callbacks),
@@ -459,6 +464,7 @@ def _learn(run: _Run) -> dict[str, Any]:
         progress_bar=cfg.progress_bar,
     )
     wall = time.perf_counter() - tick
+    cpu = time.process_time() - cpu_tick
     model.save(str(out / "final.zip"))
     if evaluator.history and evaluator.history[-1]["timesteps"] == model.num_timesteps:
         final = evaluator.history[-1]  # the periodic evaluation just ran at this step
@@ -469,8 +475,9 @@ def _learn(run: _Run) -> dict[str, Any]:
     return {
         "timesteps": int(model.num_timesteps),
         "wall_time_s": wall,
+        "cpu_time_s": cpu,
         "env_steps_per_s": model.num_timesteps / max(wall, 1e-9),
-        "stopped_early": bool(limit is not None and limit.stopped_early),
+        "stopped_early": any(limit.stopped_early for limit in limits),
         "final_eval": final,
         "eval_history": evaluator.history,
     }

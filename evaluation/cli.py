@@ -239,7 +239,12 @@ def _add_ppo_sweep(sub: Any) -> None:
     )
     _add_ppo_args(p)
     p.add_argument("--lambdas", type=float, nargs="+", default=[0.005, 0.02, 0.05])
-    p.add_argument("--minutes", type=float, default=4.0, help="training minutes per lambda")
+    p.add_argument(
+        "--minutes",
+        type=float,
+        default=4.0,
+        help="training minutes per agent (wall; CPU minutes with --from-scratch)",
+    )
     p.add_argument("--timesteps", type=int, default=1_000_000, help="upper bound")
     p.add_argument("--eval-n", type=int, default=128)
     p.add_argument("--warm-start", default="none", help="threshold to clone, or 'none'")
