@@ -139,7 +139,12 @@ def time_round(step: Callable[[], object], seconds: float, min_iters: int = 5) -
 
 def threads_study(kwargs: dict, rounds: int, seconds: float, threads: list[int]) -> None:
     """Single-env steps/s per torch thread count, as is and with one extra busy process."""
-    results: dict[tuple[str, int], list[float]] = {}
+    print(
+        f"backbone={kwargs['backbone']} task={kwargs['task']} G={kwargs['gen_length']} "
+        f"cpus={os.cpu_count()} rounds={rounds}x{seconds}s (single env, commit-nothing policy)"
+    )
+    print("| load | torch threads | steps/s best | steps/s median |")
+    print("|---|---|---|---|", flush=True)
     for load in ("as is", "+1 busy process"):
         busy = None
         if load != "as is":
@@ -149,20 +154,13 @@ def threads_study(kwargs: dict, rounds: int, seconds: float, threads: list[int])
                 step, close = single_env_stepper(kwargs, num_threads=n)
                 for _ in range(10):
                     step()
-                results[(load, n)] = [1.0 / time_round(step, seconds) for _ in range(rounds)]
+                v = [1.0 / time_round(step, seconds) for _ in range(rounds)]
+                print(f"| {load} | {n} | {max(v):,.1f} | {statistics.median(v):,.1f} |", flush=True)
                 close()
         finally:
             if busy is not None:
                 busy.kill()  # by pid: only the process started above
                 busy.wait()
-    print(
-        f"backbone={kwargs['backbone']} task={kwargs['task']} G={kwargs['gen_length']} "
-        f"cpus={os.cpu_count()} rounds={rounds}x{seconds}s (single env, commit-nothing policy)"
-    )
-    print("| load | torch threads | steps/s best | steps/s median |")
-    print("|---|---|---|---|")
-    for (load, n), v in results.items():
-        print(f"| {load} | {n} | {max(v):,.1f} | {statistics.median(v):,.1f} |")
 
 
 def main() -> None:
