@@ -194,6 +194,8 @@ class PPOConfig:
             raise ValueError("eval_every and checkpoint_every must be >= 0")
         if self.max_minutes is not None and self.max_minutes <= 0:
             raise ValueError(f"max_minutes must be > 0 or None, got {self.max_minutes}")
+        if self.max_cpu_minutes is not None and self.max_cpu_minutes <= 0:
+            raise ValueError(f"max_cpu_minutes must be > 0 or None, got {self.max_cpu_minutes}")
         if self.rollout_size % self.batch_size:
             warnings.warn(
                 f"batch_size {self.batch_size} does not divide the rollout of "
