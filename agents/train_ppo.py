@@ -73,6 +73,11 @@ FROM_SCRATCH: dict[str, Any] = {
     "lr": 1e-3,
     "ent_coef": 0.0,
     "log_std_init": -0.5,
+    # short rollouts, many epochs: more updates per sample (qa, lambda 0.02, 12k steps, seed 0:
+    # return 0.902 vs 0.878 with n_steps 32 / 4 epochs / batch 256; tuned threshold 0.892)
+    "n_steps": 16,
+    "n_epochs": 10,
+    "batch_size": 128,
 }
 
 logger = logging.getLogger(__name__)
