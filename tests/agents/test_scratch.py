@@ -35,7 +35,7 @@ TINY = dict(
 
 
 def test_from_scratch_run_roundtrips_as_a_threshold_rule(tmp_path, backbone):
-    cfg = PPOConfig(out=str(tmp_path), curriculum=(4, 8), **TINY, **FROM_SCRATCH)
+    cfg = PPOConfig(out=str(tmp_path), curriculum=(4, 8), **{**FROM_SCRATCH, **TINY})
     summary = train_ppo(cfg, backbone=backbone)
     assert summary["timesteps"] >= 256
     stored = json.loads((tmp_path / "config.json").read_text())
