@@ -793,7 +793,11 @@ class HFBackbone:
                 f"{self.name!r}: the model read the KV cache in {store.calls} layers, "
                 f"expected {geometry[0]}"
             )
-        width = positions.shape[1]
+        if self.kind == "dream":  # aligned column k is the raw column of position k - 1
+            take = (raw[:, 1:] - raw[:, 1:2]).clamp(min=0)  # [b, Q]
+        else:
+            take = torch.arange(positions.shape[1], device=self.device).expand_as(raw)
+        logits = logits.gather(1, take[..., None].expand(-1, -1, logits.shape[-1]))
         hidden = None
         if layers is not None:
             if not hidden_states:
@@ -805,8 +809,9 @@ class HFBackbone:
                     f"hidden layer indices {bad} out of range for {n} hidden states "
                     f"(valid: {-n}..{n - 1})"
                 )
-            hidden = torch.cat([hidden_states[i] for i in layers], dim=-1)[:, :width]
-        return BackboneOutput(logits=logits[:, :width], hidden=hidden)
+            hidden = torch.cat([hidden_states[i] for i in layers], dim=-1)
+            hidden = hidden.gather(1, take[..., None].expand(-1, -1, hidden.shape[-1]))
+        return BackboneOutput(logits=logits, hidden=hidden)
 
     def _cached_call(
         self,
