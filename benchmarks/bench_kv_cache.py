@@ -65,7 +65,10 @@ def random_llama(layers: int = 4, seed: int = 0) -> Any:
 
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     """All measurements, one record per (task, policy, mode)."""
-    backbone = random_llama() if args.backbone == "random-llama" else load_backbone(args.backbone)
+    if args.backbone == "random-llama":
+        backbone = random_llama(args.layers)
+    else:
+        backbone = load_backbone(args.backbone)
     rows: list[dict[str, Any]] = []
     for task_name in args.tasks.split(","):
         task = get_task(task_name)
@@ -130,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     """Command line entry."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backbone", default="tiny", help="'tiny', 'hf:...' or 'random-llama'")
+    parser.add_argument("--layers", type=int, default=4, help="layers of random-llama")
     parser.add_argument("--tasks", default="qa,math")
     parser.add_argument("--policies", default="topk,threshold,eb")
     parser.add_argument("--n", type=int, default=64)
