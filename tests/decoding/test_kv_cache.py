@@ -232,3 +232,46 @@ def test_remote_code_style_models_report_no_support(llama2: HFBackbone) -> None:
     assert "transformers-native" in backbone.kv_cache_unsupported_reason
     with pytest.raises(ValueError, match="not available: .*transformers-native"):
         Decoder(backbone, _config(kv_cache="prefix"))
+
+
+@pytest.mark.parametrize("mode", ["prefix", "dual"])
+def test_cached_step_matches_an_independent_fast_dllm_reference(hf_backbone, mode: str) -> None:
+    """Multi-layer BERT: a cached step equals a full forward whose keys/values outside the
+    recomputed span are spliced in from the block's first forward (Fast-dLLM's definition)."""
+    decoder = Decoder(hf_backbone, _config(kv_cache=mode))
+    state = decoder.start(["ab:", "hello world:", "x"])
+    refresh_canvas = state.canvas.clone()
+    state = decoder.step(state, make_policy("topk", k=2).select(state))
+    assert state.kv_refreshes.tolist() == [1, 1, 1]  # the step reused the caches
+    L, G = state.canvas.shape[1], state.gen_length
+    lo = L - G + state.window_start
+    hi = torch.full_like(lo, L) if mode == "prefix" else L - G + state.window_end
+    cols = torch.arange(L)[None, :]
+    cached = ((cols < lo[:, None]) | (cols >= hi[:, None]))[..., None]  # [B, L, 1]
+    modules = [
+        (name, module)
+        for name, module in hf_backbone.model.named_modules()
+        if name.endswith(("attention.self.key", "attention.self.value"))
+    ]
+    stored: dict[str, torch.Tensor] = {}
+
+    def capture(name):
+        return lambda mod, inp, out: stored.__setitem__(name, out.detach().clone())
+
+    def splice(name):
+        return lambda mod, inp, out: torch.where(cached, stored[name], out)
+
+    for make, canvas in ((capture, refresh_canvas), (splice, state.canvas)):
+        handles = [module.register_forward_hook(make(name)) for name, module in modules]
+        try:
+            logits = hf_backbone.forward(canvas, state.attention_mask).logits
+        finally:
+            for handle in handles:
+                handle.remove()
+    reference = logits[:, -G:].float().softmax(-1)
+    window = state.eligible
+    assert bool(window.any())
+    assert torch.equal(reference.argmax(-1)[window], state.proposal[window])
+    torch.testing.assert_close(
+        reference.max(-1).values[window], state.confidence[window], atol=1e-5, rtol=1e-5
+    )
