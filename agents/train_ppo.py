@@ -12,6 +12,9 @@ GPU, a real backbone (the env batches all slots into one forward)::
     commit-env train-ppo --task math --backbone hf:GSAI-ML/LLaDA-8B-Instruct --step-cost 0.01 \
         --timesteps 200000 --num-envs 64 --gen-length 64 --window block:16 --out runs/ppo_llada
 
+The run directory is locked while training (a second run into it fails naming the first one's
+pid); ``final.zip`` and ``best.zip`` are written atomically.
+
 Writes ``OUT/final.zip`` (``PPO.load``-able, and ``commit_env.agents.policy.PPOPolicy.load``-able),
 ``OUT/config.json``, ``OUT/best.zip`` (best periodic evaluation), ``OUT/checkpoints/`` and
 TensorBoard logs under ``OUT/tb``: SB3's ``rollout/`` and ``train/`` curves plus
@@ -44,11 +47,12 @@ from commit_env.decoding import DEFAULT_TOP_K, TRAINING_SETTING, DecodeSetting
 from commit_env.envs.core import EnvConfig
 from commit_env.envs.observation import DEFAULT_FEATURES
 from commit_env.evaluate import evaluate_policy, sample_examples
-from commit_env.io import write_json_atomic
+from commit_env.io import write_bytes_atomic, write_json_atomic
 from commit_env.policies.base import CommitPolicy
+from commit_env.rundir import RunLock
 from commit_env.tasks.registry import get_task
 
-__all__ = ["PPOConfig", "build_model", "evaluate_agent", "train_ppo"]
+__all__ = ["PPOConfig", "build_model", "evaluate_agent", "save_model_atomic", "train_ppo"]
 
 logger = logging.getLogger(__name__)
 
@@ -256,6 +260,20 @@ def evaluate_agent(
     }
 
 
+def save_model_atomic(model: Any, path: str | Path) -> None:
+    """``model.save`` into memory, then one atomic write: a kill never leaves half a zip.
+
+    Args:
+        model: An SB3 model.
+        path: The ``.zip`` file.
+    """
+    import io
+
+    buffer = io.BytesIO()
+    model.save(buffer)
+    write_bytes_atomic(path, buffer.getvalue())
+
+
 def _run_dir(cfg: PPOConfig) -> Path:
     if cfg.out is not None:
         return Path(cfg.out)
@@ -284,9 +302,17 @@ def train_ppo(
 
     Raises:
         ValueError: On an invalid environment setting.
+        RunDirLocked: If another process is writing the run directory.
     """
     out = _run_dir(cfg)
-    out.mkdir(parents=True, exist_ok=True)
+    get_task(cfg.task)  # fail on an unknown name before taking the lock or loading a model
+    with RunLock(out):
+        return _train(cfg, out, teacher, backbone)
+
+
+def _train(
+    cfg: PPOConfig, out: Path, teacher: CommitPolicy | None, backbone: Backbone | None
+) -> dict[str, Any]:
     write_json_atomic(out / "config.json", dataclasses.asdict(cfg))
     run = _make_run(cfg, out, resolve_backbone(cfg.backbone if backbone is None else backbone))
     summary: dict[str, Any] = {"out": str(out), "bc_losses": []}
@@ -365,7 +391,9 @@ def _learn(run: _Run) -> dict[str, Any]:
 
     cfg, out, model = run.cfg, run.out, run.model
     evaluator = PeriodicEvalCallback(
-        run.evaluate, max(cfg.eval_every, 1), on_best=lambda m: m.save(str(out / "best.zip"))
+        run.evaluate,
+        max(cfg.eval_every, 1),
+        on_best=lambda m: save_model_atomic(m, out / "best.zip"),
     )
     callbacks: list[Any] = [DecodeStatsCallback()]
     if cfg.eval_every:
@@ -390,7 +418,7 @@ def _learn(run: _Run) -> dict[str, Any]:
         progress_bar=cfg.progress_bar,
     )
     wall = time.perf_counter() - tick
-    model.save(str(out / "final.zip"))
+    save_model_atomic(model, out / "final.zip")
     if evaluator.history and evaluator.history[-1]["timesteps"] == model.num_timesteps:
         final = evaluator.history[-1]  # the periodic evaluation just ran at this step
     elif cfg.eval_every:
