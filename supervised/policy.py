@@ -128,7 +128,8 @@ def _read_config(path: Path) -> dict[str, Any]:
         )
     if vocab != arch.vocab_size:
         raise CorruptCheckpointError(
-            f"{path}: vocab_size {vocab} differs from the controller's {arch.vocab_size}"
+            f"{path}: vocab_size {vocab} differs from the vocabulary of the controller's token "
+            f"embedding ({arch.vocab_size})"
         )
     return {**config, "_controller_config": arch}
 

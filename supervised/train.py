@@ -17,7 +17,8 @@ schedule, generator and history of ``last`` are ``optimizer.pt`` (loaded with
 ``weights_only=True``). Each checkpoint directory is written whole into a temporary directory and
 renamed into place, so a kill leaves the previous one intact. ``OUT`` is locked while training
 (a second trainer fails naming the first one's pid). ``OUT/run_key.json`` records the traces (paths
-and sizes) and every hyperparameter: ``--resume`` with other ones is refused unless ``--force``.
+and sizes) and every hyperparameter but ``epochs`` (which a resume may raise): ``--resume`` with
+other ones is refused unless ``--force``.
 TensorBoard scalars go to
 ``OUT/tb``: ``train/loss``, ``val/loss``, ``val/auroc``, ``val/ap``, ``val/f05``,
 ``rollout/score``, ``rollout/nfe``.
@@ -335,6 +336,7 @@ def run_key(cfg: TrainConfig) -> dict[str, Any]:
     """What ``OUT/run_key.json`` records: every hyperparameter and the identity of the traces."""
     skip = {"out", "resume", "force", "device", "progress", "skip_corrupt", "traces"}
     skip |= {"rollout_n", "rollout_seed"}  # closed-loop checks only; they change no weight
+    skip |= {"epochs"}  # resuming to train for more epochs is what --resume is for
     traces = []
     for directory in cfg.traces:
         manifest = read_manifest(directory)
