@@ -604,8 +604,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         temperature=args.temperature,
         seed=args.seed,
     )
+    examples = sample_examples(task, args.n, args.seed)  # data problems before a model loads
     backbone = _backbone_spec(args).load()
-    examples = sample_examples(task, args.n, args.seed)
     if args.policy == "oracle":
         ref = reference_tokens(
             backbone, [e.prompt for e in examples], config, batch_size=args.batch_size
