@@ -429,7 +429,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         import dataclasses
 
         cfg = dataclasses.replace(cfg, grid_gen_lengths=(cfg.setting.gen_length,))
-    summary = run_bench(cfg, force=args.force)
+    summary = run_bench(cfg, **({"force": True} if args.force else {}))
     print(dumps_json(summary, indent=2))
     print(f"report: {summary['out']}/report.md")
     return 0
