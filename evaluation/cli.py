@@ -320,6 +320,10 @@ def _add_train_ppo(sub: Any) -> None:
     p.add_argument("--checkpoint-every", type=_NONNEGATIVE, default=d.checkpoint_every)
     p.add_argument("--max-minutes", type=_number(0.0, above=True), default=None)
     p.add_argument("--init", default=None, help="warm start, e.g. controller:DIR")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.zip")
+    p.add_argument(
+        "--force", action="store_true", help="--resume even with other settings than OUT's run"
+    )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
@@ -487,6 +491,8 @@ def _cmd_train_ppo(args: argparse.Namespace) -> int:
         max_minutes=args.max_minutes,
         init_teacher=args.init,
         progress_bar=not args.no_progress,
+        resume=args.resume,
+        force=args.force,
     )
     teacher = _resolve_init(args.init)
     _set_threads(args)
@@ -653,7 +659,11 @@ def _cmd_train_backbone(args: argparse.Namespace) -> int:
     import dataclasses
 
     from commit_env.backbones.tiny import TinyBackboneTrainConfig, train_tiny_backbone
+    from commit_env.rundir import prepare_out_dir
 
+    prepare_out_dir(args.out)  # a file or unwritable path fails now, not after training
+    if args.log_dir:
+        prepare_out_dir(args.log_dir, "--log-dir")
     overrides = {
         k: v
         for k, v in {

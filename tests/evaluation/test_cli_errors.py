@@ -67,6 +67,11 @@ def test_out_pointing_at_a_file(capsys, tmp_path):
     traces = _tiny_traces(tmp_path)
     argv = ["train-controller", "--traces", str(traces), "--out", str(afile)]
     _fails_in_one_line(capsys, argv, str(afile), "file")
+    _fails_in_one_line(capsys, ["train-backbone", "--out", str(afile)], str(afile), "file")
+    argv = ["train-backbone", "--out", str(tmp_path / "tb"), "--log-dir", str(afile)]
+    _fails_in_one_line(capsys, argv, "--log-dir", str(afile))
+    argv = ["train-ppo", "--out", str(afile), "--timesteps", "8"]
+    _fails_in_one_line(capsys, argv, str(afile), "file")
     argv = ["sweep", "--json-out", str(tmp_path), "--n", "2"]
     _fails_in_one_line(capsys, argv, "--json-out", "directory")
 
