@@ -38,6 +38,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, _file_mode(path))  # mkstemp's 0600 would make results private
     try:
         write(Path(tmp))
         with open(tmp, "rb+") as fh:
@@ -46,6 +47,25 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _file_mode(path: Path) -> int:
+    """The mode of the file being replaced, else the usual ``0644`` narrowed by the umask."""
+    try:
+        return path.stat().st_mode & 0o777
+    except OSError:
+        return 0o644 & ~_umask()
+
+
+def _umask() -> int:
+    try:  # Linux: read it without changing it (os.umask would race with other threads)
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:
@@ -130,6 +150,7 @@ def replace_dir_atomic(directory: str | Path, fill: Callable[[Path], None]) -> N
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0700 would make checkpoints private
     try:
         fill(tmp)
         for file in tmp.rglob("*"):

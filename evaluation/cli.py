@@ -510,15 +510,18 @@ def _cmd_train_ppo(args: argparse.Namespace) -> int:
 def _cmd_ppo_sweep(args: argparse.Namespace) -> int:
     from commit_env.agents.sweep import format_table, run_lambda_sweep
 
+    from commit_env.rundir import RunLock
+
     _set_threads(args)
-    records = run_lambda_sweep(
-        args.lambdas,
-        _ppo_config(args),
-        minutes_per_lambda=args.minutes,
-        eval_n=args.eval_n,
-        warm_start=None if args.warm_start == "none" else float(args.warm_start),
-        out=args.out,
-    )
+    with RunLock(args.out):
+        records = run_lambda_sweep(
+            args.lambdas,
+            _ppo_config(args),
+            minutes_per_lambda=args.minutes,
+            eval_n=args.eval_n,
+            warm_start=None if args.warm_start == "none" else float(args.warm_start),
+            out=args.out,
+        )
     print(format_table(records))
     return 0
 
