@@ -727,6 +727,14 @@ def _check_options(args: argparse.Namespace) -> None:
         sandbox_backend(mode)  # strict without bubblewrap fails here, before any decoding
 
 
+def _quiet_hub() -> None:
+    """The Hub client logs every retry (many lines offline); an error still ends in one line."""
+    os.environ.setdefault("HF_HUB_VERBOSITY", "error")  # read when huggingface_hub is imported
+    hub_logging = sys.modules.get("huggingface_hub.utils.logging")
+    if hub_logging is not None:
+        hub_logging.set_verbosity_error()
+
+
 def _user_errors() -> tuple[type[BaseException], ...]:
     from commit_env.errors import CommitEnvError
 
@@ -748,6 +756,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as stop:  # --help (0) or a one-line parse error (2)
         return stop.code if isinstance(stop.code, int) else 2
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING)
+    if not args.verbose:
+        _quiet_hub()
     from commit_env.tasks.sandbox import ENV_VAR
 
     saved = os.environ.get(ENV_VAR)
