@@ -113,9 +113,15 @@ class TraceWriter:
         self.shard_traces = shard_traces
         if (self.directory / MANIFEST).is_file():
             manifest = read_manifest(self.directory)
-            if manifest["meta"] != meta:
+            stored, new = manifest["meta"], json.loads(dumps_json(meta))
+            if stored != new:
+                diffs = ", ".join(
+                    f"{k}: {stored.get(k)!r} -> {new.get(k)!r}"
+                    for k in sorted(set(stored) | set(new))
+                    if stored.get(k) != new.get(k)
+                )
                 raise ValueError(
-                    f"{self.directory} holds traces collected with different settings; "
+                    f"{self.directory} holds traces collected with different settings ({diffs}); "
                     "use a new directory (or delete this one)"
                 )
             self.manifest = manifest

@@ -85,15 +85,19 @@ def _tiny_traces(tmp_path: Path) -> Path:
     return traces
 
 
-@pytest.mark.skipif(not hasattr(__import__("os"), "geteuid"), reason="POSIX only")
 def test_unwritable_out(capsys, tmp_path):
     import os
 
-    if os.geteuid() == 0:
-        pytest.skip("root can write into read-only directories")
-    ro = tmp_path / "ro"
-    ro.mkdir(mode=0o500)
-    _fails_in_one_line(capsys, ["collect", "--out", str(ro / "x"), "--n", "2"], str(ro))
+    if os.geteuid() == 0:  # root writes into read-only directories; sysfs refuses even root
+        if not Path("/sys/kernel").is_dir():
+            pytest.skip("needs a non-root user or Linux sysfs")
+        target = Path("/sys/commit_env_test_out")
+    else:
+        ro = tmp_path / "ro"
+        ro.mkdir(mode=0o500)
+        target = ro / "x"
+    _fails_in_one_line(capsys, ["collect", "--out", str(target), "--n", "2"], str(target))
+    _fails_in_one_line(capsys, ["bench", "--out", str(target)], str(target))
 
 
 def test_train_ppo_init_from_a_missing_controller(capsys, tmp_path):
