@@ -139,7 +139,7 @@ APPENDER = textwrap.dedent(
 
 def test_two_processes_appending_never_lose_or_duplicate_a_record(tmp_path):
     path = tmp_path / "results.jsonl"
-    n = 60
+    n = 30
     procs = [
         subprocess.Popen([sys.executable, "-c", APPENDER, str(path), tag, str(n)])
         for tag in ("a", "b")
