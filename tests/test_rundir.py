@@ -168,4 +168,3 @@ def test_json_outputs_never_contain_nan_or_infinity(tmp_path):
     json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard constant {c}"))
     write_json_atomic(tmp_path / "x.json", data)
     assert "NaN" not in (tmp_path / "x.json").read_text()
-
