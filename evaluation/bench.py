@@ -21,7 +21,10 @@ On a real model (GPU when present)::
         --task gsm8k --gen-length 256 --window block:32 --dtype bfloat16 --batch-size 16
 
 An interrupted bench resumes: result records are appended atomically to ``OUT/results.jsonl``
-and finished trainings are reused.
+and finished trainings are reused. ``OUT`` is locked while a bench runs (a second one into it
+fails naming the first one's pid), and ``OUT/run_key.json`` records every setting that changes a
+result (n, seed, backbone, tasks, settings and grid, training sizes): a resume with other
+settings is refused, or with ``force`` (``--force``) starts over, discarding the old results.
 """
 
 from __future__ import annotations
@@ -42,9 +45,11 @@ from commit_env.evaluation.sweeps import PolicySpec, Setting, heuristic_grid, re
 from commit_env.backbones.base import Backbone
 from commit_env.backbones.spec import BackboneSpec
 from commit_env.decoding import DecodeConfig, DecodeSetting, decode
+from commit_env.errors import ResumeMismatch
 from commit_env.evaluate import sample_examples
 from commit_env.io import write_text_atomic
 from commit_env.policies import CommitPolicy, make_policy
+from commit_env.rundir import RunLock, check_run_key
 from commit_env.tasks import get_task
 from commit_env.tasks.registry import TESTBED_TASKS
 
@@ -246,7 +251,7 @@ class _Bench:
         """
 
         def on_record(record: dict[str, Any]) -> None:
-            append_jsonl_atomic(self.results_path, record)
+            append_jsonl_atomic(self.results_path, record, key=record_key)
             self.done.add(record_key(record))
 
         cfg = self.cfg
@@ -282,7 +287,7 @@ class LearnedPolicies:
         return [self.controller] + ([self.ppo] if self.ppo is not None else [])
 
 
-def run_bench(cfg: BenchConfig) -> dict[str, Any]:
+def run_bench(cfg: BenchConfig, *, force: bool = False) -> dict[str, Any]:
     """Run the whole pipeline; see the module docstring.
 
     Stages: :func:`heuristics_stage`, :func:`controller_stage`, :func:`ppo_stage`,
@@ -290,12 +295,23 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
 
     Args:
         cfg: Bench settings.
+        force: Start over in an ``out`` written with other settings (its results are deleted)
+            instead of refusing.
 
     Returns:
         Summary with output paths and timings.
+
+    Raises:
+        RunDirLocked: If another process is writing ``cfg.out``.
+        ResumeMismatch: If ``cfg.out`` holds results of other settings and ``force`` is false.
     """
+    with RunLock(cfg.out):
+        return _run_bench(cfg, force)
+
+
+def _run_bench(cfg: BenchConfig, force: bool) -> dict[str, Any]:
     t0 = time.perf_counter()
-    bench = _open_bench(cfg)
+    bench = _open_bench(cfg, force)
 
     def timed(name: str, stage: Any, *args: Any) -> Any:
         tick = time.perf_counter()
@@ -313,13 +329,53 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     return report_stage(bench, learned, traces, t0)
 
 
-def _open_bench(cfg: BenchConfig) -> _Bench:
+def bench_key(cfg: BenchConfig) -> dict[str, Any]:
+    """Every setting of ``cfg`` that changes a result (what ``OUT/run_key.json`` records)."""
+    spec = dataclasses.asdict(cfg.backbone_spec)
+    spec.pop("device", None)  # where it runs does not change what it computes
+    skip = {"out", "device", "batch_size", "progress", "backbone", "kind", "dtype"}
+    skip |= {"trust_remote_code"}
+    key = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in skip}
+    return {**key, "backbone": spec}
+
+
+_RESULTS = ("results.jsonl", "results.json", "report.md", "summary.json", "traces.json")
+
+
+def _check_resume(cfg: BenchConfig, out: Path, force: bool) -> None:
+    """Refuse (or with ``force`` clear) an ``out`` whose results come from other settings."""
+    import shutil
+
+    had_key = (out / "run_key.json").is_file()
+    runs = (
+        set()
+        if had_key
+        else {(r.get("n"), r.get("seed")) for r in read_jsonl(out / "results.jsonl")}
+    )
+    legacy_mismatch = bool(runs - {(cfg.n, cfg.seed)})  # a bench from before run keys
+    if legacy_mismatch and not force:
+        raise ResumeMismatch(
+            f"{out} holds results of other settings ((n, seed) in {sorted(runs, key=str)}), "
+            f"this run asks n={cfg.n}, seed={cfg.seed}; use another --out, or --force"
+        )
+    if check_run_key(out, bench_key(cfg), force=force, what="bench") or not (
+        had_key or legacy_mismatch
+    ):
+        return
+    for name in _RESULTS:  # a new key: results of other settings must not be reused
+        (out / name).unlink(missing_ok=True)
+    for name in ("controller", "ppo", "traces"):
+        shutil.rmtree(out / name, ignore_errors=True)
+
+
+def _open_bench(cfg: BenchConfig, force: bool = False) -> _Bench:
     """Output directory, config record, task check, backbone, and the records so far."""
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "bench_config.json", dataclasses.asdict(cfg))
     for t in cfg.tasks:
         get_task(t)  # fail fast on unknown names
+    _check_resume(cfg, out, force)
+    write_json_atomic(out / "bench_config.json", dataclasses.asdict(cfg))
     backbone = cfg.backbone_spec.load()
     results_path = out / "results.jsonl"
     done = {record_key(r) for r in read_jsonl(results_path)}

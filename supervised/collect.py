@@ -38,6 +38,7 @@ from commit_env.decoding import (
 )
 from commit_env.evaluate import score_completions
 from commit_env.policies import CommitPolicy, make_policy
+from commit_env.rundir import RunLock
 from commit_env.tasks import Example, Task, get_task
 from commit_env.traces import TraceWriter
 
@@ -51,7 +52,8 @@ class CollectConfig:
     """What to collect.
 
     Attributes:
-        out: Trace directory (resumed if it exists with the same settings).
+        out: Trace directory (resumed if it exists with the same settings; locked while a
+            collection writes it).
         backbone: Backbone spec.
         tasks: Task names (``name:difficulty``) drawn uniformly per example.
         n: Examples to decode in total.
@@ -209,12 +211,30 @@ def collect_traces(
         progress: Show a progress bar.
 
     Returns:
-        Summary: traces written, step records, mean score, on-disk bytes per position-step.
+        Summary: traces written, step records, mean score of the examples decoded by this call
+        (``None`` when it had nothing left to do), on-disk bytes per position-step.
+
+    Raises:
+        RunDirLocked: If another process is writing ``cfg.out``.
+        ValueError: If ``cfg.out`` holds traces collected with other settings.
     """
+    with RunLock(cfg.out):
+        return _collect(cfg, backbone, behaviour, relabel_with_reference, progress)
+
+
+def _collect(
+    cfg: CollectConfig,
+    backbone: Backbone | None,
+    behaviour: Any | None,
+    relabel_with_reference: bool,
+    progress: bool,
+) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     from commit_env.traces import TraceDataset
 
+    for name in cfg.tasks:
+        get_task(name)  # fail on unknown names before loading a model
     backbone = backbone or resolve_backbone(cfg.backbone, device=cfg.device)
     config = cfg.decode_config()
     builder = cfg.feature_builder()
@@ -245,7 +265,7 @@ def collect_traces(
     return {
         "traces": writer.examples_done,
         "steps": len(dataset),
-        "mean_score_this_run": float(np.mean(scores)) if scores else float("nan"),
+        "mean_score_this_run": float(np.mean(scores)) if scores else None,
         "bytes_per_position_step": dataset.bytes_per_position_step(),
         "config": dataclasses.asdict(cfg),
     }

@@ -63,10 +63,67 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
     Returns:
         The resolved device.
+
+    Raises:
+        BackboneUnavailable: If the string names no device type, or the device is not present
+            here (e.g. ``cuda`` without a GPU, ``cuda:3`` with two).
     """
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    if isinstance(device, torch.device):
+        return device
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise BackboneUnavailable(
+            f"unknown device {device!r}; expected cpu, cuda, cuda:N or mps"
+        ) from None
+    if resolved.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise BackboneUnavailable(
+                f"device {device!r} requested but CUDA is not available here; use --device cpu"
+            )
+        if resolved.index is not None and resolved.index >= count:
+            raise BackboneUnavailable(
+                f"device {device!r} requested but only {count} CUDA device(s) exist "
+                f"(cuda:0..cuda:{count - 1})"
+            )
+    elif resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise BackboneUnavailable(f"device {device!r} requested but MPS is not available here")
+    return resolved
+
+
+def _check_local_checkpoint(source: str) -> None:
+    """Name the file when a local checkpoint's ``config.json`` or a safetensors file is corrupt."""
+    import json
+    import struct
+    from pathlib import Path
+
+    directory = Path(source)
+    if not directory.is_dir():
+        return
+    config = directory / "config.json"
+    if config.is_file():
+        try:
+            json.loads(config.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise BackboneUnavailable(f"{config} is not valid JSON ({err})") from None
+    for weights in sorted(directory.glob("*.safetensors")):
+        size = weights.stat().st_size
+        try:
+            with open(weights, "rb") as fh:
+                (length,) = struct.unpack("<Q", fh.read(8))
+                if length > size - 8:
+                    raise ValueError(f"header of {length} bytes in a {size}-byte file")
+                header = json.loads(fh.read(length))
+            ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
+            if 8 + length + max(ends, default=0) > size:
+                raise ValueError("tensor data is truncated")
+        except (struct.error, ValueError, KeyError, TypeError, IndexError) as err:
+            raise BackboneUnavailable(
+                f"{weights} is not a valid safetensors file ({err}); re-download or re-save it"
+            ) from None
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
@@ -370,6 +427,7 @@ class HFBackbone:
         resolved_device = resolve_device(device)
         resolved_dtype = resolve_dtype(dtype, resolved_device)
         source = str(name_or_path)
+        _check_local_checkpoint(source)
 
         import transformers  # noqa: PLC0415 - deferred: importing transformers costs seconds
 
