@@ -54,6 +54,13 @@ def _add_backbone_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trust-remote-code", action="store_true")
 
 
+def _add_ray_args(p: argparse.ArgumentParser) -> None:
+    """``--ray [ADDRESS]``, ``--workers`` and ``--gpus-per-worker`` (Ray scale-out)."""
+    from commit_env.evaluation.distributed import add_ray_arguments
+
+    add_ray_arguments(p)
+
+
 def _backbone_spec(args: argparse.Namespace) -> Any:
     from commit_env.backbones.spec import BackboneSpec
 
@@ -79,6 +86,7 @@ def _add_eval(sub: Any) -> None:
     ev.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
     ev.add_argument("--json", action="store_true", help="print one JSON record")
     ev.add_argument("--no-progress", action="store_true")
+    _add_ray_args(ev)
 
 
 def _add_train_backbone(sub: Any) -> None:
@@ -97,6 +105,7 @@ def _add_sweep(sub: Any) -> None:
     _add_decode_args(sw)
     sw.add_argument("--tasks", default="qa,math,code", help="comma-separated task names")
     sw.add_argument("--json-out", default=None, help="also write the records to this file")
+    _add_ray_args(sw)
 
 
 def _add_bench(sub: Any) -> None:
@@ -116,6 +125,7 @@ def _add_bench(sub: Any) -> None:
     be.add_argument("--batch-size", type=int, default=None)
     be.add_argument("--seed", type=int, default=None)
     be.add_argument("--no-progress", action="store_true")
+    _add_ray_args(be)
 
 
 def _add_collect(sub: Any) -> None:
@@ -141,6 +151,7 @@ def _add_collect(sub: Any) -> None:
     )
     co.add_argument("--hidden-features", type=int, default=16, help="0 = no hidden features")
     co.add_argument("--batch-size", type=int, default=128)
+    _add_ray_args(co)
 
 
 def _add_setting_args(p: argparse.ArgumentParser) -> None:
@@ -263,8 +274,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         get_task(t)  # validate before loading a model
     gen_length = args.gen_length or 16
     setting = Setting(gen_length, args.window, args.budget)
-    backbone = _backbone_spec(args).load()
-    records = run_sweep(
+    backbone = _backbone_spec(args).load() if args.ray is None else None
+    records = _ray_or_local(args, run_sweep)(
         backbone,
         tasks,
         heuristic_grid(gen_length),
@@ -312,10 +323,17 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         import dataclasses
 
         cfg = dataclasses.replace(cfg, grid_gen_lengths=(cfg.setting.gen_length,))
-    summary = run_bench(cfg)
+    summary = _ray_or_local(args, run_bench)(cfg)
     print(json.dumps(summary, indent=2))
     print(f"report: {summary['out']}/report.md")
     return 0
+
+
+def _ray_or_local(args: argparse.Namespace, local: Any) -> Any:
+    """``local``, or its Ray counterpart when ``--ray`` is given (same arguments, same result)."""
+    from commit_env.evaluation.distributed import ray_counterpart
+
+    return ray_counterpart(args, local)
 
 
 def _set_threads(args: argparse.Namespace) -> None:
@@ -418,7 +436,7 @@ def _cmd_collect(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         device=args.device,
     )
-    summary = collect_traces(cfg)
+    summary = _ray_or_local(args, collect_traces)(cfg)
     print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2))
     return 0
 
@@ -493,7 +511,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             backbone, [e.prompt for e in examples], config, batch_size=args.batch_size
         )
         policy = make_policy("oracle", reference=ref, **params)
-    ev = evaluate_policy(
+    ev = _ray_or_local(args, evaluate_policy)(
         backbone,
         task,
         policy,

@@ -55,6 +55,8 @@ from commit_env.tasks import get_task
 
 __all__ = [
     "LocalExecutor",
+    "add_ray_arguments",
+    "ray_counterpart",
     "RayExecutor",
     "ShardFailedError",
     "ShardRunner",
@@ -694,3 +696,100 @@ class LocalExecutor:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def add_ray_arguments(parser: Any) -> None:
+    """Add the ``Ray scale-out`` argument group to a subcommand's parser.
+
+    Args:
+        parser: An ``argparse`` parser with the backbone options.
+    """
+    g = parser.add_argument_group("Ray scale-out")
+    g.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="ADDRESS",
+        help="run on Ray: no value = a local cluster, 'auto' = the running cluster, "
+        "or a cluster address (ray://host:10001)",
+    )
+    g.add_argument("--workers", type=int, default=2, help="Ray actors (each loads the backbone)")
+    g.add_argument(
+        "--gpus-per-worker", type=float, default=0.0, help="GPUs per actor (0.5 packs two per GPU)"
+    )
+    g.add_argument(
+        "--shard-size",
+        type=int,
+        default=None,
+        help="examples per shard (a multiple of the batch size; default: one batch)",
+    )
+
+
+def ray_counterpart(args: Any, local: Callable[..., Any]) -> Callable[..., Any]:
+    """The Ray version of a command's local call (``local`` itself without ``--ray``).
+
+    Supports ``run_sweep``, ``collect_traces``, ``run_bench`` and ``evaluate_policy``; the
+    returned callable takes the local call's arguments and returns the same kind of result.
+
+    Args:
+        args: Parsed command-line arguments (with :func:`add_ray_arguments`' options).
+        local: The local function.
+
+    Returns:
+        A callable.
+    """
+    if getattr(args, "ray", None) is None:
+        return local
+
+    def executor() -> RayExecutor:
+        return RayExecutor(
+            BackboneSpec.of(args),
+            address=args.ray,
+            workers=args.workers,
+            gpus_per_worker=args.gpus_per_worker,
+            shard_size=args.shard_size,
+            progress=not getattr(args, "no_progress", False),
+        )
+
+    name = getattr(local, "__name__", "")
+    if name == "run_sweep":
+
+        def sweep(backbone: Any, tasks: Any, policies: Any, settings: Any, **kw: Any) -> Any:
+            with executor() as ex:
+                return ex.sweep(tasks, policies, settings, **kw)
+
+        return sweep
+    if name == "collect_traces":
+
+        def collect(cfg: Any, **kw: Any) -> Any:
+            with executor() as ex:
+                return ex.collect(cfg, progress=kw.get("progress", True))
+
+        return collect
+    if name == "run_bench":
+
+        def bench(cfg: Any) -> Any:
+            with executor() as ex:
+                return local(cfg, executor=ex)
+
+        return bench
+    if name == "evaluate_policy":
+        from commit_env.evaluation.cli import parse_params
+
+        def evaluate(backbone: Any, task: Any, policy: Any, config: Any, **kw: Any) -> Any:
+            params = () if args.policy == "oracle" else tuple(parse_params(args.param).items())
+            spec = PolicySpec(args.policy, args.policy, params)
+            with executor() as ex:
+                return ex.evaluate(
+                    args.task,
+                    spec,
+                    config,
+                    n=len(kw["examples"]),
+                    seed=args.seed,
+                    batch_size=kw.get("batch_size") or 64,
+                    progress=kw.get("progress", True),
+                )
+
+        return evaluate
+    raise ValueError(f"no Ray counterpart for {name!r}")
