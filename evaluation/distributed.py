@@ -103,7 +103,7 @@ def example_ranges(n: int, batch_size: int, shard_size: int | None = None, start
         batch_size: Rows per engine batch (the local loop's chunking).
         shard_size: Examples per shard, rounded up to a multiple of ``batch_size``
             (default: one batch per shard).
-        start: First example (a resumed collection's ``examples_done``).
+        start: First example (a multiple of ``batch_size`` keeps the local batches).
 
     Returns:
         ``[(lo, hi), ...]`` covering ``[start, n)``.
@@ -362,7 +362,8 @@ class RayExecutor:
             ``host:6379``).
         workers: Actors (each loads the backbone once).
         gpus_per_worker: GPUs per actor (fractions pack several on one GPU; 0 = CPU).
-        cpus_per_worker: CPUs per actor (also its torch thread count).
+        cpus_per_worker: CPUs per actor (its torch thread count, at least 1, is the rounded value;
+            fractions let more actors than cores share a small machine).
         shard_size: Examples per shard, rounded up to a multiple of the batch size
             (default: one engine batch per shard).
         max_retries: Retries of a failed shard before the run stops with
@@ -382,7 +383,7 @@ class RayExecutor:
         address: str | None = "",
         workers: int = 2,
         gpus_per_worker: float = 0.0,
-        cpus_per_worker: int = 1,
+        cpus_per_worker: float = 1,
         shard_size: int | None = None,
         max_retries: int = 2,
         progress: bool = True,
@@ -390,9 +391,9 @@ class RayExecutor:
     ) -> None:
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
-        if gpus_per_worker < 0 or cpus_per_worker < 1 or max_retries < 0:
+        if gpus_per_worker < 0 or cpus_per_worker <= 0 or max_retries < 0:
             raise ValueError(
-                "gpus_per_worker must be >= 0, cpus_per_worker >= 1 and max_retries >= 0, got "
+                "gpus_per_worker must be >= 0, cpus_per_worker > 0 and max_retries >= 0, got "
                 f"{gpus_per_worker}, {cpus_per_worker}, {max_retries}"
             )
         self.ray = _import_ray()
@@ -441,7 +442,7 @@ class RayExecutor:
                 max_restarts=0,
                 max_task_retries=0,
             )
-            spec, threads, fault = self.spec, self.cpus_per_worker, self.fault
+            spec, threads, fault = self.spec, max(1, round(self.cpus_per_worker)), self.fault
             self._pool = _Pool(
                 self.ray,
                 lambda: remote.remote(spec, threads, fault),
@@ -614,7 +615,10 @@ class RayExecutor:
             on_policy=False,
         )
         writer = TraceWriter(cfg.out, meta, shard_traces=cfg.shard_traces)
-        ranges = example_ranges(cfg.n, cfg.batch_size, self.shard_size, writer.examples_done)
+        start = writer.examples_done
+        # from the start of the batch holding the first missing example (as the local loop)
+        first = start - start % cfg.batch_size
+        ranges = example_ranges(cfg.n, cfg.batch_size, self.shard_size, first)
         pending: dict[int, Any] = {}
         order = deque(lo for lo, _ in ranges)
         scores: list[float] = []
@@ -623,9 +627,10 @@ class RayExecutor:
             pending[shard[0]] = result
             while order and order[0] in pending:
                 records, sc, _ = pending.pop(order.popleft())
-                scores.extend(sc.tolist())
-                for trace, steps in records:
-                    writer.add_trace(trace, steps)
+                new = [i for i, (trace, _) in enumerate(records) if trace["example_index"] >= start]
+                scores.extend(sc[new].tolist())
+                for i in new:  # traces already on disk are not written twice
+                    writer.add_trace(*records[i])
 
         def describe(shard: tuple[int, int]) -> str:
             return f"collection shard (examples {shard[0]}-{shard[1] - 1} of {cfg.out})"

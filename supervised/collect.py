@@ -235,15 +235,19 @@ def collect_traces(
     start = writer.examples_done
     scores: list[float] = []
     bar = tqdm(total=cfg.n, initial=start, desc="collect", unit="ex", disable=not progress)
-    for lo in range(start, cfg.n, cfg.batch_size):
+    # Resume from the start of the batch holding the first missing example, so every example is
+    # decoded in the same batch as in an uninterrupted run (identical rows), and skip the traces
+    # already on disk.
+    for lo in range(start - start % cfg.batch_size, cfg.n, cfg.batch_size):
         batch = examples[lo : lo + cfg.batch_size]
         records, batch_scores = collect_batch(
             decoder, builder, reference, tasks, batch, lo, behaviour, relabel_with_reference
         )
-        scores.extend(batch_scores.tolist())
-        for trace, steps in records:
-            writer.add_trace(trace, steps)
-        bar.update(len(batch))
+        new = [i for i, (trace, _) in enumerate(records) if trace["example_index"] >= start]
+        scores.extend(batch_scores[new].tolist())
+        for i in new:
+            writer.add_trace(*records[i])
+        bar.update(len(new))
     writer.flush()
     bar.close()
     dataset = TraceDataset(cfg.out)
