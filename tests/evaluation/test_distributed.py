@@ -273,3 +273,28 @@ def test_repeated_failure_ends_with_one_line_error(tmp_path):
 def test_bad_worker_count_is_refused():
     with pytest.raises(ValueError, match="workers must be >= 1"):
         RayExecutor("tiny", workers=0)
+
+
+def test_reduced_bench_records_equal_local(tmp_path, executor):
+    from commit_env.evaluation.bench import BenchConfig, run_bench
+
+    cfg = BenchConfig.preset(
+        "quick",
+        tasks=("qa",),
+        n=8,
+        batch_size=BATCH,
+        collect_n=16,
+        controller_epochs=1,
+        ppo_timesteps=0,
+        grid_windows=("full",),
+        grid_budget_fractions=(0.5,),
+        progress=False,
+    )
+    import dataclasses
+
+    run_bench(dataclasses.replace(cfg, out=str(tmp_path / "local")))
+    run_bench(dataclasses.replace(cfg, out=str(tmp_path / "ray")), executor=executor)
+    local = read_jsonl(tmp_path / "local" / "results.jsonl")
+    dist = read_jsonl(tmp_path / "ray" / "results.jsonl")
+    assert {r["policy"] for r in dist} >= {"controller", "oracle", "threshold"}
+    assert _strip(dist) == _strip(local)
