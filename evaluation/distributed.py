@@ -95,7 +95,9 @@ def _import_ray() -> Any:
     return ray
 
 
-def example_ranges(n: int, batch_size: int, shard_size: int | None = None, start: int = 0):
+def example_ranges(
+    n: int, batch_size: int, shard_size: int | None = None, start: int = 0
+) -> list[tuple[int, int]]:
     """Shard example ranges aligned to the local path's engine batches.
 
     Args:
@@ -315,7 +317,7 @@ class _Pool:
             load[slot] -= 1
             try:
                 result = ray.get(ref)
-            except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as err:
+            except ray.exceptions.RayError as err:  # the worker died or the shard raised
                 key = id(shard)
                 attempts[key] = attempts.get(key, 0) + 1
                 if attempts[key] > self.max_retries:

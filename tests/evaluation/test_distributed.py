@@ -298,3 +298,14 @@ def test_reduced_bench_records_equal_local(tmp_path, executor):
     dist = read_jsonl(tmp_path / "ray" / "results.jsonl")
     assert {r["policy"] for r in dist} >= {"controller", "oracle", "threshold"}
     assert _strip(dist) == _strip(local)
+
+
+@pytest.mark.parametrize("command", ["collect", "sweep", "eval", "bench"])
+def test_cli_accepts_ray_options(command):
+    from commit_env.evaluation.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args([command]).ray is None  # local by default
+    args = parser.parse_args([command, "--ray", "--workers", "3", "--gpus-per-worker", "0.5"])
+    assert (args.ray, args.workers, args.gpus_per_worker) == ("", 3, 0.5)
+    assert parser.parse_args([command, "--ray", "auto"]).ray == "auto"
