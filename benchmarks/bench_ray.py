@@ -29,6 +29,7 @@ import time
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_raylet_start_wait_time_s", "300")  # a busy shared box starts slowly
 
 import torch  # noqa: E402
 from commit_env.evaluation.bench import _quick_heuristics  # noqa: E402
@@ -79,6 +80,7 @@ def main() -> None:
         tasks, specs, settings, n=args.sweep_n, batch_size=args.sweep_batch, progress=False
     )
     out["sweep_local_s"] = time.perf_counter() - tick
+    print(json.dumps(out), flush=True)  # the local half, in case the cluster cannot start
 
     tick = time.perf_counter()
     with RayExecutor("tiny", workers=args.workers, progress=False) as ex:

@@ -62,6 +62,7 @@ def _strip(records):
 def cluster():
     """One local cluster of 2 CPUs for the module."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_raylet_start_wait_time_s", "300")  # busy shared CI machines
     # the custom factory below lives in this test module, which workers cannot import
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
