@@ -29,7 +29,6 @@ import time
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-os.environ.setdefault("RAY_raylet_start_wait_time_s", "300")  # a busy shared box starts slowly
 
 import torch  # noqa: E402
 from commit_env.evaluation.bench import _quick_heuristics  # noqa: E402

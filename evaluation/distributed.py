@@ -62,6 +62,7 @@ __all__ = [
     "ShardRunner",
     "SweepJob",
     "example_ranges",
+    "start_ray",
     "merge_results",
 ]
 
@@ -93,6 +94,27 @@ def _import_ray() -> Any:
             "distributed runs need Ray: pip install 'commit-env[ray]'"
         ) from err
     return ray
+
+
+def start_ray(ray: Any, attempts: int = 3, **kwargs: Any) -> None:
+    """``ray.init(**kwargs)``, retried when a local node times out starting (busy machines).
+
+    Ray waits a fixed 30 s for a new local node to register; on an overloaded machine that can
+    fail although the node would come up.
+
+    Args:
+        ray: The ``ray`` module.
+        attempts: Tries in all.
+        **kwargs: Passed to ``ray.init``.
+    """
+    for attempt in range(attempts):
+        try:
+            ray.init(**kwargs)
+            return
+        except Exception as err:  # noqa: BLE001 - Ray raises a bare Exception here
+            if "timed out during startup" not in str(err) or attempt == attempts - 1:
+                raise
+            ray.shutdown()
 
 
 def example_ranges(
@@ -410,7 +432,8 @@ class RayExecutor:
         self._owns_cluster = False
         if not self.ray.is_initialized():
             local = address in (None, "", "local")
-            self.ray.init(
+            start_ray(
+                self.ray,
                 address=None if local else address,
                 include_dashboard=False if local else None,
                 log_to_driver=False,

@@ -15,6 +15,7 @@ from commit_env.evaluation.distributed import (  # noqa: E402
     RayExecutor,
     ShardFailedError,
     example_ranges,
+    start_ray,
 )
 from commit_env.evaluation.io import append_jsonl_atomic, read_jsonl  # noqa: E402
 from commit_env.evaluation.sweeps import (  # noqa: E402
@@ -62,10 +63,11 @@ def _strip(records):
 def cluster():
     """One local cluster of 2 CPUs for the module."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    os.environ.setdefault("RAY_raylet_start_wait_time_s", "300")  # busy shared CI machines
     # the custom factory below lives in this test module, which workers cannot import
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    start_ray(
+        ray, num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False
+    )
     yield
     ray.shutdown()
 
