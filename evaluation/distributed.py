@@ -576,6 +576,9 @@ class RayExecutor:
     ) -> None:
         ranges = example_ranges(n, batch_size, self.shard_size)
         shards = [(j, lo, hi) for j in range(len(jobs)) for lo, hi in ranges]
+        if not shards:  # everything already done (a resumed run)
+            self.shard_compute_s = []
+            return
         parts: dict[int, dict[int, Any]] = {j: {} for j in range(len(jobs))}
         next_job = [0]
         job_refs = [self.ray.put(job) for _, job in jobs]  # shipped once per job, not per shard
