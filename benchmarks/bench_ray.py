@@ -58,6 +58,7 @@ def main() -> None:
     p.add_argument("--sweep-n", type=int, default=128)
     p.add_argument("--sweep-batch", type=int, default=64, help="sweep's default")
     p.add_argument("--tasks", default="qa,math")
+    p.add_argument("--rounds", type=int, default=1, help="alternating local/Ray rounds")
     args = p.parse_args()
     torch.set_num_threads(1)
     tasks = args.tasks.split(",")
@@ -69,38 +70,48 @@ def main() -> None:
     def collect_cfg(name):
         return CollectConfig(out=f"{tmp}/{name}", n=args.collect_n, batch_size=args.collect_batch)
 
+    p_rounds = args.rounds
     local = LocalExecutor("tiny")
     local.backbone  # noqa: B018 - load outside the timings
-    tick = time.perf_counter()
-    local.collect(collect_cfg("local"), progress=False)
-    out["collect_local_s"] = time.perf_counter() - tick
-    tick = time.perf_counter()
-    local_records = local.sweep(
-        tasks, specs, settings, n=args.sweep_n, batch_size=args.sweep_batch, progress=False
-    )
-    out["sweep_local_s"] = time.perf_counter() - tick
-    print(json.dumps(out), flush=True)  # the local half, in case the cluster cannot start
-
     tick = time.perf_counter()
     with RayExecutor("tiny", workers=args.workers, progress=False) as ex:
         pool = ex._get_pool()
         pool.start()
         ex.ray.get([a.backbone_info.remote() for a in pool.actors])
         out["cluster_and_actor_startup_s"] = time.perf_counter() - tick
-        tick = time.perf_counter()
-        ex.collect(collect_cfg("ray"), progress=False)
-        out["collect_ray_s"] = time.perf_counter() - tick
-        out["collect_shards"] = len(ex.shard_compute_s)
-        tick = time.perf_counter()
-        ray_records = ex.sweep(
-            tasks, specs, settings, n=args.sweep_n, batch_size=args.sweep_batch, progress=False
-        )
-        out["sweep_ray_s"] = time.perf_counter() - tick
-        out["sweep_shards"] = len(ex.shard_compute_s)
+        # local and Ray alternate, round by round, so a change in the machine's load hits both
+        rounds = []
+        for r in range(p_rounds):
+            row: dict = {"load": os.getloadavg()[0]}
+            tick = time.perf_counter()
+            local.collect(collect_cfg(f"local{r}"), progress=False)
+            row["collect_local_s"] = time.perf_counter() - tick
+            tick = time.perf_counter()
+            ex.collect(collect_cfg(f"ray{r}"), progress=False)
+            row["collect_ray_s"] = time.perf_counter() - tick
+            out["collect_shards"] = len(ex.shard_compute_s)
+            tick = time.perf_counter()
+            local_records = local.sweep(
+                tasks, specs, settings, n=args.sweep_n, batch_size=args.sweep_batch, progress=False
+            )
+            row["sweep_local_s"] = time.perf_counter() - tick
+            tick = time.perf_counter()
+            ray_records = ex.sweep(
+                tasks, specs, settings, n=args.sweep_n, batch_size=args.sweep_batch, progress=False
+            )
+            row["sweep_ray_s"] = time.perf_counter() - tick
+            out["sweep_shards"] = len(ex.shard_compute_s)
+            row["collect_speedup"] = row["collect_local_s"] / row["collect_ray_s"]
+            row["sweep_speedup"] = row["sweep_local_s"] / row["sweep_ray_s"]
+            rounds.append(row)
+            print(json.dumps(row), flush=True)
+    out["rounds"] = rounds
+    for key in ("collect_local_s", "collect_ray_s", "sweep_local_s", "sweep_ray_s"):
+        out[key] = sum(r[key] for r in rounds)
     out["collect_speedup"] = out["collect_local_s"] / out["collect_ray_s"]
     out["sweep_speedup"] = out["sweep_local_s"] / out["sweep_ray_s"]
     out["sweep_records_equal"] = _strip(local_records) == _strip(ray_records)
-    out["collect_rows_equal"] = _rows(f"{tmp}/local") == _rows(f"{tmp}/ray")
+    out["collect_rows_equal"] = _rows(f"{tmp}/local0") == _rows(f"{tmp}/ray0")
 
     # per-shard overhead: one worker, so wall - sum(compute) is all scheduling and driver work
     with RayExecutor("tiny", workers=1, progress=False) as ex:
