@@ -38,9 +38,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from commit_env.evaluation.distributed import LocalExecutor
 from commit_env.evaluation.grid import GridSpec, default_setting, grid_settings, task_gen_length
 from commit_env.evaluation.io import append_jsonl_atomic, read_jsonl, write_json_atomic
-from commit_env.evaluation.sweeps import PolicySpec, Setting, heuristic_grid, record_key, run_sweep
+from commit_env.evaluation.sweeps import PolicySpec, Setting, heuristic_grid, record_key
 
 from commit_env.backbones.base import Backbone
 from commit_env.backbones.spec import BackboneSpec
@@ -233,6 +234,7 @@ class _Bench:
     results_path: Path
     done: set[tuple[Any, ...]]
     timings: dict[str, float] = field(default_factory=dict)
+    executor: Any = None  # where sweeps and collection run (None: this process)
 
     @property
     def defaults(self) -> dict[str, Setting]:
@@ -255,8 +257,8 @@ class _Bench:
             self.done.add(record_key(record))
 
         cfg = self.cfg
-        run_sweep(
-            self.backbone,
+        executor = self.executor or LocalExecutor(self.backbone)
+        executor.sweep(
             cfg.tasks if tasks is None else tasks,
             specs,
             settings,
@@ -287,7 +289,7 @@ class LearnedPolicies:
         return [self.controller] + ([self.ppo] if self.ppo is not None else [])
 
 
-def run_bench(cfg: BenchConfig, *, force: bool = False) -> dict[str, Any]:
+def run_bench(cfg: BenchConfig, executor: Any = None, *, force: bool = False) -> dict[str, Any]:
     """Run the whole pipeline; see the module docstring.
 
     Stages: :func:`heuristics_stage`, :func:`controller_stage`, :func:`ppo_stage`,
@@ -295,6 +297,8 @@ def run_bench(cfg: BenchConfig, *, force: bool = False) -> dict[str, Any]:
 
     Args:
         cfg: Bench settings.
+        executor: Runs the sweeps and the trace collection (a
+            :class:`~commit_env.evaluation.distributed.RayExecutor`); ``None``: this process.
         force: Start over in an ``out`` written with other settings (its results are deleted)
             instead of refusing.
 
@@ -306,12 +310,13 @@ def run_bench(cfg: BenchConfig, *, force: bool = False) -> dict[str, Any]:
         ResumeMismatch: If ``cfg.out`` holds results of other settings and ``force`` is false.
     """
     with RunLock(cfg.out):
-        return _run_bench(cfg, force)
+        return _run_bench(cfg, executor, force)
 
 
-def _run_bench(cfg: BenchConfig, force: bool) -> dict[str, Any]:
+def _run_bench(cfg: BenchConfig, executor: Any, force: bool) -> dict[str, Any]:
     t0 = time.perf_counter()
     bench = _open_bench(cfg, force)
+    bench.executor = executor
 
     def timed(name: str, stage: Any, *args: Any) -> Any:
         tick = time.perf_counter()
@@ -392,7 +397,7 @@ def heuristics_stage(bench: _Bench) -> None:
 
 def controller_stage(bench: _Bench) -> PolicySpec:
     """Stage 2: traces, the supervised controller (reused when trained), its policy spec."""
-    directory = _train_controller(bench.cfg, bench.backbone, bench.out)
+    directory = _train_controller(bench.cfg, bench.backbone, bench.out, bench.executor)
     return PolicySpec(
         "controller",
         "controller",
@@ -474,7 +479,9 @@ def report_stage(
     return summary
 
 
-def _train_controller(cfg: BenchConfig, backbone: Backbone, out: Path) -> Path:
+def _train_controller(
+    cfg: BenchConfig, backbone: Backbone, out: Path, executor: Any = None
+) -> Path:
     from commit_env.supervised.collect import CollectConfig, collect_traces
     from commit_env.supervised.train import TrainConfig, train
 
@@ -491,7 +498,10 @@ def _train_controller(cfg: BenchConfig, backbone: Backbone, out: Path) -> Path:
         batch_size=cfg.batch_size,
         device=cfg.device,
     )
-    collect_traces(collect, backbone=backbone, progress=cfg.progress)
+    if executor is not None:
+        executor.collect(collect, progress=cfg.progress)
+    else:
+        collect_traces(collect, backbone=backbone, progress=cfg.progress)
     train(
         TrainConfig(
             traces=(collect.out,),

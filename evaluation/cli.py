@@ -138,6 +138,13 @@ def _add_backbone_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trust-remote-code", action="store_true")
 
 
+def _add_ray_args(p: argparse.ArgumentParser) -> None:
+    """``--ray [ADDRESS]``, ``--workers`` and ``--gpus-per-worker`` (Ray scale-out)."""
+    from commit_env.evaluation.distributed import add_ray_arguments
+
+    add_ray_arguments(p)
+
+
 def _backbone_spec(args: argparse.Namespace) -> Any:
     from commit_env.backbones.spec import BackboneSpec
 
@@ -166,6 +173,7 @@ def _add_eval(sub: Any) -> None:
     ev.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
     ev.add_argument("--json", action="store_true", help="print one JSON record")
     ev.add_argument("--no-progress", action="store_true")
+    _add_ray_args(ev)
 
 
 def _add_train_backbone(sub: Any) -> None:
@@ -184,6 +192,7 @@ def _add_sweep(sub: Any) -> None:
     _add_decode_args(sw)
     sw.add_argument("--tasks", default="qa,math,code", help="comma-separated task names")
     sw.add_argument("--json-out", default=None, help="also write the records to this file")
+    _add_ray_args(sw)
 
 
 def _add_bench(sub: Any) -> None:
@@ -212,6 +221,7 @@ def _add_bench(sub: Any) -> None:
         help="OUT holds a bench of other settings: discard its results and start over",
     )
     _add_sandbox_arg(be)
+    _add_ray_args(be)
 
 
 def _add_collect(sub: Any) -> None:
@@ -240,6 +250,7 @@ def _add_collect(sub: Any) -> None:
     )
     co.add_argument("--batch-size", type=_POSITIVE, default=128)
     _add_sandbox_arg(co)
+    _add_ray_args(co)
 
 
 def _add_setting_args(p: argparse.ArgumentParser) -> None:
@@ -387,8 +398,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         _check_out_file(args.json_out, "--json-out")
     gen_length = 16 if args.gen_length is None else args.gen_length
     setting = Setting(gen_length, args.window, args.budget)
-    backbone = _backbone_spec(args).load()
-    records = run_sweep(
+    backbone = _backbone_spec(args).load() if args.ray is None else None
+    records = _ray_or_local(args, run_sweep)(
         backbone,
         tasks,
         heuristic_grid(gen_length),
@@ -441,10 +452,17 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         "progress": not args.no_progress,
     }
     cfg = BenchConfig.preset(args.mode, **{k: v for k, v in overrides.items() if v is not None})
-    summary = run_bench(cfg, **({"force": True} if args.force else {}))
+    summary = _ray_or_local(args, run_bench)(cfg, **({"force": True} if args.force else {}))
     print(dumps_json(summary, indent=2))
     print(f"report: {summary['out']}/report.md")
     return 0
+
+
+def _ray_or_local(args: argparse.Namespace, local: Any) -> Any:
+    """``local``, or its Ray counterpart when ``--ray`` is given (same arguments, same result)."""
+    from commit_env.evaluation.distributed import ray_counterpart
+
+    return ray_counterpart(args, local)
 
 
 def _set_threads(args: argparse.Namespace) -> None:
@@ -552,7 +570,7 @@ def _cmd_collect(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         device=args.device,
     )
-    summary = collect_traces(cfg)
+    summary = _ray_or_local(args, collect_traces)(cfg)
     print(dumps_json({k: v for k, v in summary.items() if k != "config"}, indent=2))
     return 0
 
@@ -628,7 +646,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             backbone, [e.prompt for e in examples], config, batch_size=args.batch_size
         )
         policy = make_policy("oracle", reference=ref, **params)
-    ev = evaluate_policy(
+    ev = _ray_or_local(args, evaluate_policy)(
         backbone,
         task,
         policy,

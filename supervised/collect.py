@@ -42,7 +42,15 @@ from commit_env.rundir import RunLock
 from commit_env.tasks import Example, Task, get_task
 from commit_env.traces import TraceWriter
 
-__all__ = ["CollectConfig", "MixedPolicy", "collect_traces", "draw_examples", "DEFAULT_TASKS"]
+__all__ = [
+    "CollectConfig",
+    "MixedPolicy",
+    "collect_traces",
+    "collect_batch",
+    "draw_examples",
+    "trace_meta",
+    "DEFAULT_TASKS",
+]
 
 DEFAULT_TASKS: tuple[str, ...] = ("qa", "qa:hard", "math", "math:hard", "code", "code:hard")
 
@@ -239,7 +247,7 @@ def _collect(
     config = cfg.decode_config()
     builder = cfg.feature_builder()
     reference = make_policy(cfg.reference, **dict(cfg.reference_params))
-    meta = _trace_meta(cfg, backbone, builder, reference, on_policy=behaviour is not None)
+    meta = trace_meta(cfg, backbone, builder, reference, on_policy=behaviour is not None)
     writer = TraceWriter(cfg.out, meta, shard_traces=cfg.shard_traces)
     examples = draw_examples(cfg.tasks, cfg.n, cfg.seed)
     tasks = {name: get_task(name) for name in cfg.tasks}
@@ -247,18 +255,19 @@ def _collect(
     start = writer.examples_done
     scores: list[float] = []
     bar = tqdm(total=cfg.n, initial=start, desc="collect", unit="ex", disable=not progress)
-    for lo in range(start, cfg.n, cfg.batch_size):
+    # Resume from the start of the batch holding the first missing example, so every example is
+    # decoded in the same batch as in an uninterrupted run (identical rows), and skip the traces
+    # already on disk.
+    for lo in range(start - start % cfg.batch_size, cfg.n, cfg.batch_size):
         batch = examples[lo : lo + cfg.batch_size]
-        recorder = _Recorder(behaviour or reference, builder, relabel_with_reference)
-        state = decoder.start([e.prompt for _, e in batch], row_ids=range(lo, lo + len(batch)))
-        recorder.reset(state)
-        run_to_completion(decoder, state, recorder)
-        final = state.gen_tokens.cpu().numpy().astype(np.int32)  # [b, G]
-        batch_scores = _score_batch(tasks, batch, completion_text(backbone, state.gen_tokens))
-        scores.extend(batch_scores.tolist())
-        targets = _relabel_targets(decoder, recorder, reference) if relabel_with_reference else None
-        _write_batch(writer, backbone, batch, lo, final, batch_scores, recorder.steps, targets)
-        bar.update(len(batch))
+        records, batch_scores = collect_batch(
+            decoder, builder, reference, tasks, batch, lo, behaviour, relabel_with_reference
+        )
+        new = [i for i, (trace, _) in enumerate(records) if trace["example_index"] >= start]
+        scores.extend(batch_scores[new].tolist())
+        for i in new:
+            writer.add_trace(*records[i])
+        bar.update(len(new))
     writer.flush()
     bar.close()
     dataset = TraceDataset(cfg.out)
@@ -271,7 +280,48 @@ def _collect(
     }
 
 
-def _trace_meta(
+def collect_batch(
+    decoder: Decoder,
+    builder: FeatureBuilder,
+    reference: CommitPolicy,
+    tasks: dict[str, Task],
+    batch: Sequence[tuple[str, Example]],
+    lo: int,
+    behaviour: Any | None = None,
+    relabel_with_reference: bool = False,
+) -> tuple[list[tuple[dict[str, Any], list[dict[str, Any]]]], np.ndarray]:
+    """Decode one batch of examples (rows ``lo ..``) and build its trace and step records.
+
+    This is the unit of work of local and distributed collection alike: the records of a batch
+    depend only on the batch, so a shard of examples ``[lo, lo + batch_size)`` decoded anywhere
+    gives the same rows as the local loop.
+
+    Args:
+        decoder: The engine.
+        builder: The feature builder.
+        reference: The reference policy.
+        tasks: Task name -> task.
+        batch: The (task name, example) pairs.
+        lo: Index of the batch's first example in the collection's draw.
+        behaviour: Policy that drives the decode (default: ``reference``).
+        relabel_with_reference: See :func:`collect_traces`.
+
+    Returns:
+        ``([(trace record, step records)], scores)`` in example order.
+    """
+    backbone = decoder.backbone
+    recorder = _Recorder(behaviour or reference, builder, relabel_with_reference)
+    state = decoder.start([e.prompt for _, e in batch], row_ids=range(lo, lo + len(batch)))
+    recorder.reset(state)
+    run_to_completion(decoder, state, recorder)
+    final = state.gen_tokens.cpu().numpy().astype(np.int32)  # [b, G]
+    scores = _score_batch(tasks, batch, completion_text(backbone, state.gen_tokens))
+    targets = _relabel_targets(decoder, recorder, reference) if relabel_with_reference else None
+    records = _batch_records(backbone, batch, lo, final, scores, recorder.steps, targets)
+    return records, scores
+
+
+def trace_meta(
     cfg: CollectConfig,
     backbone: Backbone,
     builder: FeatureBuilder,
@@ -325,8 +375,7 @@ def _relabel_targets(
     return targets
 
 
-def _write_batch(
-    writer: TraceWriter,
+def _batch_records(
     backbone: Backbone,
     batch: Sequence[tuple[str, Example]],
     lo: int,
@@ -334,7 +383,7 @@ def _write_batch(
     scores: np.ndarray,
     steps: list[dict[str, np.ndarray]],
     targets: list[np.ndarray] | None,
-) -> None:
+) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
     per_trace: dict[int, list[dict[str, Any]]] = {lo + i: [] for i in range(len(batch))}
     for s, step in enumerate(steps):
         target = targets[s] if targets is not None else final[step["row"] - lo]  # [b, G]
@@ -356,6 +405,7 @@ def _write_batch(
                     "features": step["features"][j].tobytes(),
                 }
             )
+    out = []
     for i, (_, example) in enumerate(batch):
         prompt = np.asarray(backbone.encode([example.prompt])[0], dtype=np.int32)
         trace = {
@@ -365,4 +415,5 @@ def _write_batch(
             "score": float(scores[i]),
             "example_index": lo + i,
         }
-        writer.add_trace(trace, per_trace[lo + i])
+        out.append((trace, per_trace[lo + i]))
+    return out
