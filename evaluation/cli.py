@@ -205,7 +205,7 @@ def _add_bench(sub: Any) -> None:
     _add_backbone_args(be)
     be.add_argument("--task", action="append", default=None, help="task (repeatable)")
     be.add_argument(
-        "--tasks", default=None, help="comma-separated tasks (default: the testbed families)"
+        "--tasks", default=None, help="comma-separated tasks (default: qa,math,code)"
     )
     be.add_argument("--gen-length", type=_POSITIVE, default=None)
     be.add_argument("--window", default=None)
