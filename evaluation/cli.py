@@ -178,7 +178,7 @@ def _add_eval(sub: Any) -> None:
 
 def _add_train_backbone(sub: Any) -> None:
     tb = sub.add_parser("train-backbone", help="rebuild the embedded tiny backbone")
-    tb.add_argument("--out", default="commit_env/backbones/data/tiny")
+    tb.add_argument("--out", default="commit_env/backbones/data/tiny-testbed")
     tb.add_argument("--steps", type=_POSITIVE, default=None)
     tb.add_argument("--batch-size", type=_POSITIVE, default=None)
     tb.add_argument("--seed", type=_NONNEGATIVE, default=None)
