@@ -178,6 +178,11 @@ class DecodeConfig(DecodeSetting):
         hidden_features: D, width of the random projection of the backbone's last hidden state
             kept as a feature (0 = no hidden features, no hidden states requested).
         record_trace: Keep per-step proposals/confidences/commits for plots (costs memory).
+        remask_cap: How many times one generation position may be remasked (committed ->
+            masked again, see :class:`~commit_env.decoding.state.CommitDecision`'s ``remask``).
+            0 (the default) turns remasking off: the engine then behaves exactly as before
+            remasking existed, and a decision that asks for a remask raises ``ValueError``.
+            With a cap c and no step budget a row finishes within ``g * (1 + c)`` steps.
     """
 
     eos_stop: bool = True
@@ -187,6 +192,7 @@ class DecodeConfig(DecodeSetting):
     history: int = 2
     hidden_features: int = 0
     record_trace: bool = False
+    remask_cap: int = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -196,6 +202,10 @@ class DecodeConfig(DecodeSetting):
             history=self.history,
             hidden_features=self.hidden_features,
         )
+        if not _is_int(self.remask_cap) or self.remask_cap < 0:
+            raise ValueError(
+                f"remask_cap must be an int >= 0 (0 = remasking off), got {self.remask_cap!r}"
+            )
 
 
 def validate_engine_options(

@@ -41,6 +41,9 @@ class DecodeResult:
         filled_without_forward: int64 ``[N]`` EOS tail tokens filled after an early stop.
         forward_tokens: int64 ``[N]`` tokens processed by the row's forwards.
         gen_len: int64 ``[N]`` each row's generation length.
+        remasks: int64 ``[N]`` remask events (tokens re-decoded); 0 unless remasking is on.
+        remask_changed: int64 ``[N]`` re-decoded tokens that differ from the remasked token.
+        remask_ignored: int64 ``[N]`` remask bits that took no effect.
         wall_time: Seconds for the whole call.
         device: Where the backbone ran.
         config: The decode configuration.
@@ -58,6 +61,9 @@ class DecodeResult:
     filled_without_forward: torch.Tensor
     forward_tokens: torch.Tensor
     gen_len: torch.Tensor
+    remasks: torch.Tensor
+    remask_changed: torch.Tensor
+    remask_ignored: torch.Tensor
     wall_time: float
     device: str
     config: DecodeConfig
@@ -84,6 +90,8 @@ class DecodeResult:
             "early_fills": float(self.early_fills.float().mean()),
             "filled_without_forward": float(self.filled_without_forward.float().mean()),
             "forward_tokens": float(self.forward_tokens.float().mean()),
+            "remasks": float(self.remasks.float().mean()),
+            "remask_changed": float(self.remask_changed.float().mean()),
             "wall_time": self.wall_time,
         }
 
@@ -131,6 +139,9 @@ _ACCOUNTS = (
     "filled_without_forward",
     "forward_tokens",
     "gen_len",
+    "remasks",
+    "remask_changed",
+    "remask_ignored",
 )
 
 
@@ -205,6 +216,9 @@ def decode(
         filled_without_forward=cat["filled_without_forward"],
         forward_tokens=cat["forward_tokens"],
         gen_len=cat["gen_len"],
+        remasks=cat["remasks"],
+        remask_changed=cat["remask_changed"],
+        remask_ignored=cat["remask_ignored"],
         wall_time=wall,
         device=str(backbone.device),
         config=config,
