@@ -493,6 +493,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             backbone, [e.prompt for e in examples], config, batch_size=args.batch_size
         )
         policy = make_policy("oracle", reference=ref, **params)
+    config = policy.decode_config(config)  # e.g. remask_cap for the revocable policies
     ev = evaluate_policy(
         backbone,
         task,

@@ -95,6 +95,15 @@ def heuristic_grid(gen_length: int) -> list[PolicySpec]:
         PolicySpec("prophet", "prophet", ()),
         PolicySpec("prophet", "prophet", (("high", 5.0), ("mid", 3.0), ("low", 1.5))),
     ]
+    specs += [  # revocable and draft-and-verify (issue 15)
+        PolicySpec("wino", "wino", ()),
+        PolicySpec("wino", "wino", (("draft_threshold", 0.4), ("verify_threshold", 0.7))),
+        PolicySpec("wino", "wino", (("draft_threshold", 0.8), ("verify_threshold", 0.95))),
+        PolicySpec("remdm", "remdm", ()),
+        PolicySpec("remdm", "remdm", (("schedule", "conf"),)),
+        PolicySpec("freedave", "freedave", ()),
+        PolicySpec("freedave", "freedave", (("draft_steps", 8),)),
+    ]
     specs.append(PolicySpec("oracle", "oracle", ()))
     return specs
 
@@ -179,6 +188,7 @@ def run_sweep(
             policy = make_policy("oracle", reference=refs[(task_name, setting)])
         else:
             policy = make_policy(spec.name, **dict(spec.params))
+            config = policy.decode_config(config)  # remask_cap for WINO / ReMDM; {} otherwise
         ev: PolicyEval = evaluate_policy(
             backbone, task, policy, config, examples=examples[task_name], batch_size=batch_size
         )

@@ -410,10 +410,18 @@ class Decoder:
         active = ~state.done & (state.nfe > 0)  # [B]
         out_of_budget = active & state.budget_limited & (state.nfe >= state.budget)  # [B]
         masked = ~state.committed  # [B, G]
+        used = decision.used
+        if used is None:
+            used = torch.ones((B, K), dtype=torch.bool, device=self.device)
+        elif tuple(used.shape) != (B, K) or used.dtype != torch.bool:
+            raise ValueError(f"DraftDecision.used must be a bool tensor [B, K] = [{B}, {K}]")
+        used = used.to(self.device)
         index = torch.arange(B, device=self.device).repeat_interleave(K)  # [B*K]
         drafted = select_rows(state, index)
         drafted.trace = None
-        d_active, d_fill = active[index], out_of_budget[index]  # [B*K]
+        drafted.done |= ~used.reshape(-1)  # unused copies: no commit, no forward
+        d_active = active[index] & used.reshape(-1)  # [B*K]
+        d_fill = out_of_budget[index] & d_active
         mask = drafts.to(self.device).reshape(B * K, G) & masked[index] & d_active[:, None]
         # Progress guarantee per copy: a copy that commits nothing gets the best eligible position.
         idle = d_active & ~d_fill & ~mask.any(-1)  # [B*K]
@@ -443,6 +451,8 @@ class Decoder:
             or bool(((choice < 0) | (choice >= K)).any())
         ):
             raise ValueError(f"DraftDecision.accept must return int64 [B] = [{B}] in [0, {K})")
+        if not bool(used[torch.arange(B, device=self.device), choice.to(self.device)].all()):
+            raise ValueError("DraftDecision.accept picked a copy marked unused")
         rows = torch.arange(B, device=self.device) * K + choice.to(self.device).long()  # [B]
         ran = drafted.nfe.view(B, K) > state.nfe[:, None]  # [B, K] copies that were forwarded
         tokens = (drafted.forward_tokens.view(B, K) - state.forward_tokens[:, None]).sum(-1)

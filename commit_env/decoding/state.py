@@ -58,11 +58,14 @@ class DraftDecision:
             forward), the copy to keep for each row.
         remask: bool ``[B, K, G]`` or ``None``; positions each copy masks again (same rules as
             :class:`CommitDecision`'s ``remask``), e.g. leave-one-out verification copies.
+        used: bool ``[B, K]`` or ``None`` (all used); unused copies are neither built into the
+            forward nor counted, and ``accept`` may not pick them (rows need different K).
     """
 
     commit: torch.Tensor
     accept: Callable[[TraceState, TraceState], torch.Tensor]
     remask: torch.Tensor | None = None
+    used: torch.Tensor | None = None
 
 
 @dataclass
