@@ -174,7 +174,11 @@ class ObservationLayout:
                 parts.append((value * validf[..., None]).reshape(B, -1))  # [B, G*K] or [B, G*D]
             else:
                 parts.append(value * validf)  # [B, G] padding positions read 0
-        parts += [getattr(state, name).float()[:, None] for name in ACCOUNTS]
+        zeros = torch.zeros((B, 1), device=validf.device)
+        parts += [  # hand-built states may lack the remask counts
+            zeros if getattr(state, name) is None else getattr(state, name).float()[:, None]
+            for name in ACCOUNTS
+        ]
         parts.append(state.gen_tokens.float())  # [B, G] exact for ids < 2**24
         snap = torch.cat(parts, dim=1)  # [B, W]
         # nan_to_num before the clamp: a NaN would pass through clamp and break the space.
