@@ -298,6 +298,8 @@ class Decoder:
             )
         if mask.dtype != torch.bool:
             raise TypeError(f"commit mask must have dtype torch.bool, got {mask.dtype}")
+        if remask is not None:
+            self._check_remask(remask, (B, G))
         # Rows admitted with start(forward=False) have no proposals yet: this step only runs
         # their first forward (together with everyone else's), committing nothing for them.
         active = ~state.done & (state.nfe > 0)  # [B] rows that commit this step
@@ -334,9 +336,8 @@ class Decoder:
         state.commit_step = torch.where(commit, state.step[:, None], state.commit_step)
         state.step += active.long()
         removed = None
+        self._note_recommits(state, commit)
         if remask is not None:
-            self._check_remask(remask, (B, G))
-            self._note_recommits(state, commit)
             removed = self._remask(state, remask.to(self.device), active, active & ~fill)
         if self.config.record_trace:
             record = {"commit": commit.cpu(), "step": state.step.cpu()}
@@ -361,7 +362,7 @@ class Decoder:
 
     def _note_recommits(self, state: TraceState, commit: torch.Tensor) -> None:
         """Count re-decoded tokens that changed, for positions committed again this step."""
-        if self.config.remask_cap == 0:
+        if self.config.remask_cap == 0 or state.remasked_token is None:
             return
         again = commit & (state.remasked_token >= 0)  # [B, G]
         changed = again & (state.gen_tokens != state.remasked_token)
@@ -437,8 +438,8 @@ class Decoder:
         drafted.committed |= commit
         drafted.commit_step = torch.where(commit, drafted.step[:, None], drafted.commit_step)
         drafted.step += d_active.long()
+        self._note_recommits(drafted, commit)
         if decision.remask is not None:
-            self._note_recommits(drafted, commit)
             remask = decision.remask.to(self.device).reshape(B * K, G)
             self._remask(drafted, remask, d_active, d_active & ~d_fill)
         self._finish_rows(drafted)

@@ -150,6 +150,16 @@ def test_remask_changed_counts_tokens_that_differ():
     assert result.summary()["remasks"] == float(result.remasks.float().mean())
 
 
+def test_recommits_in_plain_steps_are_tracked(fake: FakeBackbone):
+    decoder = Decoder(fake, DecodeConfig(gen_length=5, remask_cap=4, eos_stop=False))
+    state = decoder.start(distinct_prompts(3))
+    policy = _EveryOtherStep()  # remasks in CommitDecision steps, recommits in plain-mask steps
+    while not state.all_done:
+        state = decoder.step(state, policy.select(state))
+    assert (state.remasks > 0).all()
+    assert (state.remasked_token == -1).all()  # every remasked position was committed again
+
+
 class _EveryOtherStep:
     """Commits the top-1 eligible and, every other step, remasks everything remaskable."""
 
