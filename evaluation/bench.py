@@ -8,7 +8,12 @@ training under ``OUT/``.
 Usage (embedded backbone, CPU, offline)::
 
     commit-env bench --quick --out bench-out      # <= 10 minutes on a 2-core CPU
-    commit-env bench --full --out bench-out-full  # the grid of 3 x 3 x 3 settings, more examples
+    commit-env bench --full --out bench-out-full  # every testbed family over the full grid
+
+By default the bench runs the testbed families (:data:`QUICK_TASKS` for ``--quick``,
+``commit_env.tasks.registry.TESTBED_TASKS`` for ``--full``), each at its own default generation
+length, over the grid of :mod:`commit_env.evaluation.grid` (default G and 2G; windows block:8,
+sliding:16, full; budgets none, G/4, G/8). ``--tasks qa,math,code`` selects the old families.
 
 On a real model (GPU when present)::
 
@@ -30,19 +35,21 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from commit_env.evaluation.grid import GridSpec, default_setting, grid_settings, task_gen_length
 from commit_env.evaluation.io import append_jsonl_atomic, read_jsonl, write_json_atomic
 from commit_env.evaluation.sweeps import PolicySpec, Setting, heuristic_grid, record_key, run_sweep
 
 from commit_env.backbones.base import Backbone
 from commit_env.backbones.spec import BackboneSpec
-from commit_env.decoding import TRAINING_SETTING, DecodeConfig, DecodeSetting, decode
-from commit_env.decoding.config import validate_setting
+from commit_env.decoding import DecodeConfig, DecodeSetting, decode
 from commit_env.evaluate import sample_examples
 from commit_env.io import write_text_atomic
 from commit_env.policies import CommitPolicy, make_policy
 from commit_env.tasks import get_task
+from commit_env.tasks.registry import TESTBED_TASKS
 
 __all__ = [
+    "QUICK_TASKS",
     "BenchConfig",
     "LearnedPolicies",
     "controller_stage",
@@ -55,6 +62,14 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+# The quick preset's families: one per kind of dependency between answer tokens (a permutation,
+# an ordered list, an edit at a free index, a Latin square, a sudoku), so that it stays under
+# 10 minutes on 2 CPU cores.
+QUICK_TASKS: tuple[str, ...] = ("shuffle", "sort", "insert:any", "latin", "sudoku")
+
+# The learned policies' training setting: the testbed's default G with a full window.
+BENCH_TRAINING_SETTING = DecodeSetting(gen_length=24, window="full")
 
 
 @dataclass(frozen=True)
@@ -69,9 +84,11 @@ class BenchConfig:
         device: Device (None = CUDA if available).
         dtype: Backbone dtype.
         trust_remote_code: For remote-code checkpoints.
-        tasks: Tasks evaluated.
-        setting: The default setting (the one the controller and PPO are trained on; its
-            step budget is unlimited).
+        tasks: Tasks evaluated (default: :data:`QUICK_TASKS`; ``--full``: the testbed).
+        window: Window of every task's default setting (a window that does not fit a task's
+            G falls back to ``full``).
+        gen_length: G of every task's default setting (None: each task's own default G).
+        setting: The setting the controller and PPO are trained on.
         n: Examples per task and setting.
         seed: Seed of every example draw.
         batch_size: Rows per engine batch.
@@ -79,9 +96,8 @@ class BenchConfig:
         controller_epochs: Controller training epochs.
         ppo_timesteps: PPO environment steps on the first task, warm-started by cloning the
             threshold rule (0 = skip the PPO run).
-        grid_gen_lengths: Generation lengths of the cross-setting grid.
-        grid_windows: Window widths of the grid (``block:B`` etc.).
-        grid_budget_fractions: Step budgets of the grid as fractions of G (1.0 = unlimited).
+        grid: The cross-setting grid: ``"quick"``, ``"full"`` or an explicit
+            :data:`commit_env.evaluation.grid.GridSpec`, applied to each task's default G.
         progress: Progress bars.
     """
 
@@ -92,17 +108,17 @@ class BenchConfig:
     device: str | None = None
     dtype: str | None = None
     trust_remote_code: bool = False
-    tasks: tuple[str, ...] = ("qa", "math", "code")
-    setting: DecodeSetting = TRAINING_SETTING
+    tasks: tuple[str, ...] = QUICK_TASKS
+    window: str = "full"
+    gen_length: int | None = None
+    setting: DecodeSetting = BENCH_TRAINING_SETTING
     n: int = 64
     seed: int = 0
     batch_size: int = 128
     collect_n: int = 768
     controller_epochs: int = 6
     ppo_timesteps: int = 8192
-    grid_gen_lengths: tuple[int, ...] = (16,)
-    grid_windows: tuple[str, ...] = ("block:4", "full")
-    grid_budget_fractions: tuple[float, ...] = (1.0, 0.5)
+    grid: str | GridSpec = "quick"
     progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -125,13 +141,12 @@ class BenchConfig:
         elif mode == "full":
             base = cls(
                 mode="full",
+                tasks=TESTBED_TASKS,
                 n=200,
                 collect_n=1536,
                 ppo_timesteps=30_000,
                 controller_epochs=8,
-                grid_gen_lengths=(12, 16, 24),
-                grid_windows=("block:4", "sliding:8", "full"),
-                grid_budget_fractions=(1.0, 0.5, 0.25),
+                grid="full",
             )
         else:
             raise ValueError(f"unknown bench mode {mode!r}; expected 'quick' or 'full'")
@@ -142,19 +157,13 @@ class BenchConfig:
         """The backbone with every loader option (what each stage loads or records)."""
         return BackboneSpec.of(self)
 
-    def settings(self) -> list[Setting]:
-        """The cross-setting grid (combinations :func:`validate_setting` rejects are skipped)."""
-        out = []
-        for g in self.grid_gen_lengths:
-            for w in self.grid_windows:
-                try:
-                    validate_setting(g, w)
-                except ValueError:
-                    continue  # e.g. a block width that does not divide G
-                for frac in self.grid_budget_fractions:
-                    budget = None if frac >= 1.0 else max(1, int(round(g * frac)))
-                    out.append(Setting(g, w, budget))
-        return out
+    def default_for(self, task: str) -> Setting:
+        """A task's default setting: its default G (or ``gen_length``), ``window``, no budget."""
+        return default_setting(self.gen_length or task_gen_length(task), self.window)
+
+    def settings(self, task: str) -> list[Setting]:
+        """A task's cross-setting grid (:func:`commit_env.evaluation.grid.grid_settings`)."""
+        return grid_settings(self.default_for(task).gen_length, self.grid)
 
 
 def _quick_heuristics(gen_length: int) -> list[PolicySpec]:
@@ -221,12 +230,20 @@ class _Bench:
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
-    def default(self) -> Setting:
-        """The default setting with an unlimited budget."""
-        return Setting(self.cfg.setting.gen_length, self.cfg.setting.window, None)
+    def defaults(self) -> dict[str, Setting]:
+        """Every task's default setting (its own G, the bench window, no budget)."""
+        return {t: self.cfg.default_for(t) for t in self.cfg.tasks}
 
-    def sweep(self, specs: Sequence[PolicySpec], settings: Sequence[Setting]) -> None:
-        """Evaluate ``specs`` on ``settings``, appending new records (skipping finished ones)."""
+    def sweep(
+        self,
+        specs: Sequence[PolicySpec],
+        settings: Sequence[Setting],
+        tasks: Sequence[str] | None = None,
+    ) -> None:
+        """Evaluate ``specs`` on ``settings`` of ``tasks`` (default: all), appending new records.
+
+        Finished records (by :func:`record_key`) are skipped.
+        """
 
         def on_record(record: dict[str, Any]) -> None:
             append_jsonl_atomic(self.results_path, record)
@@ -235,7 +252,7 @@ class _Bench:
         cfg = self.cfg
         run_sweep(
             self.backbone,
-            cfg.tasks,
+            cfg.tasks if tasks is None else tasks,
             specs,
             settings,
             n=cfg.n,
@@ -310,10 +327,11 @@ def _open_bench(cfg: BenchConfig) -> _Bench:
 
 
 def heuristics_stage(bench: _Bench) -> None:
-    """Stage 1: heuristic sweeps and the oracle on the default setting."""
-    G = bench.cfg.setting.gen_length
-    specs = heuristic_grid(G) if bench.cfg.mode == "full" else _quick_heuristics(G)
-    bench.sweep(specs, [bench.default])
+    """Stage 1: heuristic sweeps and the oracle on each task's default setting."""
+    for task, default in bench.defaults.items():
+        G = default.gen_length
+        specs = heuristic_grid(G) if bench.cfg.mode == "full" else _quick_heuristics(G)
+        bench.sweep(specs, [default], tasks=[task])
 
 
 def controller_stage(bench: _Bench) -> PolicySpec:
@@ -338,30 +356,25 @@ def ppo_stage(bench: _Bench) -> PolicySpec:
 
 
 def grid_stage(bench: _Bench, learned: LearnedPolicies) -> None:
-    """Stage 4: every policy over the grid of settings, and the learned ones on the default."""
-    G = bench.cfg.setting.gen_length
-    grid_heuristics = [s for s in _quick_heuristics(G) if s.name != "prophet"]
-    for setting in bench.cfg.settings():
-        specs = [
-            s
-            if s.label != f"topk(k={G})"
-            else PolicySpec("all-at-once", "topk", (("k", setting.gen_length),))
-            for s in grid_heuristics
-        ]
-        bench.sweep(specs + learned.specs, [setting])
-    bench.sweep(learned.specs, [bench.default])  # for the Pareto picture
+    """Stage 4: every policy over each task's grid, and the learned ones on the defaults."""
+    for task, default in bench.defaults.items():
+        bench.sweep(learned.specs, [default], tasks=[task])  # for the Pareto picture
+        for setting in bench.cfg.settings(task):
+            G = setting.gen_length
+            specs = [s for s in _quick_heuristics(G) if s.name != "prophet"]
+            bench.sweep(specs + learned.specs, [setting], tasks=[task])
 
 
 def traces_stage(bench: _Bench, learned: LearnedPolicies) -> list[dict[str, Any]]:
     """Stage 5: per-step stability data of three policies (``traces.json``, ``traces.png``)."""
-    default = bench.default
+    cfg = bench.cfg
+    default = cfg.default_for(cfg.tasks[0])
     assert learned.controller.factory is not None
     specs: list[tuple[str, CommitPolicy]] = [
         ("sequential", make_policy("topk")),
         ("threshold 0.9", make_policy("threshold", threshold=0.9)),
         ("controller", learned.controller.factory(default.config())),
     ]
-    cfg = bench.cfg
     traces = _trace_records(bench.backbone, cfg.tasks[0], specs, default.config(), 2, cfg.seed)
     write_json_atomic(bench.out / "traces.json", traces)
     return traces
@@ -371,20 +384,19 @@ def report_stage(
     bench: _Bench, learned: LearnedPolicies, traces: list[dict[str, Any]], t0: float
 ) -> dict[str, Any]:
     """Stage 6: ``results.json``, ``report.md``, the figures and ``summary.json``."""
-    from commit_env.evaluation import plots, reports
+    from commit_env.evaluation import metrics, plots, reports
 
     cfg, out = bench.cfg, bench.out
-    G, window = cfg.setting.gen_length, cfg.setting.window
+    defaults = bench.defaults
     records = read_jsonl(bench.results_path)
     write_json_atomic(out / "results.json", records)
     families = [s.family for s in learned.specs]
-    cells = reports.cross_setting_cells(records, learned_families=families)
-    default_records = [
-        r
-        for r in records
-        if r["window"] == window and r["gen_length"] == G and r["step_budget"] is None
-    ]
-    plots.pareto_plot(default_records, out / "pareto.png")
+    trained = {family: [(cfg.setting.gen_length, cfg.setting.window)] for family in families}
+    cells = reports.cross_setting_cells(
+        records, learned_families=families, trained_settings=trained, default=defaults
+    )
+    base = reports.default_records(records, defaults)
+    plots.pareto_plot(base, out / "pareto.png", aup=metrics.aup_table(base))
     plots.cross_setting_plot([c for c in cells if c["task"] == "mean"], out / "cross_setting.png")
     plots.trace_plot(traces, out / "traces.png")
     bench.timings["total"] = time.perf_counter() - t0
@@ -393,7 +405,7 @@ def report_stage(
         cells,
         cfg=dataclasses.asdict(cfg),
         timings=bench.timings,
-        default=(G, window),
+        default=defaults,
     )
     write_text_atomic(out / "report.md", report)
     summary = {

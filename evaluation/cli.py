@@ -108,6 +108,9 @@ def _add_bench(sub: Any) -> None:
     be.add_argument("--out", default="bench-out")
     _add_backbone_args(be)
     be.add_argument("--task", action="append", default=None, help="task (repeatable)")
+    be.add_argument(
+        "--tasks", default=None, help="comma-separated tasks (default: the testbed families)"
+    )
     be.add_argument("--gen-length", type=int, default=None)
     be.add_argument("--window", default=None)
     be.add_argument("--n", type=int, default=None, help="examples per task and setting")
@@ -282,6 +285,13 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_tasks(args: argparse.Namespace) -> tuple[str, ...] | None:
+    tasks = list(args.task or [])
+    if args.tasks:
+        tasks += [t.strip() for t in args.tasks.split(",") if t.strip()]
+    return tuple(tasks) or None
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from commit_env.evaluation.bench import BenchConfig, run_bench
 
@@ -292,13 +302,15 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             args.gen_length or base.setting.gen_length, args.window or base.setting.window
         )
     overrides = {
+        "window": args.window,
+        "gen_length": args.gen_length,
         "out": args.out,
         "backbone": args.backbone,
         "kind": args.kind,
         "device": args.device,
         "dtype": args.dtype,
         "trust_remote_code": args.trust_remote_code,
-        "tasks": tuple(args.task) if args.task else None,
+        "tasks": _bench_tasks(args),
         "setting": setting,
         "n": args.n,
         "collect_n": args.collect_n,
@@ -308,10 +320,6 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         "progress": not args.no_progress,
     }
     cfg = BenchConfig.preset(args.mode, **{k: v for k, v in overrides.items() if v is not None})
-    if cfg.setting.gen_length not in cfg.grid_gen_lengths:
-        import dataclasses
-
-        cfg = dataclasses.replace(cfg, grid_gen_lengths=(cfg.setting.gen_length,))
     summary = run_bench(cfg)
     print(json.dumps(summary, indent=2))
     print(f"report: {summary['out']}/report.md")
