@@ -420,8 +420,12 @@ class Decoder:
         index = torch.arange(B, device=self.device).repeat_interleave(K)  # [B*K]
         drafted = select_rows(state, index)
         drafted.trace = None
-        drafted.done |= ~used.reshape(-1)  # unused copies: no commit, no forward
-        d_active = active[index] & used.reshape(-1)  # [B*K]
+        # Unused copies, and every copy but the first of a row that commits nothing this step (a
+        # row admitted without its first forward), are neither committed nor forwarded.
+        first = torch.arange(K, device=self.device).repeat(B) == 0  # [B*K]
+        live = (active[index] & used.reshape(-1)) | (~active[index] & first)
+        drafted.done |= ~live
+        d_active = active[index] & live  # [B*K]
         d_fill = out_of_budget[index] & d_active
         mask = drafts.to(self.device).reshape(B * K, G) & masked[index] & d_active[:, None]
         # Progress guarantee per copy: a copy that commits nothing gets the best eligible position.
@@ -452,9 +456,10 @@ class Decoder:
             or bool(((choice < 0) | (choice >= K)).any())
         ):
             raise ValueError(f"DraftDecision.accept must return int64 [B] = [{B}] in [0, {K})")
-        if not bool(used[torch.arange(B, device=self.device), choice.to(self.device)].all()):
+        choice = torch.where(active, choice.to(self.device).long(), 0)  # idle rows keep copy 0
+        if not bool((used[torch.arange(B, device=self.device), choice] | ~active).all()):
             raise ValueError("DraftDecision.accept picked a copy marked unused")
-        rows = torch.arange(B, device=self.device) * K + choice.to(self.device).long()  # [B]
+        rows = torch.arange(B, device=self.device) * K + choice  # [B]
         ran = drafted.nfe.view(B, K) > state.nfe[:, None]  # [B, K] copies that were forwarded
         tokens = (drafted.forward_tokens.view(B, K) - state.forward_tokens[:, None]).sum(-1)
         nfe, forward_tokens = state.nfe + ran.any(-1).long(), state.forward_tokens + tokens

@@ -227,3 +227,16 @@ def test_draft_step_rejects_bad_input(fake: FakeBackbone):
     s2 = sampled.start(distinct_prompts(2))
     with pytest.raises(ValueError, match="greedy"):
         sampled.step(s2, DraftDecision(ok, lambda s, d: torch.zeros(2, dtype=torch.long)))
+
+
+def test_draft_step_gives_rows_without_a_forward_only_their_first_forward():
+    from commit_env.policies import FreeDavePolicy
+
+    backbone = CountingBackbone(FakeBackbone())
+    decoder = Decoder(backbone, DecodeConfig(gen_length=5))
+    state = decoder.start(distinct_prompts(2), forward=False)
+    state = decoder.step(state, FreeDavePolicy(draft_steps=3).select(state))
+    assert backbone.n_calls == 1 and backbone.calls[0].rows == 2  # copy 0 of each row only
+    assert state.nfe.tolist() == [1, 1]
+    assert not state.committed.any()
+    assert torch.equal(state.forward_tokens, state.attention_mask.sum(-1))
