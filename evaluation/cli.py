@@ -204,9 +204,7 @@ def _add_bench(sub: Any) -> None:
     be.add_argument("--out", default="bench-out")
     _add_backbone_args(be)
     be.add_argument("--task", action="append", default=None, help="task (repeatable)")
-    be.add_argument(
-        "--tasks", default=None, help="comma-separated tasks (default: qa,math,code)"
-    )
+    be.add_argument("--tasks", default=None, help="comma-separated tasks (default: qa,math,code)")
     be.add_argument("--gen-length", type=_POSITIVE, default=None)
     be.add_argument("--window", default=None)
     be.add_argument("--n", type=_POSITIVE, default=None, help="examples per task and setting")
@@ -646,6 +644,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             backbone, [e.prompt for e in examples], config, batch_size=args.batch_size
         )
         policy = make_policy("oracle", reference=ref, **params)
+    config = policy.decode_config(config)  # e.g. remask_cap for the revocable policies
     ev = _ray_or_local(args, evaluate_policy)(
         backbone,
         task,

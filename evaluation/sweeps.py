@@ -99,6 +99,15 @@ def heuristic_grid(gen_length: int) -> list[PolicySpec]:
         PolicySpec("prophet", "prophet", ()),
         PolicySpec("prophet", "prophet", (("high", 5.0), ("mid", 3.0), ("low", 1.5))),
     ]
+    specs += [  # revocable and draft-and-verify (issue 15)
+        PolicySpec("wino", "wino", ()),
+        PolicySpec("wino", "wino", (("draft_threshold", 0.4), ("verify_threshold", 0.7))),
+        PolicySpec("wino", "wino", (("draft_threshold", 0.8), ("verify_threshold", 0.95))),
+        PolicySpec("remdm", "remdm", ()),
+        PolicySpec("remdm", "remdm", (("schedule", "conf"),)),
+        PolicySpec("freedave", "freedave", ()),
+        PolicySpec("freedave", "freedave", (("draft_steps", 8),)),
+    ]
     specs.append(PolicySpec("oracle", "oracle", ()))
     return specs
 
@@ -228,8 +237,10 @@ def policy_for_job(
     if spec.name == "oracle":
         if ref_key not in refs:
             refs[ref_key] = reference_tokens(backbone, prompts, config, batch_size=batch_size)
-        return make_policy("oracle", reference=refs[ref_key]), config
-    return make_policy(spec.name, **dict(spec.params)), config
+        oracle = make_policy("oracle", reference=refs[ref_key], **dict(spec.params))
+        return oracle, config
+    policy = make_policy(spec.name, **dict(spec.params))
+    return policy, policy.decode_config(config)  # remask_cap for WINO / ReMDM; as is otherwise
 
 
 def finish_record(

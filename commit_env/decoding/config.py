@@ -190,6 +190,11 @@ class DecodeConfig(DecodeSetting):
             too, only the block is recomputed). A row refreshes its cache (one full forward) at
             each block start and whenever a cached token changed. Needs a block window
             (``"full"`` counts as one block of G) and a backbone with ``forward_cached``.
+        remask_cap: How many times one generation position may be remasked (committed ->
+            masked again, see :class:`~commit_env.decoding.state.CommitDecision`'s ``remask``).
+            0 (the default) turns remasking off: the engine then behaves exactly as before
+            remasking existed, and a decision that asks for a remask raises ``ValueError``.
+            With a cap c and no step budget a row finishes within ``g * (1 + c)`` steps.
     """
 
     eos_stop: bool = True
@@ -200,6 +205,7 @@ class DecodeConfig(DecodeSetting):
     hidden_features: int = 0
     record_trace: bool = False
     kv_cache: KVCacheMode = "none"
+    remask_cap: int = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -211,6 +217,10 @@ class DecodeConfig(DecodeSetting):
             kv_cache=self.kv_cache,
             window=self.window,
         )
+        if not _is_int(self.remask_cap) or self.remask_cap < 0:
+            raise ValueError(
+                f"remask_cap must be an int >= 0 (0 = remasking off), got {self.remask_cap!r}"
+            )
 
 
 def validate_engine_options(

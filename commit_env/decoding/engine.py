@@ -13,6 +13,19 @@ One :meth:`Decoder.step`:
 4. finish rows that are complete, or (``eos_stop``) whose committed EOS has every earlier position
    committed: their tail is filled with EOS without a forward;
 5. run **one** batched forward over the unfinished rows only and refresh proposals and features.
+
+Remasking (``DecodeConfig.remask_cap > 0``): a :class:`CommitDecision` may also carry a ``remask``
+mask; after step 3 its bits at ``state.remaskable`` positions (committed before this step, inside
+the window, under the per-position cap) turn those positions back into ``[MASK]`` before rows are
+finished, so the same forward re-proposes them. Prompt positions are outside the ``[B, G]``
+region and can never be remasked. Progress guarantee, budget fill and EOS stop are unchanged; a row
+that fills (budget or all-in) ignores its remask bits, and the cap bounds every row to
+``g * (1 + cap)`` steps without a budget.
+
+Draft-and-verify (:class:`DraftDecision`): the step applies K drafted commit masks to K copies of
+every row and verifies them with **one** forward over the ``B * K`` copies (the same forward as
+above); the policy's ``accept`` picks the copy each row keeps. NFE grows by one per row,
+``forward_tokens`` by the tokens of every copy.
 """
 
 from __future__ import annotations
@@ -24,9 +37,10 @@ import torch
 
 from commit_env.backbones.base import Backbone, kv_cache_support
 from commit_env.decoding.config import DecodeConfig, validate_setting
-from commit_env.decoding.state import WINDOW_CODES, CommitDecision, TraceState
+from commit_env.decoding.snapshot import select_rows
+from commit_env.decoding.state import WINDOW_CODES, CommitDecision, DraftDecision, TraceState
 
-__all__ = ["Decoder", "STABLE_CAP"]
+__all__ = ["Decoder", "STABLE_CAP", "window_eligible"]
 
 STABLE_CAP = 8  # stable-step counts above this are rare and uninformative; features saturate here
 
@@ -222,6 +236,12 @@ class Decoder:
             prev_logp=torch.zeros((B, G, 1), device=dev),
             kv_refreshes=zeros_b.clone(),
             **self._empty_cache(B, P + G),
+            remaskable=torch.zeros((B, G), dtype=torch.bool, device=dev),
+            remask_count=torch.zeros((B, G), dtype=torch.long, device=dev),
+            remasked_token=torch.full((B, G), -1, dtype=torch.long, device=dev),
+            remasks=zeros_b.clone(),
+            remask_changed=zeros_b.clone(),
+            remask_ignored=zeros_b.clone(),
         )
 
     def _empty_cache(self, B: int, L: int) -> dict[str, torch.Tensor | None]:
@@ -263,7 +283,9 @@ class Decoder:
         return row_g, kinds, widths, budget_out
 
     # ----------------------------------------------------------------------------- step
-    def step(self, state: TraceState, decision: torch.Tensor | CommitDecision) -> TraceState:
+    def step(
+        self, state: TraceState, decision: torch.Tensor | CommitDecision | DraftDecision
+    ) -> TraceState:
         """Commit, finish rows, and run one batched forward over the unfinished rows.
 
         Bits of the mask at non-eligible positions (committed, outside the window, finished row)
@@ -271,16 +293,21 @@ class Decoder:
 
         Args:
             state: The current state (from :meth:`start` or a previous :meth:`step`).
-            decision: bool tensor ``[B, G]`` commit mask, or a :class:`CommitDecision`.
+            decision: bool tensor ``[B, G]`` commit mask, a :class:`CommitDecision` (commit,
+                all-in rows, tokens, remask) or a :class:`DraftDecision` (draft-and-verify).
 
         Returns:
             The same state object, advanced by one step.
 
         Raises:
             TypeError: If the mask is not a bool tensor.
-            ValueError: If the mask's shape is not ``[B, G]``.
+            ValueError: If the mask's shape is not ``[B, G]``, or a remask is asked for while
+                ``remask_cap == 0``.
         """
+        if isinstance(decision, DraftDecision):
+            return self._step_drafts(state, decision)
         mask, fill_rows, tokens = _unpack(decision)
+        remask = decision.remask if isinstance(decision, CommitDecision) else None
         B, G = state.batch_size, state.gen_length
         if not isinstance(mask, torch.Tensor):
             raise TypeError(f"commit mask must be a torch.Tensor of shape [B, G] = [{B}, {G}]")
@@ -290,6 +317,8 @@ class Decoder:
             )
         if mask.dtype != torch.bool:
             raise TypeError(f"commit mask must have dtype torch.bool, got {mask.dtype}")
+        if remask is not None:
+            self._check_remask(remask, (B, G))
         # Rows admitted with start(forward=False) have no proposals yet: this step only runs
         # their first forward (together with everyone else's), committing nothing for them.
         active = ~state.done & (state.nfe > 0)  # [B] rows that commit this step
@@ -325,11 +354,143 @@ class Decoder:
         state.committed |= commit
         state.commit_step = torch.where(commit, state.step[:, None], state.commit_step)
         state.step += active.long()
+        removed = None
+        self._note_recommits(state, commit)
+        if remask is not None:
+            removed = self._remask(state, remask.to(self.device), active, active & ~fill)
         if self.config.record_trace:
-            state.trace.append({"commit": commit.cpu(), "step": state.step.cpu()})
+            record = {"commit": commit.cpu(), "step": state.step.cpu()}
+            if removed is not None:
+                record["remask"] = removed.cpu()
+            state.trace.append(record)
         self._finish_rows(state)
         self._forward(state)
         self._update_window(state)
+        return state
+
+    # ----------------------------------------------------------------------------- remasking
+    def _check_remask(self, remask: torch.Tensor, shape: tuple[int, ...]) -> None:
+        if not isinstance(remask, torch.Tensor) or remask.dtype != torch.bool:
+            raise ValueError(f"remask must be a bool tensor of shape {list(shape)}")
+        if tuple(remask.shape) != shape:
+            raise ValueError(f"remask has shape {tuple(remask.shape)}; expected {list(shape)}")
+        if self.config.remask_cap == 0 and bool(remask.any()):
+            raise ValueError(
+                "remasking is off (DecodeConfig.remask_cap=0); set remask_cap >= 1 to allow it"
+            )
+
+    def _note_recommits(self, state: TraceState, commit: torch.Tensor) -> None:
+        """Count re-decoded tokens that changed, for positions committed again this step."""
+        if self.config.remask_cap == 0 or state.remasked_token is None:
+            return
+        again = commit & (state.remasked_token >= 0)  # [B, G]
+        changed = again & (state.gen_tokens != state.remasked_token)
+        state.remask_changed += changed.sum(-1)
+        state.remasked_token = state.remasked_token.masked_fill(again, -1)
+
+    def _remask(
+        self,
+        state: TraceState,
+        remask: torch.Tensor,
+        requesting: torch.Tensor,
+        allowed: torch.Tensor,
+    ) -> torch.Tensor:
+        """Mask ``remask & remaskable`` positions of ``allowed`` rows again; return them [B, G]."""
+        G = state.gen_length
+        asked = remask & requesting[:, None]  # [B, G]
+        hit = asked & state.remaskable & allowed[:, None]  # [B, G]
+        state.remask_ignored += (asked & ~hit).sum(-1)
+        if not bool(hit.any()):
+            return hit
+        gen = state.canvas[:, -G:]
+        state.remasked_token = torch.where(hit, gen, state.remasked_token)
+        state.canvas[:, -G:] = torch.where(hit, self.backbone.mask_token_id, gen)
+        state.committed &= ~hit
+        state.commit_step = state.commit_step.masked_fill(hit, -1)
+        state.remask_count += hit.long()
+        state.remasks += hit.sum(-1)
+        return hit
+
+    # ----------------------------------------------------------------------------- drafts
+    def _step_drafts(self, state: TraceState, decision: DraftDecision) -> TraceState:
+        """Draft-and-verify: K copies per row, one batched forward, keep the accepted copy."""
+        B, G = state.batch_size, state.gen_length
+        drafts = decision.commit
+        if not isinstance(drafts, torch.Tensor) or drafts.dtype != torch.bool or drafts.dim() != 3:
+            raise ValueError(f"DraftDecision.commit must be a bool tensor [B, K, G], G = {G}")
+        K = int(drafts.shape[1])
+        if tuple(drafts.shape) != (B, K, G) or K < 1:
+            raise ValueError(
+                f"DraftDecision.commit has shape {tuple(drafts.shape)}; expected [{B}, K >= 1, {G}]"
+            )
+        if decision.remask is not None:
+            self._check_remask(decision.remask, (B, K, G))
+        if self.config.temperature > 0:
+            raise ValueError("draft-and-verify needs greedy proposals (temperature=0)")
+        active = ~state.done & (state.nfe > 0)  # [B]
+        out_of_budget = active & state.budget_limited & (state.nfe >= state.budget)  # [B]
+        masked = ~state.committed  # [B, G]
+        used = decision.used
+        if used is None:
+            used = torch.ones((B, K), dtype=torch.bool, device=self.device)
+        elif tuple(used.shape) != (B, K) or used.dtype != torch.bool:
+            raise ValueError(f"DraftDecision.used must be a bool tensor [B, K] = [{B}, {K}]")
+        used = used.to(self.device)
+        index = torch.arange(B, device=self.device).repeat_interleave(K)  # [B*K]
+        drafted = select_rows(state, index)
+        drafted.trace = None
+        # Unused copies, and every copy but the first of a row that commits nothing this step (a
+        # row admitted without its first forward), are neither committed nor forwarded.
+        first = torch.arange(K, device=self.device).repeat(B) == 0  # [B*K]
+        live = (active[index] & used.reshape(-1)) | (~active[index] & first)
+        drafted.done |= ~live
+        d_active = active[index] & live  # [B*K]
+        d_fill = out_of_budget[index] & d_active
+        mask = drafts.to(self.device).reshape(B * K, G) & masked[index] & d_active[:, None]
+        # Progress guarantee per copy: a copy that commits nothing gets the best eligible position.
+        idle = d_active & ~d_fill & ~mask.any(-1)  # [B*K]
+        best = drafted.confidence.masked_fill(~drafted.eligible, -1.0).argmax(-1)  # [B*K]
+        forced = torch.zeros_like(mask).scatter_(1, best[:, None], True) & drafted.eligible
+        mask |= forced & idle[:, None]
+        drafted.forced_commits += idle.long()
+        fill_mask = masked[index] & d_fill[:, None]
+        drafted.budget_fills += (fill_mask & ~mask).sum(-1)
+        commit = mask | fill_mask
+        gen = drafted.canvas[:, -G:]
+        drafted.canvas[:, -G:] = torch.where(commit, drafted.proposal, gen)
+        drafted.committed |= commit
+        drafted.commit_step = torch.where(commit, drafted.step[:, None], drafted.commit_step)
+        drafted.step += d_active.long()
+        self._note_recommits(drafted, commit)
+        if decision.remask is not None:
+            remask = decision.remask.to(self.device).reshape(B * K, G)
+            self._remask(drafted, remask, d_active, d_active & ~d_fill)
+        self._finish_rows(drafted)
+        self._forward(drafted)
+        self._update_window(drafted)
+        choice = decision.accept(state, drafted)
+        if (
+            not isinstance(choice, torch.Tensor)
+            or tuple(choice.shape) != (B,)
+            or bool(((choice < 0) | (choice >= K)).any())
+        ):
+            raise ValueError(f"DraftDecision.accept must return int64 [B] = [{B}] in [0, {K})")
+        choice = torch.where(active, choice.to(self.device).long(), 0)  # idle rows keep copy 0
+        if not bool((used[torch.arange(B, device=self.device), choice] | ~active).all()):
+            raise ValueError("DraftDecision.accept picked a copy marked unused")
+        rows = torch.arange(B, device=self.device) * K + choice  # [B]
+        ran = drafted.nfe.view(B, K) > state.nfe[:, None]  # [B, K] copies that were forwarded
+        tokens = (drafted.forward_tokens.view(B, K) - state.forward_tokens[:, None]).sum(-1)
+        nfe, forward_tokens = state.nfe + ran.any(-1).long(), state.forward_tokens + tokens
+        kept = select_rows(drafted, rows)
+        for name in state.tensor_fields():
+            setattr(state, name, getattr(kept, name))
+        state.nfe, state.forward_tokens = nfe, forward_tokens
+        if self.config.record_trace:
+            state.trace.append({"commit": commit.view(B, K, G)[torch.arange(B), choice].cpu()})
+            state.trace.append(
+                {"proposal": state.proposal.cpu(), "confidence": state.confidence.cpu()}
+            )
         return state
 
     # ----------------------------------------------------------------------------- internals
@@ -554,24 +715,65 @@ class Decoder:
         return scores.argmax(-1)
 
     def _update_window(self, state: TraceState) -> None:
-        G = state.gen_length
-        masked = ~state.committed  # [B, G]
-        first = torch.where(masked.any(-1), masked.long().argmax(-1), G)  # [B] first masked
-        width = state.window_width  # [B]
-        kind = state.window_kind  # [B]
-        block_start = torch.div(first, width, rounding_mode="floor") * width
-        start = torch.where(
-            kind == WINDOW_CODES["block"],
-            block_start,
-            torch.where(kind == WINDOW_CODES["sliding"], first, torch.zeros_like(first)),
-        )  # [B]
-        end = torch.where(
-            kind == WINDOW_CODES["full"], state.gen_len, (start + width).minimum(state.gen_len)
-        )  # [B]
+        start, end = window_bounds(
+            state.committed, state.window_kind, state.window_width, state.gen_len
+        )
         pos = self._positions[None, :]
         in_window = (pos >= start[:, None]) & (pos < end[:, None])  # [B, G]
         state.window_start, state.window_end = start, end
-        state.eligible = masked & in_window & ~state.done[:, None]
+        live = in_window & ~state.done[:, None]
+        state.eligible = ~state.committed & live
+        if state.remask_count is not None:
+            cap = self.config.remask_cap
+            state.remaskable = state.committed & state.valid & live & (state.remask_count < cap)
+
+
+def window_bounds(
+    committed: torch.Tensor,
+    window_kind: torch.Tensor,
+    window_width: torch.Tensor,
+    gen_len: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Window start and end of every row for a given committed mask (the engine's window rule).
+
+    Args:
+        committed: bool ``[B, G]``.
+        window_kind: int64 ``[B]`` (see ``WINDOW_CODES``).
+        window_width: int64 ``[B]``.
+        gen_len: int64 ``[B]``.
+
+    Returns:
+        ``(start, end)``, int64 ``[B]`` each: the window is ``[start, end)``.
+    """
+    G = committed.shape[1]
+    masked = ~committed  # [B, G]
+    first = torch.where(masked.any(-1), masked.long().argmax(-1), G)  # [B] first masked
+    block_start = torch.div(first, window_width, rounding_mode="floor") * window_width
+    start = torch.where(
+        window_kind == WINDOW_CODES["block"],
+        block_start,
+        torch.where(window_kind == WINDOW_CODES["sliding"], first, torch.zeros_like(first)),
+    )  # [B]
+    end = torch.where(
+        window_kind == WINDOW_CODES["full"], gen_len, (start + window_width).minimum(gen_len)
+    )  # [B]
+    return start, end
+
+
+def window_eligible(state: TraceState, committed: torch.Tensor) -> torch.Tensor:
+    """Positions that would be eligible if ``committed`` were the committed mask (drafting).
+
+    Args:
+        state: The state whose window settings apply.
+        committed: bool ``[B, G]`` hypothetical committed mask.
+
+    Returns:
+        bool ``[B, G]``: masked under ``committed``, inside its window, in an unfinished row.
+    """
+    start, end = window_bounds(committed, state.window_kind, state.window_width, state.gen_len)
+    pos = torch.arange(committed.shape[1], device=committed.device)[None, :]
+    in_window = (pos >= start[:, None]) & (pos < end[:, None])
+    return ~committed & in_window & ~state.done[:, None]
 
 
 def _unpack(

@@ -46,6 +46,9 @@ class DecodeResult:
         canvas_tokens: int64 ``[N]`` real tokens of the row's canvas (prompt + generation), what
             one uncached forward processes.
         gen_len: int64 ``[N]`` each row's generation length.
+        remasks: int64 ``[N]`` remask events (tokens re-decoded); 0 unless remasking is on.
+        remask_changed: int64 ``[N]`` re-decoded tokens that differ from the remasked token.
+        remask_ignored: int64 ``[N]`` remask bits that took no effect.
         wall_time: Seconds for the whole call.
         device: Where the backbone ran.
         config: The decode configuration.
@@ -65,6 +68,9 @@ class DecodeResult:
     kv_refreshes: torch.Tensor
     canvas_tokens: torch.Tensor
     gen_len: torch.Tensor
+    remasks: torch.Tensor
+    remask_changed: torch.Tensor
+    remask_ignored: torch.Tensor
     wall_time: float
     device: str
     config: DecodeConfig
@@ -98,6 +104,8 @@ class DecodeResult:
             "forward_tokens": float(self.forward_tokens.float().mean()),
             "forward_tokens_saved": float(self.forward_tokens_saved.float().mean()),
             "kv_refreshes": float(self.kv_refreshes.float().mean()),
+            "remasks": float(self.remasks.float().mean()),
+            "remask_changed": float(self.remask_changed.float().mean()),
             "wall_time": self.wall_time,
         }
 
@@ -147,6 +155,9 @@ _ACCOUNTS = (
     "kv_refreshes",
     "prompt_len",
     "gen_len",
+    "remasks",
+    "remask_changed",
+    "remask_ignored",
 )
 
 
@@ -223,6 +234,9 @@ def decode(
         kv_refreshes=cat["kv_refreshes"],
         canvas_tokens=cat["prompt_len"] + cat["gen_len"],
         gen_len=cat["gen_len"],
+        remasks=cat["remasks"],
+        remask_changed=cat["remask_changed"],
+        remask_ignored=cat["remask_ignored"],
         wall_time=wall,
         device=str(backbone.device),
         config=config,

@@ -38,7 +38,7 @@ from commit_env.decoding.batching import replace_rows
 from commit_env.decoding.config import DEFAULT_TOP_K, validate_engine_options
 from commit_env.decoding.features import FEATURE_GROUPS
 from commit_env.decoding.run import completion_text
-from commit_env.decoding.state import TraceState
+from commit_env.decoding.state import CommitDecision, TraceState
 from commit_env.envs.observation import ACCOUNTS, DEFAULT_FEATURES, ObservationLayout
 from commit_env.envs.render import render_row
 from commit_env.evaluate import score_completions
@@ -55,6 +55,7 @@ __all__ = [
     "final_reward",
     "resolve_config",
     "validate_actions",
+    "validate_remask_actions",
 ]
 
 RewardKind = Literal["score", "score_x_efficiency"]
@@ -88,6 +89,9 @@ class EnvConfig:
         success_threshold: ``is_success`` is ``task_score >= success_threshold``.
         eos_stop: Finish a row once a committed EOS has every earlier position committed.
         device: Backbone device (default CUDA when available) when ``backbone`` is a spec.
+        remask_cap: Per-position remask limit of the engine; ``> 0`` makes the action
+            ``MultiDiscrete([3] * G)`` (0 keep, 1 commit, 2 remask) and adds the ``remaskable``
+            observation key. ``None`` = 0 for ``TokenCommit-v0`` and 2 for ``TokenCommit-v1``.
     """
 
     task: str | Task = "qa"
@@ -105,6 +109,7 @@ class EnvConfig:
     success_threshold: float = 1.0
     eos_stop: bool = True
     device: str | None = None
+    remask_cap: int | None = None
     _lists: dict[str, tuple[Any, ...]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -119,6 +124,9 @@ class EnvConfig:
         if "hidden" in self.features and self.hidden_dim < 1:
             raise ValueError("the 'hidden' feature group needs hidden_dim >= 1")
         validate_engine_options(temperature=self.temperature, top_k=self.top_k)
+        cap = self.remask_cap
+        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 0):
+            raise ValueError(f"remask_cap must be None or an int >= 0, got {cap!r}")
         settings = dict(self.settings or {})
         extra = sorted(set(settings) - set(_SETTING_KEYS))
         if extra:
@@ -155,6 +163,7 @@ class EnvConfig:
             temperature=self.temperature,
             top_k=self.top_k,
             hidden_features=self.hidden_dim if "hidden" in self.features else 0,
+            remask_cap=self.remask_cap or 0,
             **setting,
         )
 
@@ -317,6 +326,42 @@ def validate_actions(actions: Any, shape: tuple[int, ...]) -> np.ndarray:
     return arr != 0
 
 
+def validate_remask_actions(actions: Any, shape: tuple[int, ...]) -> np.ndarray:
+    """Check a keep / commit / remask action and return it as an int8 array.
+
+    Accepted: an array or nested list of the given shape, of integer or float dtype (or bool,
+    which can only say keep/commit), with values exactly 0 (keep), 1 (commit) or 2 (remask).
+
+    Args:
+        actions: The action.
+        shape: The expected shape, ``(G,)`` or ``(B, G)``.
+
+    Returns:
+        int8 array of ``shape``.
+
+    Raises:
+        ValueError: On a wrong shape, a non-numeric dtype or a value outside {0, 1, 2}.
+    """
+    try:
+        arr = np.asarray(actions)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"action must be an array of shape {shape} with 0/1/2 values: {e}") from e
+    if arr.shape != shape:
+        raise ValueError(
+            f"action has shape {arr.shape}; expected {shape} (MultiDiscrete: 0 keep, 1 commit, "
+            "2 remask)"
+        )
+    if arr.dtype == np.bool_:
+        return arr.astype(np.int8)
+    if arr.dtype.kind not in "iuf":
+        raise ValueError(f"action has dtype {arr.dtype}; expected integer values in {{0, 1, 2}}")
+    ok = (arr == 0) | (arr == 1) | (arr == 2)
+    if not np.all(ok):
+        bad = arr[~ok].ravel()[:3]
+        raise ValueError(f"action values must be 0, 1 or 2, got {bad.tolist()} (shape {shape})")
+    return arr.astype(np.int8)
+
+
 class CommitSlots:
     """B decode slots in one batched trace state, with observation and reward code.
 
@@ -336,6 +381,7 @@ class CommitSlots:
         self.task: Task = get_task(config.task) if isinstance(config.task, str) else config.task
         self.settings = config.setting_lists(self.task.default_gen_length)
         self.gen_length = G = max(self.settings["gen_length"])
+        self.revocable = bool(config.remask_cap)
         self.backbone: Backbone | None = resolve_backbone(config.backbone, device=config.device)
         self.decoder: Decoder | None = Decoder(self.backbone, config.decode_config(G))
         self.device = self.decoder.device
@@ -346,12 +392,15 @@ class CommitSlots:
             gen_length=G,
             vocab_size=self.backbone.vocab_size,
             device=self.device,
+            remask=self.revocable,
         )
         self.obs_keys = self.layout.keys
         self.state: TraceState | None = None
         self.episodes: list[Episode | None] = [None] * num_slots
         self.single_observation_space = self.layout.space()
-        self.single_action_space = gym.spaces.MultiBinary(G)
+        self.single_action_space: gym.spaces.Space[Any] = (
+            gym.spaces.MultiDiscrete([3] * G) if self.revocable else gym.spaces.MultiBinary(G)
+        )
         self._snap: np.ndarray | None = None  # float32 [B, W], latest host snapshot
 
     # ----------------------------------------------------------------------------- episodes
@@ -382,7 +431,9 @@ class CommitSlots:
             row_ids=rows,
             gen_lengths=[ep.gen_length for ep in episodes],
             windows=[ep.window for ep in episodes],
-            budgets=[ep.step_budget for ep in episodes],
+            # Revocable episodes always get a budget (G when unlimited): remasking could otherwise
+            # take up to G * (1 + remask_cap) steps, and the env promises at most the budget.
+            budgets=[ep.budget if self.revocable else ep.step_budget for ep in episodes],
             forward=forward,
         )
         fresh_snap = self._snapshot(fresh)
@@ -401,13 +452,31 @@ class CommitSlots:
             self.episodes[r] = ep
 
     # ----------------------------------------------------------------------------- step
+    def parse_actions(self, actions: Any, shape: tuple[int, ...]) -> np.ndarray:
+        """Validate actions for this slot engine's action space.
+
+        Args:
+            actions: ``MultiBinary`` commit masks, or keep/commit/remask codes when revocable.
+            shape: ``(G,)`` or ``(B, G)``.
+
+        Returns:
+            bool commit masks, or int8 codes (revocable).
+
+        Raises:
+            ValueError: On a wrong shape, dtype or value.
+        """
+        if self.revocable:
+            return validate_remask_actions(actions, shape)
+        return validate_actions(actions, shape)
+
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[int, dict[str, Any]]]:
         """Commit ``actions`` in every unfinished slot with one :meth:`Decoder.step`.
 
         Slots that were already finished before the call are left alone (reward 0).
 
         Args:
-            actions: bool array ``[B, G]`` (already validated).
+            actions: bool array ``[B, G]``, or int8 codes (0 keep, 1 commit, 2 remask) when
+                revocable (already validated by :meth:`parse_actions`).
 
         Returns:
             ``(rewards, finished, final_infos)``: float64 ``[B]`` rewards, bool ``[B]`` slots
@@ -417,8 +486,11 @@ class CommitSlots:
         assert self.state is not None and self._snap is not None, "start() before step()"
         was_done = self.column("done")[:, 0] > 0.5  # [B]
         admitted = self.column("nfe")[:, 0] < 0.5  # [B] started with forward=False: no reward yet
-        mask = torch.from_numpy(np.ascontiguousarray(actions)).to(self.device, non_blocking=True)
-        decoder.step(self.state, mask)
+        codes = torch.from_numpy(np.ascontiguousarray(actions)).to(self.device, non_blocking=True)
+        if self.revocable:
+            decoder.step(self.state, CommitDecision(codes == 1, remask=codes == 2))
+        else:
+            decoder.step(self.state, codes)
         self._snap = self._snapshot(self.state)
         done = self.column("done")[:, 0] > 0.5
         finished = done & ~was_done
@@ -453,6 +525,9 @@ class CommitSlots:
                 "gen_length": int(acc["gen_len"][j]),
                 "completion": texts[j],
             }
+            if self.revocable:
+                infos[r]["remasks"] = int(acc["remasks"][j])
+                infos[r]["remask_ignored"] = int(acc["remask_ignored"][j])
         return finals, infos
 
     # ----------------------------------------------------------------------------- observations
@@ -478,8 +553,15 @@ class CommitSlots:
         """MaskablePPO masks of every slot: bool ``[B, 2G]``, ``[allow 0, allow 1]`` per position.
 
         Committing is allowed only at eligible positions; not committing is always allowed.
+        Revocable: ``[B, 3G]``, ``[allow keep, allow commit, allow remask]`` per position
+        (remask only at ``remaskable`` positions).
         """
         eligible = self.column("eligible") > 0.5  # [B, G]
+        if self.revocable:
+            masks = np.ones((self.num_slots, 3 * self.gen_length), dtype=bool)
+            masks[:, 1::3] = eligible
+            masks[:, 2::3] = self.column("remaskable") > 0.5
+            return masks
         masks = np.ones((self.num_slots, 2 * self.gen_length), dtype=bool)
         masks[:, 1::2] = eligible
         return masks

@@ -17,7 +17,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium.utils import seeding
 
-from commit_env.envs.core import CommitSlots, EnvConfig, resolve_config, validate_actions
+from commit_env.envs.core import CommitSlots, EnvConfig, resolve_config
 from commit_env.errors import DependencyNotInstalled
 
 try:
@@ -85,7 +85,7 @@ class CommitSB3VecEnv(VecEnv):
         Raises:
             ValueError: On a wrong shape, dtype or value.
         """
-        self._actions = validate_actions(actions, (self.num_envs, self.gen_length))
+        self._actions = self._open().parse_actions(actions, (self.num_envs, self.gen_length))
 
     def step_wait(self) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, list[dict]]:
         """Step all slots with one forward; reset finished slots in the same step.
