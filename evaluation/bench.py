@@ -188,6 +188,8 @@ def _quick_heuristics(gen_length: int) -> list[PolicySpec]:
         "eb(gamma=1.0)",
         "klass()",
         "prophet()",
+        "wino()",
+        "freedave()",
         "oracle()",
     }
     return [s for s in heuristic_grid(gen_length) if s.label in keep]
