@@ -2,10 +2,16 @@
 
 The checkpoint that ships in ``commit_env/backbones/data/tiny`` is a small bidirectional BERT
 (transformers ``BertForMaskedLM``) with a character-level tokenizer, trained with the masked
-diffusion objective on the embedded task families (``qa``, ``math``, ``code``, both difficulty
-levels). Rebuild it with::
+diffusion objective on every embedded task family: the testbed (list operations, ``latin``,
+``sudoku``, ``qa:list``) and the original ``qa``, ``math``, ``code`` at both levels, mixed by
+:data:`DEFAULT_MIX` (weighted toward the harder families). Each row's generation region is the
+task's default G, 2G, or anything between the answer's length and 2G, EOS-padded, so the model
+decodes at G and 2G. Rebuild it with::
 
-    commit-env train-backbone --out commit_env/backbones/data/tiny
+    commit-env train-backbone --out commit_env/backbones/data/tiny --steps <steps>
+
+(the steps the shipped checkpoint was trained for are in its ``training_args.json``; the ``rsqrt``
+learning-rate schedule does not depend on the total, so any saved step is reproducible).
 
 Layout convention (shared with the decode engine): each sequence is ``prompt ++ completion ++ EOS*``
 left-padded with ``[PAD]``; position ids count from the first real token, so a row's positions do
@@ -31,10 +37,12 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "DEFAULT_MIX",
     "TINY_CHARS",
     "TINY_SPECIAL_TOKENS",
     "TinyBackboneTrainConfig",
     "build_tiny_tokenizer",
+    "corpus_tasks",
     "make_training_batch",
     "train_tiny_backbone",
 ]
@@ -69,6 +77,31 @@ def build_tiny_tokenizer() -> Any:
     )
 
 
+# Training mixture: (task name, weight). The testbed families get most of the weight, the harder
+# ones (puzzles, order-free lists) the most; the old families keep enough to stay above the bar.
+DEFAULT_MIX: tuple[tuple[str, float], ...] = (
+    ("qa", 0.025),
+    ("qa:hard", 0.025),
+    ("math", 0.025),
+    ("math:hard", 0.025),
+    ("code", 0.025),
+    ("code:hard", 0.025),
+    ("qa:list", 0.07),
+    ("copy", 0.035),
+    ("reverse", 0.05),
+    ("sort", 0.07),
+    ("shuffle", 0.06),
+    ("insert:index", 0.05),
+    ("insert:any", 0.05),
+    ("remove:index", 0.05),
+    ("remove:any", 0.05),
+    ("replace:index", 0.05),
+    ("replace:any", 0.05),
+    ("latin", 0.1),
+    ("sudoku", 0.165),
+)
+
+
 @dataclass(frozen=True)
 class TinyBackboneTrainConfig:
     """How to train the embedded backbone (defaults reproduce the shipped checkpoint)."""
@@ -77,18 +110,25 @@ class TinyBackboneTrainConfig:
     """Directory the checkpoint is written to (replaced atomically)."""
     steps: int = 4500
     """Optimizer steps."""
-    batch_size: int = 128
+    batch_size: int = 64
     """Sequences per step."""
-    lr: float = 1e-3
-    """Peak learning rate (AdamW), reached after ``warmup`` steps, cosine-decayed to ``lr / 10``."""
+    micro_batches: int = 2
+    """Length buckets per step: rows are sorted by length and padded per bucket (less padding)."""
+    lr: float = 2e-3
+    """Peak learning rate (AdamW), reached after ``warmup`` steps."""
+    schedule: str = "rsqrt"
+    """After warm-up: ``rsqrt`` (``lr * sqrt(warmup / step)``, independent of ``steps``, so the
+    checkpoint saved at step s equals a run with ``steps=s``) or ``cosine`` (to ``lr / 10``)."""
     warmup: int = 200
     """Linear warm-up steps."""
     weight_decay: float = 0.01
     """AdamW weight decay."""
-    min_gen: int = 14
-    """Shortest generation region in the corpus."""
-    max_gen: int = 32
-    """Longest generation region in the corpus."""
+    dropout: float = 0.0
+    """Hidden and attention dropout (the corpus is unlimited, so none is needed)."""
+    p_default_gen: float = 0.5
+    """Probability that a row's generation length is its task's default G."""
+    p_double_gen: float = 0.15
+    """Probability that it is 2G; otherwise it is uniform between the answer's length and 2G."""
     hidden_size: int = 128
     """Transformer width."""
     num_layers: int = 4
@@ -97,6 +137,8 @@ class TinyBackboneTrainConfig:
     """Attention heads."""
     max_position_embeddings: int = 128
     """Longest canvas (prompt + generation) the model accepts."""
+    mix: tuple[tuple[str, float], ...] = DEFAULT_MIX
+    """Training mixture: ``(task name, weight)`` pairs (names as for ``get_task``)."""
     seed: int = 0
     """Seeds torch and the corpus generator."""
     log_dir: str | None = "runs/train-backbone"
@@ -113,78 +155,99 @@ class TinyBackboneTrainConfig:
             raise ValueError(
                 f"steps and batch_size must be >= 1, got {self.steps}, {self.batch_size}"
             )
-        if not 1 <= self.min_gen <= self.max_gen:
-            raise ValueError(f"need 1 <= min_gen <= max_gen, got {self.min_gen}, {self.max_gen}")
+        if not 1 <= self.micro_batches <= self.batch_size:
+            raise ValueError(
+                f"micro_batches must be in 1..{self.batch_size} (batch_size), "
+                f"got {self.micro_batches}"
+            )
+        if not (0 <= self.p_default_gen and 0 <= self.p_double_gen) or (
+            self.p_default_gen + self.p_double_gen > 1
+        ):
+            raise ValueError(
+                f"need p_default_gen, p_double_gen >= 0 with sum <= 1, got "
+                f"{self.p_default_gen}, {self.p_double_gen}"
+            )
         if self.hidden_size % self.num_heads:
             raise ValueError(
                 f"hidden_size {self.hidden_size} not divisible by {self.num_heads} heads"
             )
+        if self.schedule not in ("rsqrt", "cosine"):
+            raise ValueError(f"unknown schedule {self.schedule!r}; expected 'rsqrt' or 'cosine'")
+        if not self.mix or any(w <= 0 for _, w in self.mix):
+            raise ValueError("mix must be a non-empty list of (task, weight > 0) pairs")
 
 
-def _corpus_tasks() -> list[Any]:
-    from commit_env.tasks import EMBEDDED_TASKS, get_task
-
-    tasks = []
-    for name in EMBEDDED_TASKS:
-        probe = get_task(name)
-        tasks.extend(get_task(name, difficulty=level) for level in probe.levels)
-    return tasks
-
-
-def make_training_batch(
-    rng: np.random.Generator,
-    tasks: list[Any],
-    tokenizer: Any,
-    batch_size: int,
-    min_gen: int,
-    max_gen: int,
-) -> dict[str, torch.Tensor]:
-    """Draw one masked-diffusion training batch from the embedded task families.
-
-    Each row is ``prompt ++ answer ++ EOS*`` (generation length drawn in ``[min_gen, max_gen]``),
-    left-padded; a mask ratio ``t ~ U(0, 1)`` is drawn per row and each generation position is
-    masked with probability ``t`` (at least one).
+def corpus_tasks(mix: tuple[tuple[str, float], ...] = DEFAULT_MIX) -> tuple[list[Any], np.ndarray]:
+    """Build the training mixture's tasks and their normalized sampling weights.
 
     Args:
-        rng: Source of every random choice.
-        tasks: Embedded task instances (with ``sample`` and ``sample_answer``).
-        tokenizer: The tiny tokenizer.
-        batch_size: B, rows in the batch.
-        min_gen: Shortest generation region.
-        max_gen: Longest generation region.
+        mix: ``(task name, weight)`` pairs.
 
     Returns:
-        Dict of ``input_ids`` (int64 ``[B, L]``, masked), ``labels`` (int64 ``[B, L]``, -100 where
-        not masked), ``attention_mask`` and ``position_ids`` (int64 ``[B, L]``).
+        ``(tasks, weights)``.
+
+    Raises:
+        ValueError: If a task name is unknown or a weight is not positive.
     """
-    eos, pad, mask = tokenizer.eos_token_id, tokenizer.pad_token_id, tokenizer.mask_token_id
-    rows, gens = [], []
-    for _ in range(batch_size):
-        task = tasks[int(rng.integers(len(tasks)))]
+    from commit_env.tasks import get_task
+
+    tasks = [get_task(name) for name, _ in mix]
+    weights = np.asarray([w for _, w in mix], dtype=float)
+    if (weights <= 0).any():
+        raise ValueError(f"mixture weights must be > 0, got {weights.tolist()}")
+    return tasks, weights / weights.sum()
+
+
+def _draw_rows(
+    rng: np.random.Generator,
+    tasks: list[Any],
+    weights: np.ndarray | None,
+    tokenizer: Any,
+    batch_size: int,
+    p_default_gen: float,
+    p_double_gen: float,
+) -> list[tuple[list[int], list[int], np.ndarray]]:
+    eos = tokenizer.eos_token_id
+    rows = []
+    picks = rng.choice(len(tasks), size=batch_size, p=weights)
+    for pick in picks:
+        task = tasks[int(pick)]
         example = task.sample(rng)
         prompt = tokenizer(example.prompt, add_special_tokens=False)["input_ids"]
         answer = tokenizer(task.sample_answer(example, rng), add_special_tokens=False)["input_ids"]
-        gen_len = int(rng.integers(max(min_gen, len(answer)), max(max_gen, len(answer)) + 1))
+        base = int(task.default_gen_length)
+        u = rng.uniform()
+        if u < p_default_gen:
+            gen_len = base
+        elif u < p_default_gen + p_double_gen:
+            gen_len = 2 * base
+        else:
+            gen_len = int(rng.integers(len(answer), 2 * base + 1))
+        gen_len = max(gen_len, len(answer))
         gen = answer + [eos] * (gen_len - len(answer))
-        rows.append((prompt, gen))
-    length = max(len(p) + len(g) for p, g in rows)
-    input_ids = np.full((batch_size, length), pad, dtype=np.int64)
-    labels = np.full((batch_size, length), -100, dtype=np.int64)
-    attention = np.zeros((batch_size, length), dtype=np.int64)
-    for b, (prompt, gen) in enumerate(rows):
-        seq = prompt + gen
-        start = length - len(seq)
-        input_ids[b, start:] = seq
-        attention[b, start:] = 1
-        gen_start = length - len(gen)
         ratio = rng.uniform(0.0, 1.0)
         masked = rng.random(len(gen)) < ratio
         if not masked.any():
             masked[int(rng.integers(len(gen)))] = True
-        cols = gen_start + np.flatnonzero(masked)
+        rows.append((prompt, gen, masked))
+    return rows
+
+
+def _collate(rows: list[tuple[list[int], list[int], np.ndarray]], tokenizer: Any) -> dict:
+    pad, mask = tokenizer.pad_token_id, tokenizer.mask_token_id
+    batch_size = len(rows)
+    length = max(len(p) + len(g) for p, g, _ in rows)
+    input_ids = np.full((batch_size, length), pad, dtype=np.int64)
+    labels = np.full((batch_size, length), -100, dtype=np.int64)
+    attention = np.zeros((batch_size, length), dtype=np.int64)
+    for b, (prompt, gen, masked) in enumerate(rows):
+        seq = prompt + gen
+        start = length - len(seq)
+        input_ids[b, start:] = seq
+        attention[b, start:] = 1
+        cols = length - len(gen) + np.flatnonzero(masked)
         labels[b, cols] = input_ids[b, cols]
         input_ids[b, cols] = mask
-        gens.append(len(gen))
     attention_t = torch.from_numpy(attention)
     return {
         "input_ids": torch.from_numpy(input_ids),
@@ -194,9 +257,50 @@ def make_training_batch(
     }
 
 
+def make_training_batch(
+    rng: np.random.Generator,
+    tasks: list[Any],
+    tokenizer: Any,
+    batch_size: int,
+    *,
+    weights: np.ndarray | None = None,
+    p_default_gen: float = 0.5,
+    p_double_gen: float = 0.15,
+    micro_batches: int = 1,
+) -> list[dict[str, torch.Tensor]]:
+    """Draw one masked-diffusion training batch from embedded task families.
+
+    Each row is ``prompt ++ answer ++ EOS*`` with a generation length of the task's default G
+    (probability ``p_default_gen``), 2G (``p_double_gen``) or uniform between the answer's length
+    and 2G, left-padded; a mask ratio ``t ~ U(0, 1)`` is drawn per row and each generation
+    position is masked with probability ``t`` (at least one). Rows are sorted by length and split
+    into ``micro_batches`` buckets, each padded to its own longest row.
+
+    Args:
+        rng: Source of every random choice.
+        tasks: Embedded task instances (with ``sample``, ``sample_answer``, ``default_gen_length``).
+        tokenizer: The tiny tokenizer.
+        batch_size: B, rows in the batch.
+        weights: Sampling probability of each task (uniform if ``None``).
+        p_default_gen: Probability of the default generation length.
+        p_double_gen: Probability of twice the default generation length.
+        micro_batches: Length buckets.
+
+    Returns:
+        One dict per bucket with ``input_ids`` (int64 ``[b, L]``, masked), ``labels`` (int64
+        ``[b, L]``, -100 where not masked), ``attention_mask`` and ``position_ids``.
+    """
+    rows = _draw_rows(rng, tasks, weights, tokenizer, batch_size, p_default_gen, p_double_gen)
+    rows.sort(key=lambda r: len(r[0]) + len(r[1]))
+    chunks = np.array_split(np.arange(len(rows)), min(micro_batches, len(rows)))
+    return [_collate([rows[i] for i in chunk], tokenizer) for chunk in chunks if len(chunk)]
+
+
 def _lr_at(step: int, cfg: TinyBackboneTrainConfig) -> float:
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
+    if cfg.schedule == "rsqrt":
+        return cfg.lr * math.sqrt(cfg.warmup / (step + 1))
     progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress))))
 
@@ -234,7 +338,7 @@ def train_tiny_backbone(cfg: TinyBackboneTrainConfig) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     tokenizer = build_tiny_tokenizer()
-    tasks = _corpus_tasks()
+    tasks, weights = corpus_tasks(cfg.mix)
     model_cfg = BertConfig(
         vocab_size=len(tokenizer),
         hidden_size=cfg.hidden_size,
@@ -246,6 +350,8 @@ def train_tiny_backbone(cfg: TinyBackboneTrainConfig) -> dict[str, Any]:
         pad_token_id=tokenizer.pad_token_id,
         mask_token_id=tokenizer.mask_token_id,
         eos_token_id=tokenizer.eos_token_id,
+        hidden_dropout_prob=cfg.dropout,
+        attention_probs_dropout_prob=cfg.dropout,
     )
     model = BertForMaskedLM(model_cfg).to(cfg.device)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
@@ -272,16 +378,31 @@ def train_tiny_backbone(cfg: TinyBackboneTrainConfig) -> dict[str, Any]:
     for step in bar:
         for group in optimizer.param_groups:
             group["lr"] = _lr_at(step, cfg)
-        batch = make_training_batch(rng, tasks, tokenizer, cfg.batch_size, cfg.min_gen, cfg.max_gen)
-        batch = {k: v.to(cfg.device) for k, v in batch.items()}
-        logits = model(
-            input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
-            position_ids=batch["position_ids"],
-        ).logits
-        loss = F.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(), ignore_index=-100)
+        buckets = make_training_batch(
+            rng,
+            tasks,
+            tokenizer,
+            cfg.batch_size,
+            weights=weights,
+            p_default_gen=cfg.p_default_gen,
+            p_double_gen=cfg.p_double_gen,
+            micro_batches=cfg.micro_batches,
+        )
+        n_target = sum(int((b["labels"] != -100).sum()) for b in buckets)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss = torch.zeros(())
+        for batch in buckets:  # gradient accumulation; the loss is the mean over all targets
+            batch = {k: v.to(cfg.device) for k, v in batch.items()}
+            logits = model(
+                input_ids=batch["input_ids"],
+                attention_mask=batch["attention_mask"],
+                position_ids=batch["position_ids"],
+            ).logits
+            part = F.cross_entropy(
+                logits.flatten(0, 1), batch["labels"].flatten(), ignore_index=-100, reduction="sum"
+            ) / max(1, n_target)
+            part.backward()
+            loss = loss + part.detach().cpu()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         losses.append(float(loss.detach()))

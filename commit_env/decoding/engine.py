@@ -261,7 +261,7 @@ class Decoder:
             TypeError: If the mask is not a bool tensor.
             ValueError: If the mask's shape is not ``[B, G]``.
         """
-        mask, fill_rows = _unpack(decision)
+        mask, fill_rows, tokens = _unpack(decision)
         B, G = state.batch_size, state.gen_length
         if not isinstance(mask, torch.Tensor):
             raise TypeError(f"commit mask must be a torch.Tensor of shape [B, G] = [{B}, {G}]")
@@ -297,7 +297,12 @@ class Decoder:
         commit = mask | fill_mask  # [B, G]
 
         gen = state.canvas[:, -G:]
-        state.canvas[:, -G:] = torch.where(commit, state.proposal, gen)
+        written = (
+            state.proposal
+            if tokens is None
+            else torch.where(mask, tokens.to(self.device), state.proposal)
+        )
+        state.canvas[:, -G:] = torch.where(commit, written, gen)
         state.committed |= commit
         state.commit_step = torch.where(commit, state.step[:, None], state.commit_step)
         state.step += active.long()
@@ -453,10 +458,12 @@ class Decoder:
         state.eligible = masked & in_window & ~state.done[:, None]
 
 
-def _unpack(decision: torch.Tensor | CommitDecision) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _unpack(
+    decision: torch.Tensor | CommitDecision,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     if isinstance(decision, CommitDecision):
-        return decision.mask, decision.fill_rows
-    return decision, None
+        return decision.mask, decision.fill_rows, decision.tokens
+    return decision, None, None
 
 
 def _take(

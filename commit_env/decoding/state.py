@@ -20,10 +20,14 @@ class CommitDecision:
         fill_rows: bool tensor ``[B]`` or ``None``; rows set here commit *every* remaining masked
             position from the current proposals in this step, window or not (Prophet's early
             "all-in" exit). Counted in ``DecodeResult.early_fills``.
+        tokens: int64 tensor ``[B, G]`` or ``None``; where given, the positions committed by
+            ``mask`` get these tokens instead of the current proposals (the reference-consistent
+            oracle's forced commit writes the reference token).
     """
 
     mask: torch.Tensor
     fill_rows: torch.Tensor | None = None
+    tokens: torch.Tensor | None = None
 
 
 @dataclass

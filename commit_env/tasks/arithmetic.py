@@ -37,6 +37,11 @@ class DigitSum(EmbeddedTask):
         return 2 if self.difficulty == "easy" else 3
 
     @property
+    def max_answer_length(self) -> int:
+        """Characters of every valid answer (digits and plus signs)."""
+        return 2 * self.n_digits - 1
+
+    @property
     def targets(self) -> list[int]:
         """Targets with at least four decompositions."""
         top = 9 * self.n_digits

@@ -83,6 +83,31 @@ class EmbeddedTask:
     def __repr__(self) -> str:
         return f"{type(self).__name__}(difficulty={self.difficulty!r})"
 
+    max_answer_length: int | None = None
+    """Characters (= tokens of the embedded backbone) of the longest valid answer, if known."""
+
+    @property
+    def is_multi_answer(self) -> bool:
+        """Whether a prompt of this family/level has more than one valid answer."""
+        return True
+
+    def check_gen_length(self, gen_length: int) -> None:
+        """Raise if a generation canvas of ``gen_length`` cannot hold the family's longest answer.
+
+        Args:
+            gen_length: G, positions of the generation canvas.
+
+        Raises:
+            ValueError: If ``gen_length`` is shorter than :attr:`max_answer_length`.
+        """
+        need = self.max_answer_length
+        if need is not None and gen_length < need:
+            raise ValueError(
+                f"gen_length {gen_length} is too short for task {self.name!r} "
+                f"(level {self.difficulty!r}): its longest answer has {need} tokens; "
+                f"use gen_length >= {need} (default {self.default_gen_length})"
+            )
+
     def sample(self, rng: np.random.Generator) -> Example:
         """Draw one example; see :class:`Task`."""
         raise NotImplementedError

@@ -17,6 +17,16 @@ TASKS: dict[str, str | Callable[..., Task]] = {
     "code": "commit_env.tasks.code:LinearFunctionCode",
     "gsm8k": "commit_env.tasks.gsm8k:GSM8K",
     "humaneval": "commit_env.tasks.humaneval:HumanEval",
+    "copy": "commit_env.tasks.listops:CopyList",
+    "reverse": "commit_env.tasks.listops:ReverseList",
+    "sort": "commit_env.tasks.listops:SortList",
+    "shuffle": "commit_env.tasks.listops:ShuffleList",
+    "insert": "commit_env.tasks.listops:InsertItem",
+    "remove": "commit_env.tasks.listops:RemoveItem",
+    "replace": "commit_env.tasks.listops:ReplaceItem",
+    "latin": "commit_env.tasks.puzzles:LatinSquare",
+    "sudoku": "commit_env.tasks.puzzles:Sudoku4",
+    "parallelbench": "commit_env.tasks.parallelbench:ParallelBenchTask",
 }
 
 # Embedded families: ship with the package, need no data set, used to train the tiny backbone.
