@@ -41,7 +41,14 @@ from commit_env.decoding import DEFAULT_TOP_K
 from commit_env.io import atomic_write, write_json_atomic
 from commit_env.traces import TraceDataset
 
-__all__ = ["TrainConfig", "train", "binary_metrics", "load_training_data"]
+__all__ = [
+    "TrainConfig",
+    "train",
+    "binary_metrics",
+    "concat_batches",
+    "load_training_data",
+    "setting_range",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +68,8 @@ class TrainConfig:
         n_layers: Controller depth.
         n_heads: Attention heads.
         use_tau: Learn the per-state threshold (False = ablation without tau).
+        use_structure: Read token ids and structure features (False = ablation without them).
+        eos_weight: Weight of the end-of-answer head's BCE (0 = no EOS head training).
         neg_weight: BCE weight of unstable positions.
         tau_penalty: Coefficient of tau^2.
         threshold: Deployment threshold on ``sigmoid(logit - tau)``.
@@ -86,6 +95,8 @@ class TrainConfig:
     n_layers: int = 2
     n_heads: int = 4
     use_tau: bool = True
+    use_structure: bool = True
+    eos_weight: float = 0.5
     neg_weight: float = 3.0
     tau_penalty: float = 1e-3
     threshold: float = 0.5
@@ -166,25 +177,117 @@ def load_training_data(
     Raises:
         ValueError: If directories disagree on features/backbone or hold no records.
     """
-    train_records, val_records = [], []
+    train_parts, val_parts = [], []
     meta: dict[str, Any] | None = None
+    settings: list[Any] = []
+    keys = ("feature_names", "vocab_size", "hidden_features", "backbone")
     for directory in directories:
         dataset = TraceDataset(directory, skip_corrupt=skip_corrupt)
-        this = {k: dataset.meta[k] for k in ("feature_names", "vocab_size", "hidden_features")}
         if meta is None:
             meta = dict(dataset.meta)
-        elif any(meta[k] != v for k, v in this.items()):
-            raise ValueError(f"{directory} was collected with other features or another backbone")
+        else:
+            for k in keys:
+                if meta.get(k) != dataset.meta.get(k):
+                    raise ValueError(
+                        f"{directory} was collected with {k}={dataset.meta.get(k)!r}, but "
+                        f"{directories[0]} with {meta.get(k)!r}: traces must share features "
+                        "and backbone"
+                    )
+        for s in _meta_settings(dataset.meta):
+            if s not in settings:
+                settings.append(s)
+        train_records, val_records = [], []
         for record in dataset.iter_records():
             target = val_records if record["trace_id"] % val_every == 0 else train_records
             target.append(record)
-    if not train_records or not val_records:
+        # collate per directory (old traces fall back to their own manifest's setting)
+        if train_records:
+            train_parts.append(batch_from_records(train_records, dataset.meta))
+        if val_records:
+            val_parts.append(batch_from_records(val_records, dataset.meta))
+    n_train = sum(len(b.tokens) for b in train_parts)
+    n_val = sum(len(b.tokens) for b in val_parts)
+    if not n_train or not n_val:
         raise ValueError(
-            f"need training and validation records; got {len(train_records)} and "
-            f"{len(val_records)} from {list(directories)}"
+            f"need training and validation records; got {n_train} and {n_val} from "
+            f"{list(directories)}"
         )
     assert meta is not None
-    return batch_from_records(train_records), batch_from_records(val_records), meta
+    meta["settings"] = settings
+    meta["gen_length"] = max(int(s[0]) for s in settings)
+    return concat_batches(train_parts), concat_batches(val_parts), meta
+
+
+def _meta_settings(meta: dict[str, Any]) -> list[list[Any]]:
+    """The ``[G, window, budget]`` settings a trace directory was collected with."""
+    if "settings" in meta:
+        return [list(s) for s in meta["settings"]]
+    return [[int(meta["gen_length"]), meta["window"], meta["step_budget"]]]
+
+
+def setting_range(settings: list[list[Any]]) -> dict[str, Any]:
+    """What a checkpoint trained on ``settings`` has seen (checked at deployment).
+
+    Args:
+        settings: ``[G, window, budget]`` triples.
+
+    Returns:
+        ``{"gen_lengths", "window_kinds", "window_widths", "budget_limited"}``.
+    """
+    from commit_env.decoding.config import validate_setting
+
+    kinds, widths = set(), set()
+    for g, w, b in settings:
+        kind, width = validate_setting(int(g), w, b)
+        kinds.add(kind)
+        widths.add(width)
+    return {
+        "gen_lengths": sorted({int(s[0]) for s in settings}),
+        "window_kinds": sorted(kinds),
+        "window_widths": sorted(widths),
+        "budget_limited": any(s[2] is not None for s in settings),
+    }
+
+
+def concat_batches(parts: list[ControllerBatch]) -> ControllerBatch:
+    """Stack batches along B, right-padding G and P to the widest (padding is hidden).
+
+    Args:
+        parts: Batches (at least one).
+
+    Returns:
+        One batch.
+    """
+    if len(parts) == 1:
+        return parts[0]
+    G = max(b.tokens.shape[1] for b in parts)
+    P = max(b.prompt.shape[1] for b in parts)
+
+    def pad(t: torch.Tensor | None, width: int, value: Any) -> torch.Tensor | None:
+        if t is None:
+            return None
+        extra = width - t.shape[1]
+        if extra == 0:
+            return t
+        shape = (t.shape[0], extra, *t.shape[2:])
+        return torch.cat([t, torch.full(shape, value, dtype=t.dtype)], dim=1)
+
+    fields: dict[str, list[Any]] = {k: [] for k in parts[0].__dict__}
+    for b in parts:
+        for k, v in b.__dict__.items():
+            if k in ("prompt", "prompt_mask"):
+                v = pad(v, P, 0)
+            elif k == "committed":
+                v = pad(v, G, True)
+            elif isinstance(v, torch.Tensor) and v.dim() >= 2 and k != "setting":
+                v = pad(v, G, 0)
+            fields[k].append(v)
+    return ControllerBatch(
+        **{
+            k: (None if any(x is None for x in v) else torch.cat(v, dim=0))
+            for k, v in fields.items()
+        }
+    )
 
 
 def _index(batch: ControllerBatch, idx: torch.Tensor) -> ControllerBatch:
@@ -240,7 +343,8 @@ def _rollout(
 
     backbone = resolve_backbone(meta["backbone"] if backbone is None else backbone)
     policy = ControllerPolicy.from_pretrained(directory, backbone=backbone)
-    setting = DecodeSetting(int(meta["gen_length"]), meta["window"], meta["step_budget"])
+    g, window, budget = meta["settings"][0]
+    setting = DecodeSetting(int(g), window, budget)
     config = policy.decode_config(setting.config())
     pairs = draw_examples(tuple(meta["tasks"]), cfg.rollout_n, cfg.rollout_seed)
     result = decode(backbone, [e.prompt for _, e in pairs], policy, config, batch_size=128)
@@ -344,11 +448,13 @@ def _build_model(cfg: TrainConfig, data: _Data, device: torch.device) -> _Model:
     model_cfg = ControllerConfig(
         vocab_size=int(meta["vocab_size"]),
         feature_dim=int(meta["feature_dim"]),
-        max_gen_length=max(256, int(meta["gen_length"])),
+        eos_token_ids=tuple(meta.get("eos_token_ids", ())),
         d_model=cfg.d_model,
         n_layers=cfg.n_layers,
         n_heads=cfg.n_heads,
         use_tau=cfg.use_tau,
+        use_structure=cfg.use_structure,
+        eos_weight=cfg.eos_weight,
         neg_weight=cfg.neg_weight,
         tau_penalty=cfg.tau_penalty,
     )
@@ -385,9 +491,13 @@ def _checkpoint_meta(cfg: TrainConfig, meta: dict[str, Any]) -> dict[str, Any]:
         "top_k": int(meta.get("top_k", DEFAULT_TOP_K)),
         "vocab_size": int(meta["vocab_size"]),
         "backbone": meta["backbone"],
-        "gen_length": int(meta["gen_length"]),
-        "window": meta["window"],
-        "step_budget": meta["step_budget"],
+        "eos_token_ids": list(meta.get("eos_token_ids", ())),
+        "hidden_size": meta.get("hidden_size"),
+        "gen_length": int(meta["settings"][0][0]),
+        "window": meta["settings"][0][1],
+        "step_budget": meta["settings"][0][2],
+        "settings": meta["settings"],
+        "setting_range": setting_range(meta["settings"]),
         "tasks": meta["tasks"],
         "threshold": cfg.threshold,
         "drop_groups": list(cfg.drop_groups),
