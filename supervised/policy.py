@@ -144,6 +144,12 @@ class ControllerPolicy(CommitPolicy):
                 f"checkpoint features {self.meta['feature_names']} differ from this version's "
                 f"{self._builder.names}; retrain the controller"
             )
+        # Ablated groups were zeroed in training: zero them at deployment too.
+        dropped = set(self.meta.get("drop_groups", ()))
+        keep = []
+        for name in self._builder.names:
+            keep += [self._builder.spec(name).group not in dropped] * self._builder.width(name)
+        self._keep = torch.tensor(keep, dtype=torch.float32)
 
     @property
     def params(self) -> dict[str, Any]:
@@ -231,6 +237,7 @@ class ControllerPolicy(CommitPolicy):
         self.check_state(state)
         param = next(self.model.parameters())
         batch = batch_from_state(state, self._builder).to(param.device)
+        batch.features = batch.features * self._keep.to(param.device)
         logits, tau, eos = self.model.forward_all(batch)
         dev = state.canvas.device
         return torch.sigmoid(logits - tau[:, None]).to(dev), torch.sigmoid(eos).to(dev)
