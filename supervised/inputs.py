@@ -199,6 +199,7 @@ def structure_features(
     same = proposal[:, :, None] == proposal[:, None, :]  # [B, G, G]
     eye = torch.eye(G, dtype=torch.bool, device=dev)[None]
     dup_prop = (same & masked_vis[:, None, :] & ~eye).sum(-1).clamp(max=4).float() / 4.0
+    dup_prop = dup_prop * masked_vis  # only masked positions compete for a token
     hits_committed = proposal[:, :, None] == tokens[:, None, :]  # [B, G, G]
     used = (hits_committed & comm_vis[:, None, :]).sum(-1)  # [B, G] committed copies
     dup_comm = (used > 0).float()
