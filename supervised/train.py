@@ -11,7 +11,8 @@ On a GPU with a real model::
         --task gsm8k --gen-length 256 --window block:32 --out traces/llada
     commit-env train-controller --traces traces/llada --out runs/controller-llada --device cuda
 
-Checkpoints: ``OUT/best`` (selected by F0.5 at the deployment threshold on held-out traces) and
+Checkpoints: ``OUT/best`` (selected by F0.5 at the deployment threshold on held-out traces; the
+threshold itself is selected there too unless ``--threshold`` fixes it) and
 ``OUT/last`` (for ``--resume``), each ``model.safetensors`` + ``config.json``; the optimizer state
 of ``last`` is ``optimizer.pt`` (loaded with ``weights_only=True``). TensorBoard scalars go to
 ``OUT/tb``: ``train/loss``, ``val/loss``, ``val/auroc``, ``val/ap``, ``val/f05``,
@@ -72,7 +73,9 @@ class TrainConfig:
         eos_weight: Weight of the end-of-answer head's BCE (0 = no EOS head training).
         neg_weight: BCE weight of unstable positions.
         tau_penalty: Coefficient of tau^2.
-        threshold: Deployment threshold on ``sigmoid(logit - tau)``.
+        threshold: Deployment threshold on ``sigmoid(logit - tau)``; ``None`` selects it per
+            epoch on the held-out states (the value of :data:`THRESHOLD_GRID` with the best
+            F0.5), stored in the checkpoint as its learned threshold.
         right_crop: Probability of a random right-crop of the visible window per state.
         drop_groups: Feature groups zeroed out (ablations, e.g. ``("hidden",)``).
         val_every_n_traces: Every n-th trace id is held out for validation.
@@ -99,7 +102,7 @@ class TrainConfig:
     eos_weight: float = 0.5
     neg_weight: float = 3.0
     tau_penalty: float = 1e-3
-    threshold: float = 0.5
+    threshold: float | None = None
     right_crop: float = 0.5
     drop_groups: tuple[str, ...] = ()
     val_every_n_traces: int = 10
@@ -116,10 +119,14 @@ class TrainConfig:
             raise ValueError("traces must name at least one trace directory")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch_size must be >= 1")
-        if not 0.0 < self.threshold < 1.0:
+        if self.threshold is not None and not 0.0 < self.threshold < 1.0:
             raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
         if not 0.0 <= self.right_crop <= 1.0:
             raise ValueError(f"right_crop must be a probability, got {self.right_crop}")
+
+
+#: Deployment thresholds tried when ``TrainConfig.threshold`` is None.
+THRESHOLD_GRID: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
 
 
 def binary_metrics(prob: np.ndarray, label: np.ndarray, threshold: float) -> dict[str, float]:
@@ -313,7 +320,10 @@ def _feature_mask(meta: dict[str, Any], drop_groups: tuple[str, ...]) -> torch.T
 
 @torch.no_grad()
 def _evaluate(
-    model: StabilityController, val: ControllerBatch, device: torch.device, threshold: float
+    model: StabilityController,
+    val: ControllerBatch,
+    device: torch.device,
+    threshold: float | None,
 ) -> dict[str, float]:
     model.eval()
     probs, labels, losses = [], [], []
@@ -327,7 +337,11 @@ def _evaluate(
         labels.append(batch.labels[batch.eligible].cpu().numpy())
         losses.append(float(loss) * len(batch.tokens))
     model.train()
-    metrics = binary_metrics(np.concatenate(probs), np.concatenate(labels), threshold)
+    prob, label = np.concatenate(probs), np.concatenate(labels)
+    candidates = THRESHOLD_GRID if threshold is None else (threshold,)
+    scored = [(binary_metrics(prob, label, t), t) for t in candidates]
+    metrics, chosen = max(scored, key=lambda mt: mt[0]["f05"])  # first best on ties
+    metrics["threshold"] = chosen
     metrics["loss"] = sum(losses) / n
     return metrics
 
@@ -565,8 +579,9 @@ def _end_epoch(
     """Stage 5: validate, save ``last`` (and ``best``), optional rollout, optimizer state."""
     out = Path(cfg.out)
     metrics = _evaluate(parts.model, data.val, device, cfg.threshold)
-    for key in ("loss", "auroc", "ap", "f05", "precision", "recall"):
+    for key in ("loss", "auroc", "ap", "f05", "precision", "recall", "threshold"):
         writer.add_scalar(f"val/{key}", metrics[key], step)
+    ckpt_meta = {**ckpt_meta, "threshold": metrics["threshold"]}
     save_controller(parts.model, out / "last", ckpt_meta)
     record = {"epoch": epoch + 1, **{f"val_{k}": v for k, v in metrics.items()}}
     if metrics["f05"] > progress.best["f05"]:
