@@ -187,7 +187,11 @@ def main() -> None:
     )
     records: list[dict[str, Any]] = []
     round0 = controller_specs(
-        rounds.checkpoints[0], backbone, thresholds=None, family="controller-round0"
+        rounds.checkpoints[0],
+        backbone,
+        thresholds=None,
+        family="controller-round0",
+        extra_params=(("round", 0),),
     )
     curve = controller_specs(rounds.final, backbone)
     for t in tasks:

@@ -343,7 +343,11 @@ def controller_stage(bench: _Bench) -> PolicySpec:
     write_json_atomic(bench.out / "controller" / "rounds.json", rounds.rounds)
     bench.timings["controller_collect_train"] = rounds.seconds
     round0 = controller_specs(
-        rounds.checkpoints[0], bb, thresholds=None, family="controller-round0"
+        rounds.checkpoints[0],
+        bb,
+        thresholds=None,
+        family="controller-round0",
+        extra_params=(("round", 0),),
     )
     curve = controller_specs(rounds.final, bb)
     bench.sweep(round0 + curve, [bench.default])

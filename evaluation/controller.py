@@ -45,6 +45,7 @@ def controller_specs(
     thresholds: Sequence[float] | None = DEFAULT_THRESHOLDS,
     family: str = "controller",
     include_learned: bool = True,
+    extra_params: tuple[tuple[str, Any], ...] = (),
 ) -> list[PolicySpec]:
     """Policy specs of one checkpoint at several deployment thresholds (one family).
 
@@ -54,9 +55,12 @@ def controller_specs(
         thresholds: Deployment thresholds (None or empty: only the learned one).
         family: Family label of every spec.
         include_learned: Add the checkpoint's own (training-selected) threshold.
+        extra_params: Params put before the threshold, e.g. ``(("round", 0),)``: records are
+            keyed by policy name and params, so two checkpoints in one sweep need distinct ones.
 
     Returns:
-        Specs with params ``(("threshold", t),)`` sharing one loaded model, sorted by threshold.
+        Specs with params ``extra_params + (("threshold", t),)`` sharing one loaded model,
+        sorted by threshold.
         A setting the checkpoint cannot serve raises the policy's ``ValueError`` at decode time.
     """
     from commit_env.supervised.policy import ControllerPolicy
@@ -72,7 +76,8 @@ def controller_specs(
         def build(config: DecodeConfig, policy: Any = policy) -> Any:
             return policy
 
-        specs.append(PolicySpec(family, "controller", (("threshold", float(t)),), factory=build))
+        params = (*extra_params, ("threshold", float(t)))
+        specs.append(PolicySpec(family, "controller", params, factory=build))
     return specs
 
 
@@ -110,16 +115,15 @@ def ablation_records(
     """
     specs = []
     for name, directory in variants.items():
-        spec = controller_specs(
+        # the variant goes into the params so records of different variants never collide
+        specs += controller_specs(
             directory,
             backbone,
             thresholds=None if threshold is None else (threshold,),
             family=f"ablation:{name}",
             include_learned=threshold is None,
-        )[0]
-        # the variant goes into the params so records of different variants never collide
-        params = (("variant", name), *spec.params)
-        specs.append(PolicySpec(spec.family, "controller", params, factory=spec.factory))
+            extra_params=(("variant", name),),
+        )[:1]
     return run_sweep(
         backbone,
         tasks,

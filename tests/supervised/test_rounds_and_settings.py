@@ -217,3 +217,14 @@ def test_decode_with_budget_mixture_matches_policy_params(rounds, tiny):
     assert policy.params["threshold"] == 0.7 and "eos_threshold" in policy.params
     out = decode(tiny, ["name a fruit:"], policy, policy.decode_config(DecodeConfig(24)))
     assert out.tokens.shape == (1, 24)
+
+
+def test_two_rounds_in_one_sweep_have_distinct_record_keys(rounds, tiny):
+    _, result = rounds
+    round0 = controller_specs(
+        result.checkpoints[0], tiny, thresholds=None, extra_params=(("round", 0),)
+    )
+    final = controller_specs(result.final, tiny, thresholds=None)
+    assert len(round0) == len(final) == 1
+    assert round0[0].label != final[0].label  # sweeps key records by policy and params
+    assert dict(round0[0].params)["round"] == 0
