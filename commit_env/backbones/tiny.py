@@ -108,7 +108,7 @@ class TinyBackboneTrainConfig:
 
     out: str = "commit_env/backbones/data/tiny"
     """Directory the checkpoint is written to (replaced atomically)."""
-    steps: int = 4500
+    steps: int = 8000
     """Optimizer steps."""
     batch_size: int = 64
     """Sequences per step."""
