@@ -43,6 +43,7 @@ from commit_env.decoding import (
 from commit_env.decoding.config import validate_setting
 from commit_env.evaluate import score_completions
 from commit_env.policies import CommitPolicy, make_policy
+from commit_env.rundir import RunLock
 from commit_env.tasks import Example, Task, get_task
 from commit_env.traces import TraceWriter
 
@@ -50,9 +51,11 @@ __all__ = [
     "CollectConfig",
     "MixedPolicy",
     "collect_traces",
+    "collect_batch",
     "draw_examples",
     "draw_settings",
     "setting_mixture",
+    "trace_meta",
     "DEFAULT_TASKS",
 ]
 
@@ -102,7 +105,8 @@ class CollectConfig:
     """What to collect.
 
     Attributes:
-        out: Trace directory (resumed if it exists with the same settings).
+        out: Trace directory (resumed if it exists with the same settings; locked while a
+            collection writes it).
         backbone: Backbone spec.
         tasks: Task names (``name:difficulty``) drawn uniformly per example.
         n: Examples to decode in total.
@@ -296,60 +300,137 @@ def collect_traces(
         progress: Show a progress bar.
 
     Returns:
-        Summary: traces written, step records, mean score, on-disk bytes per position-step.
+        Summary: traces written, step records, mean score of the examples decoded by this call
+        (``None`` when it had nothing left to do), on-disk bytes per position-step.
+
+    Raises:
+        RunDirLocked: If another process is writing ``cfg.out``.
+        ValueError: If ``cfg.out`` holds traces collected with other settings.
     """
+    with RunLock(cfg.out):
+        return _collect(cfg, backbone, behaviour, relabel_with_reference, progress)
+
+
+def _collect(
+    cfg: CollectConfig,
+    backbone: Backbone | None,
+    behaviour: Any | None,
+    relabel_with_reference: bool,
+    progress: bool,
+) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     from commit_env.traces import TraceDataset
 
+    for name in cfg.tasks:
+        get_task(name)  # fail on unknown names before loading a model
     backbone = backbone or resolve_backbone(cfg.backbone, device=cfg.device)
     config = cfg.decode_config()
     builder = cfg.feature_builder()
     reference = make_policy(cfg.reference, **dict(cfg.reference_params))
-    meta = _trace_meta(cfg, backbone, builder, reference, on_policy=behaviour is not None)
+    meta = trace_meta(cfg, backbone, builder, reference, on_policy=behaviour is not None)
     writer = TraceWriter(cfg.out, meta, shard_traces=cfg.shard_traces)
     examples = draw_examples(cfg.tasks, cfg.n, cfg.seed)
     row_settings = draw_settings(cfg.mixture, cfg.n, cfg.seed)
-    eos_ids = np.asarray(backbone.eos_token_ids or (-1,), dtype=np.int32)
     tasks = {name: get_task(name) for name in cfg.tasks}
     decoder = Decoder(backbone, config)
     start = writer.examples_done
     scores: list[float] = []
     bar = tqdm(total=cfg.n, initial=start, desc="collect", unit="ex", disable=not progress)
-    for lo in range(start, cfg.n, cfg.batch_size):
+    # Resume from the start of the batch holding the first missing example, so every example is
+    # decoded in the same batch as in an uninterrupted run (identical rows), and skip the traces
+    # already on disk.
+    for lo in range(start - start % cfg.batch_size, cfg.n, cfg.batch_size):
         batch = examples[lo : lo + cfg.batch_size]
-        recorder = _Recorder(behaviour or reference, builder, relabel_with_reference)
-        settings = row_settings[lo : lo + len(batch)]
-        state = decoder.start(
-            [e.prompt for _, e in batch],
-            row_ids=range(lo, lo + len(batch)),
-            gen_lengths=[s.gen_length for s in settings],
-            windows=[s.window for s in settings],
-            budgets=[s.step_budget for s in settings],
+        records, batch_scores = collect_batch(
+            decoder,
+            builder,
+            reference,
+            tasks,
+            batch,
+            lo,
+            behaviour,
+            relabel_with_reference,
+            settings=row_settings[lo : lo + len(batch)],
         )
-        recorder.reset(state)
-        run_to_completion(decoder, state, recorder)
-        final = state.gen_tokens.cpu().numpy().astype(np.int32)  # [b, G]
-        batch_scores = _score_batch(tasks, batch, completion_text(backbone, state.gen_tokens))
-        scores.extend(batch_scores.tolist())
-        targets = _relabel_targets(decoder, recorder, reference) if relabel_with_reference else None
-        _write_batch(
-            writer, backbone, batch, lo, final, batch_scores, recorder.steps, targets, eos_ids
-        )
-        bar.update(len(batch))
+        new = [i for i, (trace, _) in enumerate(records) if trace["example_index"] >= start]
+        scores.extend(batch_scores[new].tolist())
+        for i in new:
+            writer.add_trace(*records[i])
+        bar.update(len(new))
     writer.flush()
     bar.close()
     dataset = TraceDataset(cfg.out)
     return {
         "traces": writer.examples_done,
         "steps": len(dataset),
-        "mean_score_this_run": float(np.mean(scores)) if scores else float("nan"),
+        "mean_score_this_run": float(np.mean(scores)) if scores else None,
         "bytes_per_position_step": dataset.bytes_per_position_step(),
         "config": dataclasses.asdict(cfg),
     }
 
 
-def _trace_meta(
+def collect_batch(
+    decoder: Decoder,
+    builder: FeatureBuilder,
+    reference: CommitPolicy,
+    tasks: dict[str, Task],
+    batch: Sequence[tuple[str, Example]],
+    lo: int,
+    behaviour: Any | None = None,
+    relabel_with_reference: bool = False,
+    *,
+    settings: Sequence[DecodeSetting] | None = None,
+) -> tuple[list[tuple[dict[str, Any], list[dict[str, Any]]]], np.ndarray]:
+    """Decode one batch of examples (rows ``lo ..``) and build its trace and step records.
+
+    This is the unit of work of local and distributed collection alike: the records of a batch
+    depend only on the batch, so a shard of examples ``[lo, lo + batch_size)`` decoded anywhere
+    gives the same rows as the local loop.
+
+    Args:
+        decoder: The engine.
+        builder: The feature builder.
+        reference: The reference policy.
+        tasks: Task name -> task.
+        batch: The (task name, example) pairs.
+        lo: Index of the batch's first example in the collection's draw.
+        behaviour: Policy that drives the decode (default: ``reference``).
+        relabel_with_reference: See :func:`collect_traces`.
+        settings: One decode setting per row (its slice of :func:`draw_settings`); default:
+            every row uses the decoder's own setting.
+
+    Returns:
+        ``([(trace record, step records)], scores)`` in example order.
+
+    Raises:
+        ValueError: If ``settings`` does not hold one setting per example.
+    """
+    backbone = decoder.backbone
+    recorder = _Recorder(behaviour or reference, builder, relabel_with_reference)
+    per_row: dict[str, Any] = {}
+    if settings is not None:
+        if len(settings) != len(batch):
+            raise ValueError(f"settings has {len(settings)} entries for {len(batch)} examples")
+        per_row = {
+            "gen_lengths": [s.gen_length for s in settings],
+            "windows": [s.window for s in settings],
+            "budgets": [s.step_budget for s in settings],
+        }
+    state = decoder.start(
+        [e.prompt for _, e in batch], row_ids=range(lo, lo + len(batch)), **per_row
+    )
+    recorder.reset(state)
+    run_to_completion(decoder, state, recorder)
+    final = state.gen_tokens.cpu().numpy().astype(np.int32)  # [b, G]
+    scores = _score_batch(tasks, batch, completion_text(backbone, state.gen_tokens))
+    targets = _relabel_targets(decoder, recorder, reference) if relabel_with_reference else None
+    eos_ids = np.asarray(backbone.eos_token_ids or (-1,), dtype=np.int32)
+    records = _batch_records(backbone, batch, lo, final, scores, recorder.steps, targets, eos_ids)
+    return records, scores
+
+
+def trace_meta(
     cfg: CollectConfig,
     backbone: Backbone,
     builder: FeatureBuilder,
@@ -406,8 +487,7 @@ def _relabel_targets(
     return targets
 
 
-def _write_batch(
-    writer: TraceWriter,
+def _batch_records(
     backbone: Backbone,
     batch: Sequence[tuple[str, Example]],
     lo: int,
@@ -416,7 +496,7 @@ def _write_batch(
     steps: list[dict[str, np.ndarray]],
     targets: list[np.ndarray] | None,
     eos_ids: np.ndarray,
-) -> None:
+) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
     per_trace: dict[int, list[dict[str, Any]]] = {lo + i: [] for i in range(len(batch))}
     for s, step in enumerate(steps):
         target = targets[s] if targets is not None else final[step["row"] - lo]  # [b, G]
@@ -443,6 +523,7 @@ def _write_batch(
                     "features": step["features"][j].tobytes(),
                 }
             )
+    out = []
     for i, (_, example) in enumerate(batch):
         prompt = np.asarray(backbone.encode([example.prompt])[0], dtype=np.int32)
         trace = {
@@ -452,4 +533,5 @@ def _write_batch(
             "score": float(scores[i]),
             "example_index": lo + i,
         }
-        writer.add_trace(trace, per_trace[lo + i])
+        out.append((trace, per_trace[lo + i]))
+    return out

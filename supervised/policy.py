@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
 from commit_env.supervised.inputs import batch_from_state
-from commit_env.supervised.model import ControllerConfig, StabilityController
+from commit_env.supervised.model import INPUT_VERSION, ControllerConfig, StabilityController
 
 from commit_env.backbones.base import Backbone
 from commit_env.decoding import FeatureBuilder, TraceState
 from commit_env.decoding.config import DEFAULT_TOP_K
 from commit_env.decoding.state import WINDOW_CODES
-from commit_env.io import replace_dir_atomic
+from commit_env.errors import CorruptCheckpointError, InputNotFound
+from commit_env.io import dumps_json, replace_dir_atomic
 from commit_env.policies import CommitPolicy, top_k_mask
 
 __all__ = [
@@ -32,7 +34,11 @@ WEIGHTS_FILE = "model.safetensors"
 
 
 def save_controller(
-    model: StabilityController, directory: str | Path, meta: dict[str, Any]
+    model: StabilityController,
+    directory: str | Path,
+    meta: dict[str, Any],
+    *,
+    extra: Callable[[Path], None] | None = None,
 ) -> None:
     """Write ``model.safetensors`` + ``config.json`` into ``directory`` atomically.
 
@@ -41,6 +47,8 @@ def save_controller(
         directory: Target directory (replaced as a whole).
         meta: What deployment must check: feature groups and names, hidden width, backbone,
             vocabulary size, deployment threshold, training settings.
+        extra: Writes further files (e.g. the optimizer state) into the temporary directory, so
+            they land together with the weights.
     """
     from safetensors.torch import save_file
 
@@ -48,7 +56,9 @@ def save_controller(
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         save_file(state, str(tmp / WEIGHTS_FILE))
         config = {"controller": model.config.__dict__, **meta}
-        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True))
+        (tmp / CONFIG_FILE).write_text(dumps_json(config, indent=2, sort_keys=True))
+        if extra is not None:
+            extra(tmp)
 
     replace_dir_atomic(directory, fill)
 
@@ -66,29 +76,109 @@ def load_controller(
         ``(model, config)`` with the model in eval mode.
 
     Raises:
-        FileNotFoundError: If the directory lacks ``config.json`` or the weights.
-        ValueError: If the weights do not match the stored architecture or the checkpoint was
-            written by an incompatible controller version.
+        InputNotFound: If the directory lacks ``config.json`` or the weights.
+        CorruptCheckpointError: If a file is unreadable, the checkpoint was written by another
+            controller version (input layout), or the architecture, the feature layout, the
+            setting range and the weights' shapes disagree (the message names the file).
     """
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     directory = Path(directory)
+    if not directory.is_dir():
+        raise InputNotFound(f"controller checkpoint {directory} not found (a directory)")
     for name in (CONFIG_FILE, WEIGHTS_FILE):
         if not (directory / name).is_file():
-            raise FileNotFoundError(f"{directory / name} not found: not a controller checkpoint")
-    config = json.loads((directory / CONFIG_FILE).read_text())
+            raise InputNotFound(f"{directory / name} not found: not a controller checkpoint")
+    config = _read_config(directory / CONFIG_FILE)
     try:
-        model = StabilityController(ControllerConfig(**config["controller"]))
-    except TypeError as err:
-        raise ValueError(
-            f"{directory}: checkpoint written by another controller version ({err}); retrain it"
-        ) from err
-    weights = load_file(str(directory / WEIGHTS_FILE))
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as err:
-        raise ValueError(f"{directory}: weights do not match config.json: {err}") from err
+        weights = load_file(str(directory / WEIGHTS_FILE))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise CorruptCheckpointError(
+            f"{directory / WEIGHTS_FILE} is not a readable safetensors file ({err})"
+        ) from None
+    model = StabilityController(config["_controller_config"])
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in weights.items()}
+    if expected != found:
+        bad = sorted(k for k in expected.keys() | found.keys() if expected.get(k) != found.get(k))
+        k = bad[0]
+        raise CorruptCheckpointError(
+            f"{directory / WEIGHTS_FILE} does not match {directory / CONFIG_FILE}: {k} has shape "
+            f"{found.get(k)}, the config implies {expected.get(k)} ({len(bad)} tensor(s) differ)"
+        )
+    model.load_state_dict(weights)
+    del config["_controller_config"]
     return model.to(device).eval(), config
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    """Read and cross-check a checkpoint's ``config.json`` (architecture vs feature layout)."""
+    try:
+        config = json.loads(path.read_text())
+        arch = _controller_config(path, config["controller"])
+        builder = FeatureBuilder(
+            config["feature_groups"],
+            top_k=int(config.get("top_k", DEFAULT_TOP_K)),
+            hidden_dim=int(config["hidden_features"]),
+        )
+        vocab = int(config["vocab_size"])
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CorruptCheckpointError(f"{path} is not valid JSON ({err})") from None
+    except KeyError as err:
+        raise CorruptCheckpointError(f"{path} lacks the field {err}") from None
+    except (TypeError, ValueError) as err:
+        raise CorruptCheckpointError(f"{path} has an invalid value: {err}") from None
+    if builder.dim != arch.feature_dim:
+        raise CorruptCheckpointError(
+            f"{path}: the feature layout (groups {list(builder.groups)}, top_k {builder.top_k}, "
+            f"hidden_features {builder.hidden_dim}) has {builder.dim} columns but the controller "
+            f"reads feature_dim={arch.feature_dim}"
+        )
+    if vocab != arch.vocab_size:
+        raise CorruptCheckpointError(
+            f"{path}: vocab_size {vocab} differs from the vocabulary of the controller's token "
+            f"embedding ({arch.vocab_size})"
+        )
+    rng = config.get("setting_range")
+    if rng is not None:  # what check_setting reads at every step
+        try:
+            kinds = [str(k) for k in rng["window_kinds"]]
+            bool(rng["budget_limited"])
+            lengths = [int(g) for g in rng["gen_lengths"]]
+        except (KeyError, TypeError, ValueError) as err:
+            raise CorruptCheckpointError(
+                f"{path}: setting_range must hold window_kinds, budget_limited and gen_lengths "
+                f"({type(err).__name__}: {err})"
+            ) from None
+        unknown = sorted(set(kinds) - set(WINDOW_CODES))
+        if unknown or not lengths or min(lengths) < 1:
+            raise CorruptCheckpointError(
+                f"{path}: setting_range has window kinds {kinds} (valid: {sorted(WINDOW_CODES)}) "
+                f"and gen_lengths {lengths} (each >= 1, at least one)"
+            )
+    return {**config, "_controller_config": arch}
+
+
+def _controller_config(path: Path, fields: dict[str, Any]) -> ControllerConfig:
+    """The architecture of ``config.json``, refusing other controller versions.
+
+    A field this version lacks (e.g. the learned position table of the previous input layout) or
+    another input version means the checkpoint was written by another controller version.
+    """
+    known = {f.name for f in dataclasses.fields(ControllerConfig)}
+    extra = sorted(set(fields) - known)
+    if extra:
+        raise CorruptCheckpointError(
+            f"{path}: checkpoint written by another controller version (fields {extra} are not "
+            "part of this version's controller); retrain it"
+        )
+    if int(fields.get("input_version", 0)) != INPUT_VERSION:
+        raise CorruptCheckpointError(
+            f"{path}: checkpoint written by another controller version (input layout "
+            f"{fields.get('input_version')}, this version reads {INPUT_VERSION}); retrain it"
+        )
+    return ControllerConfig(**fields)
 
 
 @dataclass

@@ -167,7 +167,9 @@ class RoundsResult:
         return sum(r["collect_seconds"] + r["train_seconds"] for r in self.rounds)
 
 
-def train_controller_rounds(cfg: RoundsConfig, *, backbone: Backbone | None = None) -> RoundsResult:
+def train_controller_rounds(
+    cfg: RoundsConfig, *, backbone: Backbone | None = None, executor: Any = None
+) -> RoundsResult:
     """Round 0 (reference-policy traces) and ``cfg.on_policy_rounds`` relabelled DAgger rounds.
 
     Finished rounds (``OUT/roundK/round.json``) are reused, so an interrupted run resumes.
@@ -175,6 +177,8 @@ def train_controller_rounds(cfg: RoundsConfig, *, backbone: Backbone | None = No
     Args:
         cfg: The rounds.
         backbone: A loaded backbone (default: resolve ``cfg.backbone``).
+        executor: Collects round 0 (``executor.collect``, e.g. a Ray executor); on-policy rounds
+            decode with the learner and always collect in this process. None: all local.
 
     Returns:
         Every round's checkpoint and summaries.
@@ -191,7 +195,9 @@ def train_controller_rounds(cfg: RoundsConfig, *, backbone: Backbone | None = No
             rounds.append(json.loads(marker.read_text()))
             continue
         tick = time.perf_counter()
-        if k == 0:
+        if k == 0 and executor is not None:
+            collected = executor.collect(collect, progress=cfg.progress)
+        elif k == 0:
             collected = collect_traces(collect, backbone=backbone, progress=cfg.progress)
         else:
             learner = ControllerPolicy.from_pretrained(rounds[-1]["checkpoint"], backbone=backbone)

@@ -13,8 +13,14 @@ On a GPU with a real model::
 
 Checkpoints: ``OUT/best`` (selected by F0.5 at the deployment threshold on held-out traces; the
 threshold itself is selected there too unless ``--threshold`` fixes it) and
-``OUT/last`` (for ``--resume``), each ``model.safetensors`` + ``config.json``; the optimizer state
-of ``last`` is ``optimizer.pt`` (loaded with ``weights_only=True``). TensorBoard scalars go to
+``OUT/last`` (for ``--resume``), each ``model.safetensors`` + ``config.json``; the optimizer,
+schedule, generator and history of ``last`` are ``optimizer.pt`` (loaded with
+``weights_only=True``). Each checkpoint directory is written whole into a temporary directory and
+renamed into place, so a kill leaves the previous one intact. ``OUT`` is locked while training
+(a second trainer fails naming the first one's pid). ``OUT/run_key.json`` records the traces (paths
+and sizes) and every hyperparameter but ``epochs`` (which a resume may raise): ``--resume`` with
+other ones is refused unless ``--force``.
+TensorBoard scalars go to
 ``OUT/tb``: ``train/loss``, ``val/loss``, ``val/auroc``, ``val/ap``, ``val/f05``,
 ``rollout/score``, ``rollout/nfe``.
 """
@@ -38,9 +44,11 @@ from commit_env.supervised.policy import ControllerPolicy, load_controller, save
 
 from commit_env.backbones.base import Backbone
 from commit_env.backbones.spec import resolve_backbone
-from commit_env.decoding import DEFAULT_TOP_K
-from commit_env.io import atomic_write, write_json_atomic
-from commit_env.traces import TraceDataset
+from commit_env.decoding import DEFAULT_TOP_K, FEATURE_GROUPS
+from commit_env.errors import ResumeMismatch
+from commit_env.io import write_json_atomic
+from commit_env.rundir import RunLock, check_run_key
+from commit_env.traces import TraceDataset, read_manifest
 
 __all__ = [
     "TrainConfig",
@@ -83,7 +91,9 @@ class TrainConfig:
         rollout_seed: Seed of the held-out prompt draw (disjoint from collection seeds).
         seed: Seed of initialisation, shuffling and crops.
         skip_corrupt: Skip unreadable shards (with a warning) instead of failing.
-        resume: Continue from ``OUT/last`` if present.
+        resume: Continue from ``OUT/last`` (a fresh start when ``OUT`` holds no run yet).
+        force: With ``resume``, continue even if the traces or hyperparameters differ from the
+            ones ``OUT/last`` was trained with.
         device: Training device (None = CUDA if available).
         progress: Show progress bars.
     """
@@ -111,10 +121,25 @@ class TrainConfig:
     seed: int = 0
     skip_corrupt: bool = False
     resume: bool = False
+    force: bool = False
     device: str | None = None
     progress: bool = True
 
     def __post_init__(self) -> None:
+        unknown = sorted(set(self.drop_groups) - set(FEATURE_GROUPS))
+        if unknown:
+            raise ValueError(
+                f"unknown feature group(s) {unknown} in drop_groups; valid: {list(FEATURE_GROUPS)}"
+            )
+        for name in ("lr", "weight_decay", "neg_weight", "tau_penalty"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0) or (name == "lr" and value == 0):
+                raise ValueError(f"{name} must be a finite number > 0, got {value}")
+        if self.rollout_n < 0 or self.val_every_n_traces < 2:
+            raise ValueError(
+                f"rollout_n must be >= 0 and val_every_n_traces >= 2, got {self.rollout_n} "
+                f"and {self.val_every_n_traces}"
+            )
         if not self.traces:
             raise ValueError("traces must name at least one trace directory")
         if self.epochs < 1 or self.batch_size < 1:
@@ -413,17 +438,57 @@ def train(cfg: TrainConfig, *, backbone: Backbone | None = None) -> dict[str, An
 
     Returns:
         Summary: best validation metrics, rollout score/NFE per epoch, seconds.
+
+    Raises:
+        RunDirLocked: If another process is writing ``cfg.out``.
+        ResumeMismatch: If ``cfg.resume`` finds a checkpoint of other traces or hyperparameters
+            (without ``cfg.force``), or one that cannot be resumed (the message says why).
     """
+    for directory in cfg.traces:
+        read_manifest(directory)  # fail on a missing trace directory before taking the lock
+    with RunLock(cfg.out):
+        return _train(cfg, backbone)
+
+
+def run_key(cfg: TrainConfig) -> dict[str, Any]:
+    """What ``OUT/run_key.json`` records: every hyperparameter and the identity of the traces."""
+    skip = {"out", "resume", "force", "device", "progress", "skip_corrupt", "traces"}
+    skip |= {"rollout_n", "rollout_seed"}  # closed-loop checks only; they change no weight
+    skip |= {"epochs"}  # resuming to train for more epochs is what --resume is for
+    traces = []
+    for directory in cfg.traces:
+        manifest = read_manifest(directory)
+        traces.append(
+            {
+                "path": str(Path(directory).resolve()),
+                "examples": int(manifest.get("examples_done", 0)),
+                "steps": int(manifest["steps"]),
+                "shards": len(manifest["shards"]),
+            }
+        )
+    hyper = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in skip}
+    return {"traces": traces, **hyper}
+
+
+def _train(cfg: TrainConfig, backbone: Backbone | None) -> dict[str, Any]:
     from torch.utils.tensorboard import SummaryWriter
 
     start_time = time.perf_counter()
     device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     progress = _Progress(generator=torch.Generator().manual_seed(cfg.seed))
     torch.manual_seed(cfg.seed)
+    out = Path(cfg.out)
+    resuming = cfg.resume and _can_resume(out / "last")
+    check_run_key(
+        out,
+        run_key(cfg),
+        force=cfg.force or not resuming,
+        what="controller checkpoint",
+        hint="pass the same --traces and hyperparameters, use another --out, or --force",
+    )
     data = _load_data(cfg)
     parts = _build_model(cfg, data, device)
-    out = Path(cfg.out)
-    if cfg.resume and (out / "last" / "optimizer.pt").is_file():
+    if resuming:
         _resume(out / "last", parts, progress, device)
     writer = SummaryWriter(str(out / "tb"))
     writer.add_text("hyperparameters", json.dumps(dataclasses.asdict(cfg), indent=2))
@@ -482,13 +547,43 @@ def _build_model(cfg: TrainConfig, data: _Data, device: torch.device) -> _Model:
     return _Model(model, optimizer, scheduler, steps_per_epoch)
 
 
+def _can_resume(last: Path) -> bool:
+    """Whether ``last`` is a whole checkpoint; False when absent; otherwise says why not."""
+    if not last.exists():
+        logger.warning("--resume: %s does not exist yet; starting from epoch 1", last)
+        return False
+    missing = [
+        name
+        for name in ("model.safetensors", "config.json", "optimizer.pt")
+        if not (last / name).is_file()
+    ]
+    if missing:
+        raise ResumeMismatch(
+            f"cannot resume from {last}: it lacks {', '.join(missing)} (written by an older "
+            "version or damaged); run without --resume to start over"
+        )
+    return True
+
+
 def _resume(last: Path, parts: _Model, progress: _Progress, device: torch.device) -> None:
     """Stage 3 (``--resume``): restore weights, optimizer, schedule, generator and history."""
     loaded, _ = load_controller(last, device)
-    parts.model.load_state_dict(loaded.state_dict())
-    saved = torch.load(last / "optimizer.pt", weights_only=True, map_location=device)
-    parts.optimizer.load_state_dict(saved["optimizer"])
-    parts.scheduler.load_state_dict(saved["scheduler"])
+    try:
+        parts.model.load_state_dict(loaded.state_dict())
+    except RuntimeError:
+        raise ResumeMismatch(
+            f"cannot resume from {last}: its architecture differs from this run's "
+            f"({loaded.config}); use the same hyperparameters or another --out"
+        ) from None
+    path = last / "optimizer.pt"
+    try:
+        saved = torch.load(path, weights_only=True, map_location=device)
+        parts.optimizer.load_state_dict(saved["optimizer"])
+        parts.scheduler.load_state_dict(saved["scheduler"])
+    except (RuntimeError, ValueError, KeyError, EOFError, OSError) as err:
+        raise ResumeMismatch(
+            f"cannot resume from {path}: unreadable or mismatched ({err})"
+        ) from None
     progress.generator.set_state(saved["generator"])
     progress.epoch = int(saved["epoch"])
     progress.best = json.loads(saved["best"])
@@ -577,18 +672,21 @@ def _end_epoch(
     backbone: Backbone | None,
 ) -> None:
     """Stage 5: validate, save ``last`` (and ``best``), optional rollout, optimizer state."""
+    import tempfile
+
     out = Path(cfg.out)
     metrics = _evaluate(parts.model, data.val, device, cfg.threshold)
     for key in ("loss", "auroc", "ap", "f05", "precision", "recall", "threshold"):
         writer.add_scalar(f"val/{key}", metrics[key], step)
     ckpt_meta = {**ckpt_meta, "threshold": metrics["threshold"]}
-    save_controller(parts.model, out / "last", ckpt_meta)
     record = {"epoch": epoch + 1, **{f"val_{k}": v for k, v in metrics.items()}}
     if metrics["f05"] > progress.best["f05"]:
         progress.best = {**metrics, "epoch": epoch + 1}
         save_controller(parts.model, out / "best", ckpt_meta)
     if cfg.rollout_n > 0:
-        rollout = _rollout(out / "last", data.meta, cfg, backbone)
+        with tempfile.TemporaryDirectory(prefix=".rollout.", suffix=".tmp", dir=out) as tmp:
+            save_controller(parts.model, Path(tmp) / "ckpt", ckpt_meta)
+            rollout = _rollout(Path(tmp) / "ckpt", data.meta, cfg, backbone)
         writer.add_scalar("rollout/score", rollout["score"], step)
         writer.add_scalar("rollout/nfe", rollout["nfe"], step)
         record.update({f"rollout_{k}": v for k, v in rollout.items()})
@@ -601,5 +699,11 @@ def _end_epoch(
         "best": json.dumps(progress.best),
         "history": json.dumps(progress.history),
     }
-    atomic_write(out / "last" / "optimizer.pt", lambda tmp: torch.save(state, tmp))
+    # model, config and optimizer state land together: the whole directory is renamed in
+    save_controller(
+        parts.model,
+        out / "last",
+        ckpt_meta,
+        extra=lambda tmp: torch.save(state, tmp / "optimizer.pt"),
+    )
     logger.info("epoch %d: %s", epoch + 1, record)

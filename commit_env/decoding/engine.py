@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 import torch
 
-from commit_env.backbones.base import Backbone
+from commit_env.backbones.base import Backbone, kv_cache_support
 from commit_env.decoding.config import DecodeConfig, validate_setting
 from commit_env.decoding.state import WINDOW_CODES, CommitDecision, TraceState
 
@@ -50,6 +50,10 @@ class Decoder:
             raise ValueError("backbone pad_token_id must differ from mask_token_id")
         if not backbone.eos_token_ids and config.eos_stop:
             raise ValueError("eos_stop=True needs a backbone with at least one EOS id")
+        if config.kv_cache != "none":
+            supported, reason = kv_cache_support(backbone)
+            if not supported:
+                raise ValueError(f"kv_cache={config.kv_cache!r} is not available: {reason}")
         self.backbone = backbone
         self.config = config
         self.device = torch.device(backbone.device)
@@ -216,7 +220,18 @@ class Decoder:
                 list(range(B)) if row_ids is None else list(row_ids), dtype=torch.long, device=dev
             ),
             prev_logp=torch.zeros((B, G, 1), device=dev),
+            kv_refreshes=zeros_b.clone(),
+            **self._empty_cache(B, P + G),
         )
+
+    def _empty_cache(self, B: int, L: int) -> dict[str, torch.Tensor | None]:
+        """The KV-cache fields of a new state: an empty cache that every row must refresh."""
+        if self.config.kv_cache == "none":
+            return {"kv_cache": None, "kv_canvas": None}
+        return {
+            "kv_cache": self.backbone.new_kv_cache(B, L),  # type: ignore[attr-defined]
+            "kv_canvas": torch.full((B, L), -1, dtype=torch.long, device=self.device),
+        }
 
     def _row_settings(
         self,
@@ -238,6 +253,10 @@ class Decoder:
             if not 1 <= g <= G:
                 raise ValueError(f"per-row gen_length {g} must be in [1, {G}] (config.gen_length)")
             kind, width = validate_setting(g, w, b)
+            if kind == "sliding" and cfg.kv_cache != "none":
+                raise ValueError(
+                    f"kv_cache={cfg.kv_cache!r} needs block windows ('block:B', 'full'), got {w!r}"
+                )
             kinds.append(WINDOW_CODES[kind])
             widths.append(width)
             budget_out.append((g, False) if b is None else (int(b), True))
@@ -335,19 +354,115 @@ class Decoder:
         state.done |= newly_done
 
     def _forward(self, state: TraceState) -> None:
-        """One backbone forward over the unfinished rows; refresh their proposals/features."""
+        """One backbone forward over the unfinished rows; refresh their proposals/features.
+
+        Accounting: every unfinished row gets one NFE; ``forward_tokens`` adds the real tokens
+        the forward computed for the row (the whole canvas, or with a KV cache only the
+        recomputed positions; cache refreshes count the whole canvas).
+        """
         active = ~state.done
         n_active = int(active.sum())
         if n_active == 0:
             return
-        everyone = n_active == state.batch_size
-        rows = None if everyone else active.nonzero().squeeze(1)  # [b]
-        canvas = state.canvas if everyone else state.canvas[rows]
-        attention = state.attention_mask if everyone else state.attention_mask[rows]
-        hidden_layers = (-1,) if self._projection is not None else None
-        out = self.backbone.forward(canvas, attention, hidden_layers=hidden_layers)
+        if self.config.kv_cache != "none":
+            tokens = self._forward_cached(state, active)
+        else:
+            everyone = n_active == state.batch_size
+            rows = None if everyone else active.nonzero().squeeze(1)  # [b]
+            canvas = state.canvas if everyone else state.canvas[rows]
+            attention = state.attention_mask if everyone else state.attention_mask[rows]
+            out = self.backbone.forward(canvas, attention, hidden_layers=self._hidden_layers)
+            G = state.gen_length
+            hidden = None if out.hidden is None else out.hidden[:, -G:, :]
+            self._absorb(state, rows, out.logits[:, -G:, :], hidden)
+            tokens = state.attention_mask.sum(-1) * active.long()
+        state.nfe += active.long()
+        state.forward_tokens += tokens
+        if self.config.record_trace:
+            state.trace.append(
+                {"proposal": state.proposal.cpu(), "confidence": state.confidence.cpu()}
+            )
+
+    @property
+    def _hidden_layers(self) -> tuple[int, ...] | None:
+        return (-1,) if self._projection is not None else None
+
+    def _forward_cached(self, state: TraceState, active: torch.Tensor) -> torch.Tensor:
+        """The forward with a KV cache (Fast-dLLM prefix/dual); returns tokens computed per row.
+
+        Per row, the recomputed positions are the current block and everything after it
+        (``prefix``) or the current block only (``dual``); all other positions are read from the
+        row's cache. A row whose cached positions hold a token that differs from the canvas its
+        cache was computed from (a new block has started, or a cached token changed) refreshes
+        instead: a full forward that refills its cache and serves this step too. Refreshing and
+        reusing rows run as (at most) two backbone calls, each row in exactly one of them.
+        """
+        self._update_window(state)  # the block each row commits in next
+        B, L, G = state.batch_size, int(state.canvas.shape[1]), state.gen_length
+        P = L - G
+        if state.kv_cache is None or state.kv_canvas is None or state.kv_cache.shape[-2] != L:
+            fresh = self._empty_cache(B, L)  # e.g. after the prompt region was widened
+            state.kv_cache, state.kv_canvas = fresh["kv_cache"], fresh["kv_canvas"]
+        assert state.kv_cache is not None and state.kv_canvas is not None
+        if state.kv_refreshes is None:
+            state.kv_refreshes = torch.zeros(B, dtype=torch.long, device=self.device)
+        start = P + state.window_start  # [B] canvas index of the current block
+        end = (
+            torch.full_like(start, L) if self.config.kv_cache == "prefix" else P + state.window_end
+        )
+        cols = torch.arange(L, device=self.device)[None, :]  # [1, L]
+        recomputed = (cols >= start[:, None]) & (cols < end[:, None])  # [B, L]
+        real = state.attention_mask.bool()  # [B, L]
+        stale = ((state.kv_canvas != state.canvas) & real & ~recomputed).any(-1)  # [B]
+        tokens = torch.zeros(B, dtype=torch.long, device=self.device)
+        for group, refresh in ((active & stale, True), (active & ~stale, False)):
+            n = int(group.sum())
+            if n == 0:
+                continue
+            rows = None if n == B else group.nonzero().squeeze(1)  # [b]
+            pick = slice(None) if rows is None else rows
+            lo = torch.zeros_like(start[pick]) if refresh else start[pick]  # [b]
+            hi = torch.full_like(lo, L) if refresh else end[pick]  # [b]
+            width = int((hi - lo).max())
+            offsets = torch.arange(width, device=self.device)[None, :]
+            positions = (lo[:, None] + offsets).minimum(hi[:, None] - 1)  # [b, Q]
+            out = self.backbone.forward_cached(  # type: ignore[attr-defined]
+                state.canvas[pick],
+                state.attention_mask[pick],
+                positions,
+                state.kv_cache,
+                rows=rows,
+                hidden_layers=self._hidden_layers,
+            )
+            gen_cols = P + torch.arange(G, device=self.device)[None, :]  # [1, G]
+            index = (gen_cols - lo[:, None]).clamp(0, width - 1)  # [b, G] column of each position
+            computed = (gen_cols >= lo[:, None]) & (gen_cols < hi[:, None])  # [b, G]
+            V, H = out.logits.shape[-1], None if out.hidden is None else out.hidden.shape[-1]
+            logits = out.logits.gather(1, index[..., None].expand(-1, -1, V))  # [b, G, V]
+            hidden = None if H is None else out.hidden.gather(1, index[..., None].expand(-1, -1, H))
+            self._absorb(state, rows, logits, hidden, None if refresh else computed)
+            span = (cols >= lo[:, None]) & (cols < hi[:, None])  # [b, L]
+            tokens[pick] = (span & real[pick]).sum(-1)
+            if refresh:
+                state.kv_canvas[pick] = state.canvas[pick]
+                state.kv_refreshes[pick] += 1
+        return tokens
+
+    def _absorb(
+        self,
+        state: TraceState,
+        rows: torch.Tensor | None,
+        gen_logits: torch.Tensor,
+        gen_hidden: torch.Tensor | None,
+        computed: torch.Tensor | None = None,
+    ) -> None:
+        """Turn a forward's generation-region logits into proposals and features for ``rows``.
+
+        ``computed`` (bool ``[b, G]``, KV-cache forwards only) marks the positions the forward
+        actually recomputed; the others keep their previous proposals and features.
+        """
         G = state.gen_length
-        logits = out.logits[:, -G:, :].float()  # [b, G, V]
+        logits = gen_logits.float()  # [b, G, V]
         logp = logits.log_softmax(-1)  # [b, G, V]
         probs = logp.exp()
         top_p, top_i = probs.topk(self.config.top_k, dim=-1)  # [b, G, K]
@@ -357,9 +472,9 @@ class Decoder:
             confidence = probs.gather(-1, proposal[..., None]).squeeze(-1)
         else:
             proposal, confidence = top_i[..., 0], top_p[..., 0]
-        first = state.nfe if everyone else state.nfe[rows]
+        first = state.nfe if rows is None else state.nfe[rows]
         seen = (first > 0)[:, None]  # [b, 1] rows that had a previous forward
-        prev_logp = state.prev_logp if everyone else state.prev_logp[rows]
+        prev_logp = state.prev_logp if rows is None else state.prev_logp[rows]
         if prev_logp.shape[-1] == logp.shape[-1]:
             kl = (probs * (logp - prev_logp)).sum(-1).clamp_(min=0.0)  # [b, G]
             kl = torch.where(seen, kl, torch.zeros_like(kl))
@@ -382,17 +497,18 @@ class Decoder:
             "kl_history": history,
         }
         if self._projection is not None:
-            assert out.hidden is not None, "backbone returned no hidden states"
-            h = out.hidden[:, -G:, :].float()  # [b, G, H_model]
+            assert gen_hidden is not None, "backbone returned no hidden states"
+            h = gen_hidden[:, -G:, :].float()  # [b, G, H_model]
             h = torch.nn.functional.layer_norm(h, h.shape[-1:])
             updates["hidden"] = (h @ self._projection).clamp_(-5.0, 5.0)  # [b, G, D]
+        if computed is not None:  # positions served from the cache keep what they had
+            before = _take(state, rows, (*updates, "prev_logp"))
+            for name, value in updates.items():
+                keep = computed.view(*computed.shape, *([1] * (value.dim() - 2)))
+                updates[name] = torch.where(keep, value, before[name].to(value.dtype))
+            prev = before["prev_logp"].expand_as(logp)
+            logp = torch.where(computed[..., None], logp, prev)
         self._write_rows(state, rows, updates, logp)
-        state.nfe += active.long()
-        state.forward_tokens += (state.attention_mask.sum(-1)) * active.long()
-        if self.config.record_trace:
-            state.trace.append(
-                {"proposal": state.proposal.cpu(), "confidence": state.confidence.cpu()}
-            )
 
     def _write_rows(
         self,

@@ -39,7 +39,12 @@ class DecodeResult:
         budget_fills: int64 ``[N]`` tokens filled because the step budget ran out.
         early_fills: int64 ``[N]`` tokens filled by a policy's all-in exit.
         filled_without_forward: int64 ``[N]`` EOS tail tokens filled after an early stop.
-        forward_tokens: int64 ``[N]`` tokens processed by the row's forwards.
+        forward_tokens: int64 ``[N]`` tokens processed by the row's forwards (the whole canvas
+            per forward; with a KV cache only the recomputed positions, plus the whole canvas
+            for every cache refresh).
+        kv_refreshes: int64 ``[N]`` forwards that (re)filled the row's KV cache (0 without one).
+        canvas_tokens: int64 ``[N]`` real tokens of the row's canvas (prompt + generation), what
+            one uncached forward processes.
         gen_len: int64 ``[N]`` each row's generation length.
         wall_time: Seconds for the whole call.
         device: Where the backbone ran.
@@ -57,6 +62,8 @@ class DecodeResult:
     early_fills: torch.Tensor
     filled_without_forward: torch.Tensor
     forward_tokens: torch.Tensor
+    kv_refreshes: torch.Tensor
+    canvas_tokens: torch.Tensor
     gen_len: torch.Tensor
     wall_time: float
     device: str
@@ -67,6 +74,11 @@ class DecodeResult:
     def tokens_per_forward(self) -> torch.Tensor:
         """Float ``[N]``: generated positions per forward pass (row's gen length / NFE)."""
         return self.gen_len.float() / self.nfe.clamp(min=1).float()
+
+    @property
+    def forward_tokens_saved(self) -> torch.Tensor:
+        """int64 ``[N]``: tokens a KV cache saved (uncached cost of the same NFE minus the cost)."""
+        return self.nfe * self.canvas_tokens - self.forward_tokens
 
     @property
     def forced_commit_rate(self) -> float:
@@ -84,6 +96,8 @@ class DecodeResult:
             "early_fills": float(self.early_fills.float().mean()),
             "filled_without_forward": float(self.filled_without_forward.float().mean()),
             "forward_tokens": float(self.forward_tokens.float().mean()),
+            "forward_tokens_saved": float(self.forward_tokens_saved.float().mean()),
+            "kv_refreshes": float(self.kv_refreshes.float().mean()),
             "wall_time": self.wall_time,
         }
 
@@ -130,6 +144,8 @@ _ACCOUNTS = (
     "early_fills",
     "filled_without_forward",
     "forward_tokens",
+    "kv_refreshes",
+    "prompt_len",
     "gen_len",
 )
 
@@ -204,6 +220,8 @@ def decode(
         early_fills=cat["early_fills"],
         filled_without_forward=cat["filled_without_forward"],
         forward_tokens=cat["forward_tokens"],
+        kv_refreshes=cat["kv_refreshes"],
+        canvas_tokens=cat["prompt_len"] + cat["gen_len"],
         gen_len=cat["gen_len"],
         wall_time=wall,
         device=str(backbone.device),

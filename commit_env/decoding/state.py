@@ -76,6 +76,12 @@ class TraceState:
         forward_tokens: int64 ``[B]`` real tokens processed by the row's forwards.
         row_ids: int64 ``[B]`` caller's index of each row (stable across batch shrinking).
         prev_logp: float32 ``[B, G, V]`` previous log-probabilities (for KL), engine-internal.
+        kv_refreshes: int64 ``[B]`` forwards that (re)filled the row's KV cache (full canvas);
+            0 without a KV cache. ``None`` only in hand-built states.
+        kv_cache: The backbone's cache tensor ``[B, ..., L, ...]`` (L on the second-to-last
+            axis) when ``config.kv_cache`` is set, else ``None``; engine-internal.
+        kv_canvas: int64 ``[B, L]`` the canvas each row's cache was computed from (``-1``: no
+            cache yet), else ``None``; engine-internal.
         generators: One seeded ``torch.Generator`` per row when proposals are sampled
             (``temperature > 0``), else ``None``; engine-internal, dropped by snapshots.
         trace: Per-step records (proposals, confidences, commits) when ``record_trace`` is on,
@@ -118,6 +124,9 @@ class TraceState:
     forward_tokens: torch.Tensor
     row_ids: torch.Tensor
     prev_logp: torch.Tensor
+    kv_refreshes: torch.Tensor | None = None
+    kv_cache: torch.Tensor | None = None
+    kv_canvas: torch.Tensor | None = None
     generators: list[torch.Generator] | None = None
     trace: list[dict[str, torch.Tensor]] | None = None
 
