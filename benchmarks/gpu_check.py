@@ -319,8 +319,7 @@ def measure_controller(
     config = ControllerConfig(
         vocab_size=backbone.vocab_size,
         feature_dim=builder.dim,
-        max_gen_length=state.gen_length,
-        max_prompt_length=max(int(state.canvas.shape[1]), 1),
+        eos_token_ids=tuple(backbone.eos_token_ids),
     )
     torch.manual_seed(0)
     model = StabilityController(config).to(backbone.device).eval()

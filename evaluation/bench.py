@@ -401,14 +401,63 @@ def heuristics_stage(bench: _Bench) -> None:
 
 
 def controller_stage(bench: _Bench) -> PolicySpec:
-    """Stage 2: traces, the supervised controller (reused when trained), its policy spec."""
-    directory = _train_controller(bench.cfg, bench.backbone, bench.out, bench.executor)
-    return PolicySpec(
-        "controller",
-        "controller",
-        (("threshold", "learned"),),
-        factory=_controller_factory(directory, bench.backbone),
+    """Stage 2: the supervised controller, round 0 and on-policy rounds, reused when trained.
+
+    One controller is trained over a mixture of settings (``default_training_mixture`` of every
+    task's default G). Both rounds are measured on the default setting: round 0 at its learned
+    threshold (family ``controller-round0``), the final round at a sweep of deployment
+    thresholds (family ``controller``: its curve and AUP). ``--full`` adds the ablations
+    (``OUT/controller/ablations.jsonl`` and ``ablations.md``, paired bootstrap intervals).
+    ``cfg.extra["controller_on_policy_rounds"]`` (default 1) sets the number of on-policy rounds.
+
+    Returns:
+        The final round at its learned threshold (evaluated on the whole grid).
+    """
+    from commit_env.evaluation.controller import (
+        ablation_records,
+        ablation_table,
+        controller_specs,
+        learned_threshold,
     )
+    from commit_env.supervised.rounds import train_ablations, train_controller_rounds
+
+    cfg, bb = bench.cfg, bench.backbone
+    rounds_cfg = _rounds_config(cfg, bench.out)
+    # round 0 is collected through bench.executor (Ray or local); on-policy rounds collect locally
+    rounds = train_controller_rounds(rounds_cfg, backbone=bb, executor=bench.executor)
+    write_json_atomic(bench.out / "controller" / "rounds.json", rounds.rounds)
+    bench.timings["controller_collect_train"] = rounds.seconds
+    round0 = controller_specs(
+        rounds.checkpoints[0],
+        bb,
+        thresholds=None,
+        family="controller-round0",
+        extra_params=(("round", 0),),
+    )
+    curve = controller_specs(rounds.final, bb)
+    for task, default in bench.defaults.items():
+        bench.sweep(round0 + curve, [default], tasks=[task])
+    if cfg.mode == "full":
+        variants = {"full": rounds.final, **train_ablations(rounds, rounds_cfg, backbone=bb)}
+        path = bench.out / "controller" / "ablations.jsonl"
+        done = {record_key(r) for r in read_jsonl(path)}
+        for task, default in bench.defaults.items():
+            ablation_records(
+                bb,
+                [task],
+                variants,
+                [default],
+                n=cfg.n,
+                seed=cfg.seed,
+                batch_size=cfg.batch_size,
+                done=done,
+                on_record=lambda r: append_jsonl_atomic(path, r),
+                progress=cfg.progress,
+            )
+        table = ablation_table(read_jsonl(path))
+        write_text_atomic(bench.out / "controller" / "ablations.md", table + "\n")
+    tau = learned_threshold(rounds.final)
+    return next(s for s in curve if dict(s.params)["threshold"] == tau)
 
 
 def ppo_stage(bench: _Bench) -> PolicySpec:
@@ -458,6 +507,10 @@ def report_stage(
     write_json_atomic(out / "results.json", records)
     families = [s.family for s in learned.specs]
     trained = {family: [(cfg.setting.gen_length, cfg.setting.window)] for family in families}
+    # the controller is trained on a setting mixture, not on cfg.setting alone
+    trained["controller"] = [
+        (s.gen_length, s.window, s.step_budget) for s in _rounds_config(cfg, out).mixture
+    ]
     cells = reports.cross_setting_cells(
         records, learned_families=families, trained_settings=trained, default=defaults
     )
@@ -484,53 +537,32 @@ def report_stage(
     return summary
 
 
-def _train_controller(
-    cfg: BenchConfig, backbone: Backbone, out: Path, executor: Any = None
-) -> Path:
-    from commit_env.supervised.collect import CollectConfig, collect_traces
-    from commit_env.supervised.train import TrainConfig, train
+def _rounds_config(cfg: BenchConfig, out: Path) -> Any:
+    """The controller's rounds for this bench: a setting mixture at every task's default G.
 
-    controller_dir = out / "controller"
-    if (controller_dir / "summary.json").is_file():
-        logger.info("reusing trained controller in %s", controller_dir)
-        return controller_dir / "best"
-    collect = CollectConfig(
-        out=str(out / "traces" / "round0"),
+    Each task's default setting (:meth:`BenchConfig.default_for`) is part of the mixture.
+    """
+    from commit_env.supervised.rounds import RoundsConfig, default_training_mixture
+    from commit_env.supervised.train import TrainConfig
+
+    mixture: list[DecodeSetting] = []
+    for g in sorted({cfg.default_for(t).gen_length for t in cfg.tasks}):
+        mixture += [s for s in default_training_mixture(g) if s not in mixture]
+    mixture += [d for d in dict.fromkeys(cfg.default_for(t) for t in cfg.tasks) if d not in mixture]
+    return RoundsConfig(
+        out=str(out / "controller"),
         backbone=cfg.backbone_spec,
+        tasks=cfg.tasks,
+        settings=tuple(mixture),
         n=cfg.collect_n,
-        seed=cfg.seed + 1,
-        setting=cfg.setting,
+        on_policy_n=max(1, cfg.collect_n // 2),
+        on_policy_rounds=int(cfg.extra.get("controller_on_policy_rounds", 1)),
+        train=TrainConfig(epochs=cfg.controller_epochs, rollout_n=0),
+        seed=cfg.seed,
         batch_size=cfg.batch_size,
         device=cfg.device,
+        progress=cfg.progress,
     )
-    if executor is not None:
-        executor.collect(collect, progress=cfg.progress)
-    else:
-        collect_traces(collect, backbone=backbone, progress=cfg.progress)
-    train(
-        TrainConfig(
-            traces=(collect.out,),
-            out=str(controller_dir),
-            epochs=cfg.controller_epochs,
-            rollout_n=0,
-            seed=cfg.seed,
-            device=cfg.device,
-            progress=cfg.progress,
-        ),
-        backbone=backbone,
-    )
-    return controller_dir / "best"
-
-
-def _controller_factory(directory: Path, backbone: Backbone) -> Any:
-    from commit_env.supervised.policy import ControllerPolicy
-
-    policy = ControllerPolicy.from_pretrained(directory, backbone=backbone)
-
-    def build(config: DecodeConfig) -> Any:
-        return policy
-
-    return build
 
 
 def _train_ppo(cfg: BenchConfig, out: Path, backbone: Backbone, teacher: Any) -> PolicySpec:

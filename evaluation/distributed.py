@@ -222,10 +222,11 @@ class ShardRunner:
         if kind == "raise":
             raise RuntimeError("injected shard failure")
 
-    def backbone_info(self) -> tuple[str, int, int]:
-        """The backbone's name, vocabulary size and mask id (what a trace manifest records)."""
+    def backbone_info(self) -> tuple[str, int, int, tuple[int, ...], int]:
+        """What a trace manifest records: name, vocabulary size, mask id, EOS ids, hidden size."""
         b = self.backbone
-        return b.name, b.vocab_size, b.mask_token_id
+        eos = tuple(int(i) for i in b.eos_token_ids)
+        return b.name, b.vocab_size, b.mask_token_id, eos, int(b.hidden_size)
 
     def sweep_shard(
         self, job: SweepJob, n: int, seed: int, batch_size: int, lo: int, hi: int
@@ -268,7 +269,7 @@ class ShardRunner:
         Returns:
             ``([(trace record, step records)], scores, compute seconds)``.
         """
-        from commit_env.supervised.collect import collect_batch, draw_examples
+        from commit_env.supervised.collect import collect_batch, draw_examples, draw_settings
 
         from commit_env.decoding import Decoder
         from commit_env.policies import make_policy
@@ -279,6 +280,7 @@ class ShardRunner:
             self._collect = {
                 "cfg": cfg,
                 "examples": draw_examples(cfg.tasks, cfg.n, cfg.seed),
+                "settings": draw_settings(cfg.mixture, cfg.n, cfg.seed),
                 "tasks": {name: get_task(name) for name in cfg.tasks},
                 "decoder": Decoder(self.backbone, cfg.decode_config()),
                 "builder": cfg.feature_builder(),
@@ -288,8 +290,16 @@ class ShardRunner:
         records: list[Any] = []
         scores = []
         for b_lo in range(lo, hi, cfg.batch_size):
-            batch = c["examples"][b_lo : min(hi, b_lo + cfg.batch_size)]
-            recs, sc = collect_batch(c["decoder"], c["builder"], reference, c["tasks"], batch, b_lo)
+            b_hi = min(hi, b_lo + cfg.batch_size)
+            recs, sc = collect_batch(
+                c["decoder"],
+                c["builder"],
+                reference,
+                c["tasks"],
+                c["examples"][b_lo:b_hi],
+                b_lo,
+                settings=c["settings"][b_lo:b_hi],  # per-row settings of a mixture
+            )
             records += recs
             scores.append(sc)
         return records, np.concatenate(scores), time.perf_counter() - tick
@@ -687,6 +697,8 @@ class _BackboneInfo:
     name: str
     vocab_size: int
     mask_token_id: int
+    eos_token_ids: tuple[int, ...]
+    hidden_size: int
 
 
 class LocalExecutor:

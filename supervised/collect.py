@@ -6,6 +6,10 @@ decode with the controller mixed with the reference policy and relabel every vis
 completing a snapshot of it with the reference policy, so the labels answer "would this proposal
 survive if we continued from *here*?" - the states the deployed controller actually reaches.
 
+One collection may mix settings: ``CollectConfig.settings`` lists decode settings (generation
+lengths, windows, step budgets) and every example draws one of them, so a single controller learns
+to serve them all (the engine runs rows of different settings in one batch).
+
 Usage (embedded backbone, CPU, about a minute)::
 
     commit-env collect --out traces/round0 --n 768
@@ -36,6 +40,7 @@ from commit_env.decoding import (
     run_to_completion,
     select_rows,
 )
+from commit_env.decoding.config import validate_setting
 from commit_env.evaluate import score_completions
 from commit_env.policies import CommitPolicy, make_policy
 from commit_env.rundir import RunLock
@@ -48,11 +53,51 @@ __all__ = [
     "collect_traces",
     "collect_batch",
     "draw_examples",
+    "draw_settings",
+    "setting_mixture",
     "trace_meta",
     "DEFAULT_TASKS",
 ]
 
 DEFAULT_TASKS: tuple[str, ...] = ("qa", "qa:hard", "math", "math:hard", "code", "code:hard")
+
+
+def setting_mixture(
+    gen_lengths: Sequence[int],
+    windows: Sequence[str],
+    budget_fractions: Sequence[float] = (1.0, 0.5, 0.25),
+) -> tuple[DecodeSetting, ...]:
+    """Every valid combination of generation lengths, windows and step-budget fractions.
+
+    Args:
+        gen_lengths: Generation lengths G.
+        windows: Window specs (``block:B``, ``sliding:W``, ``full``); block widths that do not
+            divide a G are skipped for that G.
+        budget_fractions: Step budgets as fractions of G (>= 1.0 = unlimited).
+
+    Returns:
+        The settings (deduplicated, in input order).
+
+    Raises:
+        ValueError: If no combination is valid.
+    """
+    out: list[DecodeSetting] = []
+    for g in gen_lengths:
+        for w in windows:
+            try:
+                validate_setting(g, w)
+            except ValueError:
+                continue
+            for frac in budget_fractions:
+                budget = None if frac >= 1.0 else max(1, int(round(g * frac)))
+                s = DecodeSetting(g, w, budget)
+                if s not in out:
+                    out.append(s)
+    if not out:
+        raise ValueError(
+            f"no valid setting among gen_lengths={list(gen_lengths)} windows={list(windows)}"
+        )
+    return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -66,7 +111,9 @@ class CollectConfig:
         tasks: Task names (``name:difficulty``) drawn uniformly per example.
         n: Examples to decode in total.
         seed: Seed of the example draw.
-        setting: The decode setting of the collection (G, window, step budget).
+        setting: The decode setting of the collection (G, window, step budget), used when
+            ``settings`` is empty.
+        settings: A mixture of settings; each example draws one uniformly (seeded by ``seed``).
         reference: Reference policy name (``topk`` = one token per step by confidence).
         reference_params: Its parameters.
         feature_groups: Feature groups recorded (see ``FEATURE_GROUPS``).
@@ -83,6 +130,7 @@ class CollectConfig:
     n: int = 768
     seed: int = 0
     setting: DecodeSetting = TRAINING_SETTING
+    settings: tuple[DecodeSetting, ...] = ()
     reference: str = "topk"
     reference_params: tuple[tuple[str, Any], ...] = ()
     feature_groups: tuple[str, ...] = ("confidence", "history", "position", "global", "hidden")
@@ -97,10 +145,24 @@ class CollectConfig:
             raise ValueError("n and batch_size must be >= 1")
         if not self.tasks:
             raise ValueError("tasks must name at least one task")
+        for s in self.settings:
+            if not isinstance(s, DecodeSetting):
+                raise ValueError(f"settings must hold DecodeSetting values, got {s!r}")
+
+    @property
+    def mixture(self) -> tuple[DecodeSetting, ...]:
+        """The settings examples are drawn from (``(setting,)`` without a mixture)."""
+        return tuple(s.setting for s in self.settings) or (self.setting.setting,)
 
     def decode_config(self) -> DecodeConfig:
-        """The decode configuration of this collection."""
-        return self.setting.config(hidden_features=self.hidden_features, top_k=self.top_k)
+        """The decode configuration of this collection (canvas width = the largest G)."""
+        mix = self.mixture
+        if len(mix) == 1:
+            return mix[0].config(hidden_features=self.hidden_features, top_k=self.top_k)
+        G = max(s.gen_length for s in mix)
+        return DecodeConfig(
+            gen_length=G, window="full", hidden_features=self.hidden_features, top_k=self.top_k
+        )
 
     def feature_builder(self) -> FeatureBuilder:
         """The feature builder whose columns the shards store."""
@@ -168,6 +230,9 @@ class _Recorder:
                 "gen_len": state.gen_len[active].cpu().numpy(),
                 "window_start": state.window_start[active].cpu().numpy(),
                 "window_end": state.window_end[active].cpu().numpy(),
+                "window_kind": state.window_kind[active].cpu().numpy(),
+                "window_width": state.window_width[active].cpu().numpy(),
+                "budget_limited": state.budget_limited[active].cpu().numpy(),
                 "tokens": state.gen_tokens[active].cpu().numpy().astype(np.int32),
                 "proposal": state.proposal[active].cpu().numpy().astype(np.int32),
                 "eligible": state.eligible[active].cpu().numpy().astype(np.uint8),
@@ -198,6 +263,22 @@ def draw_examples(tasks: Sequence[str], n: int, seed: int) -> list[tuple[str, Ex
         name = tasks[int(rng.integers(len(tasks)))]
         out.append((name, built[name].sample(rng)))
     return out
+
+
+def draw_settings(settings: Sequence[DecodeSetting], n: int, seed: int) -> list[DecodeSetting]:
+    """Draw one setting per example (identical for identical arguments, so collection resumes).
+
+    Args:
+        settings: The mixture.
+        n: Examples.
+        seed: Seed.
+
+    Returns:
+        ``n`` settings.
+    """
+    rng = np.random.default_rng([seed, 7919])
+    idx = rng.integers(len(settings), size=n)
+    return [settings[int(i)] for i in idx]
 
 
 def collect_traces(
@@ -250,6 +331,7 @@ def _collect(
     meta = trace_meta(cfg, backbone, builder, reference, on_policy=behaviour is not None)
     writer = TraceWriter(cfg.out, meta, shard_traces=cfg.shard_traces)
     examples = draw_examples(cfg.tasks, cfg.n, cfg.seed)
+    row_settings = draw_settings(cfg.mixture, cfg.n, cfg.seed)
     tasks = {name: get_task(name) for name in cfg.tasks}
     decoder = Decoder(backbone, config)
     start = writer.examples_done
@@ -261,7 +343,15 @@ def _collect(
     for lo in range(start - start % cfg.batch_size, cfg.n, cfg.batch_size):
         batch = examples[lo : lo + cfg.batch_size]
         records, batch_scores = collect_batch(
-            decoder, builder, reference, tasks, batch, lo, behaviour, relabel_with_reference
+            decoder,
+            builder,
+            reference,
+            tasks,
+            batch,
+            lo,
+            behaviour,
+            relabel_with_reference,
+            settings=row_settings[lo : lo + len(batch)],
         )
         new = [i for i, (trace, _) in enumerate(records) if trace["example_index"] >= start]
         scores.extend(batch_scores[new].tolist())
@@ -289,6 +379,8 @@ def collect_batch(
     lo: int,
     behaviour: Any | None = None,
     relabel_with_reference: bool = False,
+    *,
+    settings: Sequence[DecodeSetting] | None = None,
 ) -> tuple[list[tuple[dict[str, Any], list[dict[str, Any]]]], np.ndarray]:
     """Decode one batch of examples (rows ``lo ..``) and build its trace and step records.
 
@@ -305,19 +397,36 @@ def collect_batch(
         lo: Index of the batch's first example in the collection's draw.
         behaviour: Policy that drives the decode (default: ``reference``).
         relabel_with_reference: See :func:`collect_traces`.
+        settings: One decode setting per row (its slice of :func:`draw_settings`); default:
+            every row uses the decoder's own setting.
 
     Returns:
         ``([(trace record, step records)], scores)`` in example order.
+
+    Raises:
+        ValueError: If ``settings`` does not hold one setting per example.
     """
     backbone = decoder.backbone
     recorder = _Recorder(behaviour or reference, builder, relabel_with_reference)
-    state = decoder.start([e.prompt for _, e in batch], row_ids=range(lo, lo + len(batch)))
+    per_row: dict[str, Any] = {}
+    if settings is not None:
+        if len(settings) != len(batch):
+            raise ValueError(f"settings has {len(settings)} entries for {len(batch)} examples")
+        per_row = {
+            "gen_lengths": [s.gen_length for s in settings],
+            "windows": [s.window for s in settings],
+            "budgets": [s.step_budget for s in settings],
+        }
+    state = decoder.start(
+        [e.prompt for _, e in batch], row_ids=range(lo, lo + len(batch)), **per_row
+    )
     recorder.reset(state)
     run_to_completion(decoder, state, recorder)
     final = state.gen_tokens.cpu().numpy().astype(np.int32)  # [b, G]
     scores = _score_batch(tasks, batch, completion_text(backbone, state.gen_tokens))
     targets = _relabel_targets(decoder, recorder, reference) if relabel_with_reference else None
-    records = _batch_records(backbone, batch, lo, final, scores, recorder.steps, targets)
+    eos_ids = np.asarray(backbone.eos_token_ids or (-1,), dtype=np.int32)
+    records = _batch_records(backbone, batch, lo, final, scores, recorder.steps, targets, eos_ids)
     return records, scores
 
 
@@ -339,9 +448,12 @@ def trace_meta(
         "feature_dim": builder.dim,
         "hidden_features": cfg.hidden_features,
         "top_k": cfg.top_k,
-        "gen_length": cfg.setting.gen_length,
-        "window": cfg.setting.window,
-        "step_budget": cfg.setting.step_budget,
+        "eos_token_ids": [int(i) for i in backbone.eos_token_ids],
+        "hidden_size": int(backbone.hidden_size),
+        "gen_length": max(s.gen_length for s in cfg.mixture),
+        "window": cfg.mixture[0].window,
+        "step_budget": cfg.mixture[0].step_budget,
+        "settings": [[s.gen_length, s.window, s.step_budget] for s in cfg.mixture],
         "reference": reference.describe(),
         "tasks": list(cfg.tasks),
         "seed": cfg.seed,
@@ -383,12 +495,14 @@ def _batch_records(
     scores: np.ndarray,
     steps: list[dict[str, np.ndarray]],
     targets: list[np.ndarray] | None,
+    eos_ids: np.ndarray,
 ) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
     per_trace: dict[int, list[dict[str, Any]]] = {lo + i: [] for i in range(len(batch))}
     for s, step in enumerate(steps):
         target = targets[s] if targets is not None else final[step["row"] - lo]  # [b, G]
         stable = step["proposal"] == target
         label = np.where(step["masked"], stable.astype(np.int8), np.int8(-1)).astype(np.int8)
+        eos_label = np.isin(target, eos_ids).astype(np.int8)  # [b, G] Learn2PD's EOS target
         for j, row in enumerate(step["row"].tolist()):
             per_trace[row].append(
                 {
@@ -398,6 +512,10 @@ def _batch_records(
                     "gen_len": int(step["gen_len"][j]),
                     "window_start": int(step["window_start"][j]),
                     "window_end": int(step["window_end"][j]),
+                    "window_kind": int(step["window_kind"][j]),
+                    "window_width": int(step["window_width"][j]),
+                    "budget_limited": bool(step["budget_limited"][j]),
+                    "eos_label": eos_label[j].tobytes(),
                     "tokens": step["tokens"][j].tobytes(),
                     "proposal": step["proposal"][j].tobytes(),
                     "eligible": step["eligible"][j].tobytes(),

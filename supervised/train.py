@@ -11,7 +11,8 @@ On a GPU with a real model::
         --task gsm8k --gen-length 256 --window block:32 --out traces/llada
     commit-env train-controller --traces traces/llada --out runs/controller-llada --device cuda
 
-Checkpoints: ``OUT/best`` (selected by F0.5 at the deployment threshold on held-out traces) and
+Checkpoints: ``OUT/best`` (selected by F0.5 at the deployment threshold on held-out traces; the
+threshold itself is selected there too unless ``--threshold`` fixes it) and
 ``OUT/last`` (for ``--resume``), each ``model.safetensors`` + ``config.json``; the optimizer,
 schedule, generator and history of ``last`` are ``optimizer.pt`` (loaded with
 ``weights_only=True``). Each checkpoint directory is written whole into a temporary directory and
@@ -49,7 +50,14 @@ from commit_env.io import write_json_atomic
 from commit_env.rundir import RunLock, check_run_key
 from commit_env.traces import TraceDataset, read_manifest
 
-__all__ = ["TrainConfig", "train", "binary_metrics", "load_training_data"]
+__all__ = [
+    "TrainConfig",
+    "train",
+    "binary_metrics",
+    "concat_batches",
+    "load_training_data",
+    "setting_range",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -69,9 +77,13 @@ class TrainConfig:
         n_layers: Controller depth.
         n_heads: Attention heads.
         use_tau: Learn the per-state threshold (False = ablation without tau).
+        use_structure: Read token ids and structure features (False = ablation without them).
+        eos_weight: Weight of the end-of-answer head's BCE (0 = no EOS head training).
         neg_weight: BCE weight of unstable positions.
         tau_penalty: Coefficient of tau^2.
-        threshold: Deployment threshold on ``sigmoid(logit - tau)``.
+        threshold: Deployment threshold on ``sigmoid(logit - tau)``; ``None`` selects it per
+            epoch on the held-out states (the value of :data:`THRESHOLD_GRID` with the best
+            F0.5), stored in the checkpoint as its learned threshold.
         right_crop: Probability of a random right-crop of the visible window per state.
         drop_groups: Feature groups zeroed out (ablations, e.g. ``("hidden",)``).
         val_every_n_traces: Every n-th trace id is held out for validation.
@@ -96,9 +108,11 @@ class TrainConfig:
     n_layers: int = 2
     n_heads: int = 4
     use_tau: bool = True
+    use_structure: bool = True
+    eos_weight: float = 0.5
     neg_weight: float = 3.0
     tau_penalty: float = 1e-3
-    threshold: float = 0.5
+    threshold: float | None = None
     right_crop: float = 0.5
     drop_groups: tuple[str, ...] = ()
     val_every_n_traces: int = 10
@@ -130,10 +144,14 @@ class TrainConfig:
             raise ValueError("traces must name at least one trace directory")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch_size must be >= 1")
-        if not 0.0 < self.threshold < 1.0:
+        if self.threshold is not None and not 0.0 < self.threshold < 1.0:
             raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
         if not 0.0 <= self.right_crop <= 1.0:
             raise ValueError(f"right_crop must be a probability, got {self.right_crop}")
+
+
+#: Deployment thresholds tried when ``TrainConfig.threshold`` is None.
+THRESHOLD_GRID: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
 
 
 def binary_metrics(prob: np.ndarray, label: np.ndarray, threshold: float) -> dict[str, float]:
@@ -191,25 +209,117 @@ def load_training_data(
     Raises:
         ValueError: If directories disagree on features/backbone or hold no records.
     """
-    train_records, val_records = [], []
+    train_parts, val_parts = [], []
     meta: dict[str, Any] | None = None
+    settings: list[Any] = []
+    keys = ("feature_names", "vocab_size", "hidden_features", "backbone")
     for directory in directories:
         dataset = TraceDataset(directory, skip_corrupt=skip_corrupt)
-        this = {k: dataset.meta[k] for k in ("feature_names", "vocab_size", "hidden_features")}
         if meta is None:
             meta = dict(dataset.meta)
-        elif any(meta[k] != v for k, v in this.items()):
-            raise ValueError(f"{directory} was collected with other features or another backbone")
+        else:
+            for k in keys:
+                if meta.get(k) != dataset.meta.get(k):
+                    raise ValueError(
+                        f"{directory} was collected with {k}={dataset.meta.get(k)!r}, but "
+                        f"{directories[0]} with {meta.get(k)!r}: traces must share features "
+                        "and backbone"
+                    )
+        for s in _meta_settings(dataset.meta):
+            if s not in settings:
+                settings.append(s)
+        train_records, val_records = [], []
         for record in dataset.iter_records():
             target = val_records if record["trace_id"] % val_every == 0 else train_records
             target.append(record)
-    if not train_records or not val_records:
+        # collate per directory (old traces fall back to their own manifest's setting)
+        if train_records:
+            train_parts.append(batch_from_records(train_records, dataset.meta))
+        if val_records:
+            val_parts.append(batch_from_records(val_records, dataset.meta))
+    n_train = sum(len(b.tokens) for b in train_parts)
+    n_val = sum(len(b.tokens) for b in val_parts)
+    if not n_train or not n_val:
         raise ValueError(
-            f"need training and validation records; got {len(train_records)} and "
-            f"{len(val_records)} from {list(directories)}"
+            f"need training and validation records; got {n_train} and {n_val} from "
+            f"{list(directories)}"
         )
     assert meta is not None
-    return batch_from_records(train_records), batch_from_records(val_records), meta
+    meta["settings"] = settings
+    meta["gen_length"] = max(int(s[0]) for s in settings)
+    return concat_batches(train_parts), concat_batches(val_parts), meta
+
+
+def _meta_settings(meta: dict[str, Any]) -> list[list[Any]]:
+    """The ``[G, window, budget]`` settings a trace directory was collected with."""
+    if "settings" in meta:
+        return [list(s) for s in meta["settings"]]
+    return [[int(meta["gen_length"]), meta["window"], meta["step_budget"]]]
+
+
+def setting_range(settings: list[list[Any]]) -> dict[str, Any]:
+    """What a checkpoint trained on ``settings`` has seen (checked at deployment).
+
+    Args:
+        settings: ``[G, window, budget]`` triples.
+
+    Returns:
+        ``{"gen_lengths", "window_kinds", "window_widths", "budget_limited"}``.
+    """
+    from commit_env.decoding.config import validate_setting
+
+    kinds, widths = set(), set()
+    for g, w, b in settings:
+        kind, width = validate_setting(int(g), w, b)
+        kinds.add(kind)
+        widths.add(width)
+    return {
+        "gen_lengths": sorted({int(s[0]) for s in settings}),
+        "window_kinds": sorted(kinds),
+        "window_widths": sorted(widths),
+        "budget_limited": any(s[2] is not None for s in settings),
+    }
+
+
+def concat_batches(parts: list[ControllerBatch]) -> ControllerBatch:
+    """Stack batches along B, right-padding G and P to the widest (padding is hidden).
+
+    Args:
+        parts: Batches (at least one).
+
+    Returns:
+        One batch.
+    """
+    if len(parts) == 1:
+        return parts[0]
+    G = max(b.tokens.shape[1] for b in parts)
+    P = max(b.prompt.shape[1] for b in parts)
+
+    def pad(t: torch.Tensor | None, width: int, value: Any) -> torch.Tensor | None:
+        if t is None:
+            return None
+        extra = width - t.shape[1]
+        if extra == 0:
+            return t
+        shape = (t.shape[0], extra, *t.shape[2:])
+        return torch.cat([t, torch.full(shape, value, dtype=t.dtype)], dim=1)
+
+    fields: dict[str, list[Any]] = {k: [] for k in parts[0].__dict__}
+    for b in parts:
+        for k, v in b.__dict__.items():
+            if k in ("prompt", "prompt_mask"):
+                v = pad(v, P, 0)
+            elif k == "committed":
+                v = pad(v, G, True)
+            elif isinstance(v, torch.Tensor) and v.dim() >= 2 and k != "setting":
+                v = pad(v, G, 0)
+            fields[k].append(v)
+    return ControllerBatch(
+        **{
+            k: (None if any(x is None for x in v) else torch.cat(v, dim=0))
+            for k, v in fields.items()
+        }
+    )
 
 
 def _index(batch: ControllerBatch, idx: torch.Tensor) -> ControllerBatch:
@@ -235,7 +345,10 @@ def _feature_mask(meta: dict[str, Any], drop_groups: tuple[str, ...]) -> torch.T
 
 @torch.no_grad()
 def _evaluate(
-    model: StabilityController, val: ControllerBatch, device: torch.device, threshold: float
+    model: StabilityController,
+    val: ControllerBatch,
+    device: torch.device,
+    threshold: float | None,
 ) -> dict[str, float]:
     model.eval()
     probs, labels, losses = [], [], []
@@ -249,7 +362,11 @@ def _evaluate(
         labels.append(batch.labels[batch.eligible].cpu().numpy())
         losses.append(float(loss) * len(batch.tokens))
     model.train()
-    metrics = binary_metrics(np.concatenate(probs), np.concatenate(labels), threshold)
+    prob, label = np.concatenate(probs), np.concatenate(labels)
+    candidates = THRESHOLD_GRID if threshold is None else (threshold,)
+    scored = [(binary_metrics(prob, label, t), t) for t in candidates]
+    metrics, chosen = max(scored, key=lambda mt: mt[0]["f05"])  # first best on ties
+    metrics["threshold"] = chosen
     metrics["loss"] = sum(losses) / n
     return metrics
 
@@ -265,7 +382,8 @@ def _rollout(
 
     backbone = resolve_backbone(meta["backbone"] if backbone is None else backbone)
     policy = ControllerPolicy.from_pretrained(directory, backbone=backbone)
-    setting = DecodeSetting(int(meta["gen_length"]), meta["window"], meta["step_budget"])
+    g, window, budget = meta["settings"][0]
+    setting = DecodeSetting(int(g), window, budget)
     config = policy.decode_config(setting.config())
     pairs = draw_examples(tuple(meta["tasks"]), cfg.rollout_n, cfg.rollout_seed)
     result = decode(backbone, [e.prompt for _, e in pairs], policy, config, batch_size=128)
@@ -409,11 +527,13 @@ def _build_model(cfg: TrainConfig, data: _Data, device: torch.device) -> _Model:
     model_cfg = ControllerConfig(
         vocab_size=int(meta["vocab_size"]),
         feature_dim=int(meta["feature_dim"]),
-        max_gen_length=max(256, int(meta["gen_length"])),
+        eos_token_ids=tuple(meta.get("eos_token_ids", ())),
         d_model=cfg.d_model,
         n_layers=cfg.n_layers,
         n_heads=cfg.n_heads,
         use_tau=cfg.use_tau,
+        use_structure=cfg.use_structure,
+        eos_weight=cfg.eos_weight,
         neg_weight=cfg.neg_weight,
         tau_penalty=cfg.tau_penalty,
     )
@@ -480,9 +600,13 @@ def _checkpoint_meta(cfg: TrainConfig, meta: dict[str, Any]) -> dict[str, Any]:
         "top_k": int(meta.get("top_k", DEFAULT_TOP_K)),
         "vocab_size": int(meta["vocab_size"]),
         "backbone": meta["backbone"],
-        "gen_length": int(meta["gen_length"]),
-        "window": meta["window"],
-        "step_budget": meta["step_budget"],
+        "eos_token_ids": list(meta.get("eos_token_ids", ())),
+        "hidden_size": meta.get("hidden_size"),
+        "gen_length": int(meta["settings"][0][0]),
+        "window": meta["settings"][0][1],
+        "step_budget": meta["settings"][0][2],
+        "settings": meta["settings"],
+        "setting_range": setting_range(meta["settings"]),
         "tasks": meta["tasks"],
         "threshold": cfg.threshold,
         "drop_groups": list(cfg.drop_groups),
@@ -552,8 +676,9 @@ def _end_epoch(
 
     out = Path(cfg.out)
     metrics = _evaluate(parts.model, data.val, device, cfg.threshold)
-    for key in ("loss", "auroc", "ap", "f05", "precision", "recall"):
+    for key in ("loss", "auroc", "ap", "f05", "precision", "recall", "threshold"):
         writer.add_scalar(f"val/{key}", metrics[key], step)
+    ckpt_meta = {**ckpt_meta, "threshold": metrics["threshold"]}
     record = {"epoch": epoch + 1, **{f"val_{k}": v for k, v in metrics.items()}}
     if metrics["f05"] > progress.best["f05"]:
         progress.best = {**metrics, "epoch": epoch + 1}

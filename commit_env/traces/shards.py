@@ -244,7 +244,8 @@ class TraceDataset:
         Yields:
             Dict with numpy arrays ``tokens``/``proposal`` (int32 ``[G]``), ``eligible``
             (bool ``[G]``), ``label`` (int8 ``[G]``), ``features`` (float16 ``[G, F]``),
-            ``prompt_ids`` (int32 ``[P_i]``) and the scalar fields of :data:`STEP_SCHEMA`.
+            ``prompt_ids`` (int32 ``[P_i]``) and the scalar fields of :data:`STEP_SCHEMA`;
+            columns a collector added beyond the schema are passed through as stored.
         """
         F = self.feature_dim
         for shard in self.manifest["shards"]:
@@ -256,9 +257,11 @@ class TraceDataset:
                 tid: _frombuffer(p, np.int32)
                 for tid, p in zip(traces["trace_id"], traces["prompt_ids"], strict=True)
             }
+            extra = [k for k in steps if k not in STEP_SCHEMA]  # collector-specific columns
             for i in range(len(steps["trace_id"])):
                 tokens = _frombuffer(steps["tokens"][i], np.int32)
                 yield {
+                    **{k: steps[k][i] for k in extra},
                     "trace_id": steps["trace_id"][i],
                     "nfe": steps["nfe"][i],
                     "budget": steps["budget"][i],
