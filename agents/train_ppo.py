@@ -12,6 +12,12 @@ GPU, a real backbone (the env batches all slots into one forward)::
     commit-env train-ppo --task math --backbone hf:GSAI-ML/LLaDA-8B-Instruct --step-cost 0.01 \
         --timesteps 200000 --num-envs 64 --gen-length 64 --window block:16 --out runs/ppo_llada
 
+The run directory is locked while training (a second run into it fails naming the first one's
+pid); every ``.zip`` (``final``, ``best``, ``last`` and ``checkpoints/``) is written atomically,
+model and optimizer state together. ``--resume`` continues from ``OUT/last.zip`` (written at every
+checkpoint and at the end) up to ``--timesteps``; ``OUT/run_key.json`` records every setting that
+changes the learning, and a resume with other ones is refused unless ``--force``.
+
 Writes ``OUT/final.zip`` (``PPO.load``-able, and ``commit_env.agents.policy.PPOPolicy.load``-able),
 ``OUT/config.json``, ``OUT/best.zip`` (best periodic evaluation), ``OUT/checkpoints/`` and
 TensorBoard logs under ``OUT/tb``: SB3's ``rollout/`` and ``train/`` curves plus
@@ -58,11 +64,19 @@ from commit_env.decoding import DEFAULT_TOP_K, TRAINING_SETTING, DecodeSetting
 from commit_env.envs.core import EnvConfig
 from commit_env.envs.observation import DEFAULT_FEATURES
 from commit_env.evaluate import evaluate_policy, sample_examples
-from commit_env.io import write_json_atomic
+from commit_env.io import write_bytes_atomic, write_json_atomic
 from commit_env.policies.base import CommitPolicy
+from commit_env.rundir import RunLock, check_run_key
 from commit_env.tasks.registry import get_task
 
-__all__ = ["FROM_SCRATCH", "PPOConfig", "build_model", "evaluate_agent", "train_ppo"]
+__all__ = [
+    "FROM_SCRATCH",
+    "PPOConfig",
+    "build_model",
+    "evaluate_agent",
+    "save_model_atomic",
+    "train_ppo",
+]
 
 #: PPOConfig fields of the from-scratch recipe (``--from-scratch``; see the module docstring).
 FROM_SCRATCH: dict[str, Any] = {
@@ -133,6 +147,8 @@ class PPOConfig:
             (``None`` = off).
         threads: Torch threads (``None``: the env's default, 1 for a small CPU backbone).
         log_std_init: Initial log std of the Gaussian head (threshold mode).
+        resume: Continue from ``OUT/last.zip`` (a fresh start when there is none yet).
+        force: With ``resume``, continue even if the settings differ from the stored run key.
     """
 
     task: str = "qa"
@@ -173,6 +189,8 @@ class PPOConfig:
     curriculum: tuple[int, ...] | None = None
     threads: int | None = None
     log_std_init: float = -0.5
+    resume: bool = False
+    force: bool = False
 
     def __post_init__(self) -> None:
         if self.action_mode not in ("mask", "threshold", "count"):
@@ -326,6 +344,20 @@ def evaluate_agent(
     }
 
 
+def save_model_atomic(model: Any, path: str | Path) -> None:
+    """``model.save`` into memory, then one atomic write: a kill never leaves half a zip.
+
+    Args:
+        model: An SB3 model.
+        path: The ``.zip`` file.
+    """
+    import io
+
+    buffer = io.BytesIO()
+    model.save(buffer)
+    write_bytes_atomic(path, buffer.getvalue())
+
+
 def _run_dir(cfg: PPOConfig) -> Path:
     if cfg.out is not None:
         return Path(cfg.out)
@@ -354,13 +386,90 @@ def train_ppo(
 
     Raises:
         ValueError: On an invalid environment setting.
+        RunDirLocked: If another process is writing the run directory.
     """
     out = _run_dir(cfg)
-    out.mkdir(parents=True, exist_ok=True)
+    get_task(cfg.task)  # fail on an unknown name before taking the lock or loading a model
+    with RunLock(out):
+        return _train(cfg, out, teacher, backbone)
+
+
+_NOT_IN_KEY = {
+    "out",
+    "resume",
+    "force",
+    "progress_bar",
+    "verbose",
+    "timesteps",  # a resume may train for longer
+    "max_minutes",
+    "max_cpu_minutes",  # a stop condition, like max_minutes
+    "threads",  # speed only
+    "eval_every",
+    "eval_n",
+    "eval_seed",
+    "checkpoint_every",
+    "init_teacher",  # the warm start happens once, before the first checkpoint
+    "bc_episodes",
+    "bc_epochs",
+}
+
+
+def ppo_run_key(cfg: PPOConfig) -> dict[str, Any]:
+    """Every setting of ``cfg`` that changes what is learned (``OUT/run_key.json``)."""
+    key = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _NOT_IN_KEY}
+    if isinstance(key.get("backbone"), dict):
+        key["backbone"].pop("device", None)
+    return key
+
+
+def _resume_source(out: Path) -> Path | None:
+    """The checkpoint ``--resume`` continues from (None: nothing to resume yet)."""
+    for name in ("last.zip", "final.zip"):
+        if (out / name).is_file():
+            return out / name
+    logger.warning("--resume: no %s/last.zip yet; starting from scratch", out)
+    return None
+
+
+def _load_for_resume(run: _Run, path: Path) -> Any:
+    """Load ``path`` (model, optimizer, timestep count) onto the run's env, or say why not."""
+    import zipfile
+
+    from commit_env.errors import CorruptCheckpointError, ResumeMismatch
+
+    if not zipfile.is_zipfile(path):
+        raise CorruptCheckpointError(f"{path} is not a readable SB3 checkpoint (not a zip file)")
+    try:
+        return _algo_class(run.cfg.algo).load(
+            str(path),
+            env=run.venv,
+            device=run.model.device,
+            tensorboard_log=str(run.out / "tb"),
+        )
+    except (zipfile.BadZipFile, EOFError, KeyError) as err:
+        raise CorruptCheckpointError(f"{path} is not a readable SB3 checkpoint ({err})") from None
+    except ValueError as err:  # SB3: observation or action spaces do not match
+        raise ResumeMismatch(f"cannot resume from {path}: {err}") from None
+
+
+def _train(
+    cfg: PPOConfig, out: Path, teacher: CommitPolicy | None, backbone: Backbone | None
+) -> dict[str, Any]:
+    source = _resume_source(out) if cfg.resume else None
+    check_run_key(
+        out,
+        ppo_run_key(cfg),
+        force=cfg.force or source is None,
+        what="PPO run",
+        hint="pass the same settings, use another --out, or --force",
+    )
     write_json_atomic(out / "config.json", dataclasses.asdict(cfg))
     run = _make_run(cfg, out, resolve_backbone(cfg.backbone if backbone is None else backbone))
     summary: dict[str, Any] = {"out": str(out), "bc_losses": []}
-    if teacher is not None:
+    if source is not None:
+        run.model = _load_for_resume(run, source)
+        summary["resumed_from"] = {"path": str(source), "timesteps": int(run.model.num_timesteps)}
+    elif teacher is not None:
         summary["bc_losses"] = _warm_start(run, teacher)
     summary["initial_eval"] = run.evaluate(run.model)
     summary.update(_learn(run))
@@ -432,11 +541,13 @@ def _learn(run: _Run) -> dict[str, Any]:
         PeriodicEvalCallback,
         WallClockLimitCallback,
     )
-    from stable_baselines3.common.callbacks import CallbackList, CheckpointCallback
+    from stable_baselines3.common.callbacks import CallbackList
 
     cfg, out, model = run.cfg, run.out, run.model
     evaluator = PeriodicEvalCallback(
-        run.evaluate, max(cfg.eval_every, 1), on_best=lambda m: m.save(str(out / "best.zip"))
+        run.evaluate,
+        max(cfg.eval_every, 1),
+        on_best=lambda m: save_model_atomic(m, out / "best.zip"),
     )
     callbacks: list[Any] = [DecodeStatsCallback(step_cost=cfg.step_cost)]
     if cfg.curriculum:
@@ -450,13 +561,7 @@ def _learn(run: _Run) -> dict[str, Any]:
     if cfg.eval_every:
         callbacks.append(evaluator)
     if cfg.checkpoint_every:
-        callbacks.append(
-            CheckpointCallback(
-                save_freq=max(1, cfg.checkpoint_every // cfg.num_envs),  # counts vector steps
-                save_path=str(out / "checkpoints"),
-                name_prefix=cfg.algo,
-            )
-        )
+        callbacks.append(_atomic_checkpoints(out, cfg.checkpoint_every, cfg.algo))
     limits = []
     if cfg.max_minutes is not None:
         limits.append(WallClockLimitCallback(cfg.max_minutes * 60.0))
@@ -464,15 +569,19 @@ def _learn(run: _Run) -> dict[str, Any]:
         limits.append(WallClockLimitCallback(cfg.max_cpu_minutes * 60.0, cpu=True))
     callbacks += limits
     tick, cpu_tick = time.perf_counter(), time.process_time()
-    model.learn(
-        total_timesteps=cfg.timesteps,
-        callback=CallbackList(callbacks),
-        tb_log_name=cfg.algo.upper(),
-        progress_bar=cfg.progress_bar,
-    )
+    start = int(model.num_timesteps)  # > 0 when resumed
+    if cfg.timesteps > start:
+        model.learn(
+            total_timesteps=cfg.timesteps - start,
+            callback=CallbackList(callbacks),
+            tb_log_name=cfg.algo.upper(),
+            progress_bar=cfg.progress_bar,
+            reset_num_timesteps=start == 0,
+        )
     wall = time.perf_counter() - tick
     cpu = time.process_time() - cpu_tick
-    model.save(str(out / "final.zip"))
+    save_model_atomic(model, out / "final.zip")
+    save_model_atomic(model, out / "last.zip")
     if evaluator.history and evaluator.history[-1]["timesteps"] == model.num_timesteps:
         final = evaluator.history[-1]  # the periodic evaluation just ran at this step
     elif cfg.eval_every:
@@ -483,8 +592,31 @@ def _learn(run: _Run) -> dict[str, Any]:
         "timesteps": int(model.num_timesteps),
         "wall_time_s": wall,
         "cpu_time_s": cpu,
-        "env_steps_per_s": model.num_timesteps / max(wall, 1e-9),
+        "env_steps_per_s": (model.num_timesteps - start) / max(wall, 1e-9),
         "stopped_early": any(limit.stopped_early for limit in limits),
         "final_eval": final,
         "eval_history": evaluator.history,
     }
+
+
+def _atomic_checkpoints(out: Path, every: int, prefix: str) -> Any:
+    """Atomically save ``checkpoints/PREFIX_N_steps.zip`` and ``last.zip`` every ``every`` steps."""
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    class AtomicCheckpoints(BaseCallback):
+        def __init__(self) -> None:
+            super().__init__()
+            self._next = every
+
+        def _on_training_start(self) -> None:
+            self._next = (self.num_timesteps // every + 1) * every
+
+        def _on_step(self) -> bool:
+            if self.num_timesteps >= self._next:
+                path = out / "checkpoints" / f"{prefix}_{self.num_timesteps}_steps.zip"
+                save_model_atomic(self.model, path)
+                save_model_atomic(self.model, out / "last.zip")
+                self._next = (self.num_timesteps // every + 1) * every
+            return True
+
+    return AtomicCheckpoints()

@@ -1,176 +1,278 @@
-"""Supervised controller study: quality vs cost, ablations and on-policy rounds.
+"""Supervised controller study: one controller for all settings vs the heuristics and the oracle.
 
-Usage (embedded backbone, CPU; about 15-25 minutes on 2 cores):
-    python benchmarks/controller_study.py --out runs/controller-study
+Usage (embedded backbone, CPU)::
 
-Prints, for the default setting (G=16, block:4): score and NFE of the sequential reference, the
-tuned heuristics, the oracle and every controller variant (full, no hidden features, no history
-features, no tau, + one on-policy round), the NFE-gap target check, the controller's forward cost
-relative to the backbone's, and collection + training wall time.
+    python benchmarks/controller_study.py --out runs/controller-study            # quick
+    python benchmarks/controller_study.py --out runs/cs --tasks copy sort latin \\
+        --collect-n 384 --eval-n 64 --grid quick --ablations
+
+Steps: round 0 + one relabelled on-policy round over a setting mixture at every task's default G
+(:func:`~commit_env.supervised.rounds.train_controller_rounds`), then on each task's default
+setting: the heuristics, the oracle, round 0 and the final round at a sweep of deployment
+thresholds. Prints the score/NFE table, the M2 NFE-gap closure per task (at matched score: within
+1 point of the cell's best), the AUP per family, the controller forward / backbone forward ratio at
+B=64 and the collection + training wall time. ``--grid quick`` adds the quick cross-setting grid
+(cells outside the training mixture are marked unseen); ``--ablations`` the ablation table with
+paired bootstrap intervals. Everything is written to ``OUT/study.json`` and ``OUT/study.md``.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import torch
+from commit_env.evaluation.controller import (
+    ablation_records,
+    ablation_table,
+    controller_specs,
+)
+from commit_env.evaluation.grid import bench_grid, default_setting, task_gen_length
+from commit_env.evaluation.metrics import aup_table
 from commit_env.evaluation.sweeps import PolicySpec, Setting, heuristic_grid, run_sweep
-from commit_env.supervised.collect import CollectConfig, MixedPolicy, collect_traces
 from commit_env.supervised.inputs import batch_from_state
 from commit_env.supervised.policy import ControllerPolicy
-from commit_env.supervised.train import TrainConfig, train
+from commit_env.supervised.rounds import (
+    RoundsConfig,
+    default_training_mixture,
+    train_ablations,
+    train_controller_rounds,
+)
+from commit_env.supervised.train import TrainConfig
 
 from commit_env.backbones import load_backbone
-from commit_env.decoding import Decoder, FeatureBuilder
-from commit_env.io import write_json_atomic
-from commit_env.policies import make_policy
+from commit_env.decoding import Decoder
+from commit_env.io import write_json_atomic, write_text_atomic
 
-TASKS = ("qa", "math", "code")
-
-
-def controller_spec(label, directory, backbone):
-    policy = ControllerPolicy.from_pretrained(directory, backbone=backbone)
-    return PolicySpec(label, "controller", (("variant", label),), factory=lambda c: policy)
+QUICK_TASKS = ("copy", "sort", "latin")
+MATCH = 0.01  # "matched score": within 1 point of the cell's best
 
 
-def forward_cost(backbone, directory, setting, n=64, repeats=20):
-    """Mean controller forward time / mean backbone forward time on a batch of n states."""
+def forward_cost(backbone, directory, setting, n=64, repeats=10, task="qa"):
+    """Controller scoring time / backbone forward time on a batch of ``n`` live states.
+
+    The controller side is everything :meth:`ControllerPolicy.select` adds per step: building
+    the inputs (features, setting) and the forward with structure features and both heads.
+
+    Returns:
+        ``(ratio, controller seconds, backbone seconds)`` per call (means).
+    """
     from commit_env.evaluate import sample_examples
     from commit_env.tasks import get_task
 
     policy = ControllerPolicy.from_pretrained(directory, backbone=backbone)
     config = policy.decode_config(setting.config())
-    prompts = [e.prompt for e in sample_examples(get_task("qa"), n, 0)]
+    prompts = [e.prompt for e in sample_examples(get_task(task), n, 0)]
     decoder = Decoder(backbone, config)
     state = decoder.start(prompts)
-    builder = FeatureBuilder(policy.meta["feature_groups"], hidden_dim=config.hidden_features)
     canvas, att = state.canvas, state.attention_mask
+    layers = (-1,) if config.hidden_features else None
+
+    def controller():
+        batch = batch_from_state(state, policy._builder)
+        batch.features = batch.features * policy._keep
+        policy.model.forward_all(batch)
+
     with torch.inference_mode():
         for _ in range(3):
-            backbone.forward(canvas, att)
-            policy.model(batch_from_state(state, builder))
+            backbone.forward(canvas, att, hidden_layers=layers)
+            controller()
         t0 = time.perf_counter()
         for _ in range(repeats):
-            backbone.forward(canvas, att, hidden_layers=(-1,))
+            backbone.forward(canvas, att, hidden_layers=layers)
         t_backbone = (time.perf_counter() - t0) / repeats
         t0 = time.perf_counter()
         for _ in range(repeats):
-            policy.model(batch_from_state(state, builder))
+            controller()
         t_controller = (time.perf_counter() - t0) / repeats
     return t_controller / t_backbone, t_controller, t_backbone
 
 
-def train_variants(out, collect, epochs, backbone, collect_n, timings):
-    """Ablation variants on round 0, then one on-policy round (controller mixed with topk)."""
-    base = TrainConfig(traces=(collect.out,), out=str(out / "full"), epochs=epochs, rollout_n=0)
-    variants = {
-        "full": base,
-        "no-hidden": replace(base, out=str(out / "no-hidden"), drop_groups=("hidden",)),
-        "no-history": replace(base, out=str(out / "no-history"), drop_groups=("history",)),
-        "no-tau": replace(base, out=str(out / "no-tau"), use_tau=False),
-    }
-    summaries = {}
-    for name, cfg in variants.items():
-        t0 = time.perf_counter()
-        summaries[name] = train(replace(cfg, progress=False))
-        timings[f"train/{name}"] = time.perf_counter() - t0
-    # one on-policy round: controller mixed with the reference, relabelled by completion
-    t0 = time.perf_counter()
-    learner = ControllerPolicy.from_pretrained(out / "full" / "best", backbone=backbone)
-    round1 = replace(collect, out=str(out / "round1"), n=collect_n // 2, seed=2)
-    collect_traces(
-        round1,
-        backbone=backbone,
-        behaviour=MixedPolicy(learner=learner, reference=make_policy("topk"), beta=0.7),
-        relabel_with_reference=True,
-    )
-    summaries["on-policy"] = train(
-        replace(base, traces=(collect.out, round1.out), out=str(out / "on-policy"), progress=False)
-    )
-    timings["on-policy round"] = time.perf_counter() - t0
-    return summaries
+def quick_heuristics(gen_length: int) -> list[PolicySpec]:
+    """The tuned heuristic families of the bench's quick preset (plus the oracle)."""
+    keep = {"topk(k=1)", "topk(k=2)", "topk(k=4)", "oracle()"}
+    keep |= {f"threshold(threshold={t})" for t in (0.5, 0.7, 0.9, 0.95, 0.99)}
+    keep |= {f"factor(factor={f})" for f in (0.5, 1.0, 2.0, 4.0)}
+    keep |= {f"eb(gamma={g})" for g in (0.1, 0.5, 1.0, 2.0)}
+    keep |= {"klass()"}
+    return [s for s in heuristic_grid(gen_length) if s.label in keep]
 
 
-def print_tables(records, summaries):
-    """Validation metrics per variant and the score/NFE table per task."""
-    for name, s in summaries.items():
-        b = s["best"]
-        print(
-            f"val {name:>10}: auroc {b['auroc']:.3f} ap {b['ap']:.3f} f05 {b['f05']:.3f} "
-            f"(epoch {b['epoch']})"
-        )
-    print("\n| policy | " + " | ".join(f"{t} score | {t} NFE" for t in TASKS) + " |")
-    print("|---|" + "---|---|" * len(TASKS))
-    by = {(r["params_label"], r["task"]): r for r in records}
-    for label in dict.fromkeys(r["params_label"] for r in records):
-        cells = [f"{by[(label, t)]['score']:.3f} | {by[(label, t)]['nfe']:.2f}" for t in TASKS]
-        print(f"| {label} | " + " | ".join(cells) + " |")
+def gap_closure(records: list[dict[str, Any]], task: str) -> dict[str, Any] | None:
+    """M2 at one cell: the NFE gap (best matched heuristic -> oracle) the controller closes."""
+    rows = [r for r in records if r["task"] == task]
+    deployable = [r for r in rows if r["family"] not in ("oracle",)]
+    if not deployable:
+        return None
+    best = max(r["score"] for r in deployable)
+    matched = [r for r in deployable if r["score"] >= best - MATCH - 1e-9]
+    heur = [r for r in matched if not r["family"].startswith("controller")]
+    ctrl = [r for r in matched if r["family"] == "controller"]
+    oracle = next((r for r in rows if r["family"] == "oracle"), None)
+    out: dict[str, Any] = {"task": task, "best_score": best}
+    h = min(heur, key=lambda r: r["nfe"]) if heur else None
+    c = min(ctrl, key=lambda r: r["nfe"]) if ctrl else None
+    out["heuristic"] = None if h is None else (h["params_label"], h["score"], h["nfe"])
+    out["controller"] = None if c is None else (c["params_label"], c["score"], c["nfe"])
+    out["oracle"] = None if oracle is None else (oracle["score"], oracle["nfe"])
+    if h is not None and c is not None and oracle is not None and h["nfe"] > oracle["nfe"]:
+        out["closed"] = (h["nfe"] - c["nfe"]) / (h["nfe"] - oracle["nfe"])
+    else:
+        out["closed"] = None  # no matched controller point, or no gap to close
+    return out
 
 
-def print_gap(records, variants):
-    """How much of the best heuristic's NFE gap to the oracle each controller closes."""
-    by = {(r["params_label"], r["task"]): r for r in records}
-    print("\nNFE-gap target (score >= sequential - 0.01):")
-    for t in TASKS:
-        seq = by[("topk(k=1)", t)]["score"]
-        heur = [
-            r
-            for r in records
-            if r["task"] == t
-            and r["policy"] not in ("controller", "oracle")
-            and r["score"] >= seq - 0.01
-        ]
-        best = min(heur, key=lambda r: r["nfe"]) if heur else None
-        if best is None:
-            continue
-        oracle = by[("oracle()", t)]
-        for name in variants:
-            c = by[(f"controller(variant={name})", t)]
-            ok_score = c["score"] >= seq - 0.01
-            gap = best["nfe"] - oracle["nfe"]
-            closed = (best["nfe"] - c["nfe"]) / gap if gap > 0 else float("nan")
-            print(
-                f"  {t:>5} {name:>10}: score {c['score']:.3f} (seq {seq:.3f}, ok={ok_score}) "
-                f"NFE {c['nfe']:.2f}; best heuristic {best['params_label']} {best['nfe']:.2f}; "
-                f"oracle {oracle['nfe']:.2f}; gap closed {closed:.2f}"
-            )
+def table(records: list[dict[str, Any]], tasks: list[str]) -> str:
+    """Score / NFE per policy (rows) and task (columns) at each task's default setting."""
+    by = {(r["params_label"], r["family"], r["task"]): r for r in records}
+    labels = list(dict.fromkeys((r["params_label"], r["family"]) for r in records))
+    lines = ["| family | policy | " + " | ".join(f"{t} score / NFE" for t in tasks) + " |"]
+    lines.append("|---|---|" + "---|" * len(tasks))
+    for label, family in labels:
+        cells = []
+        for t in tasks:
+            r = by.get((label, family, t))
+            cells.append("-" if r is None else f"{r['score']:.3f} / {r['nfe']:.2f}")
+        lines.append(f"| {family} | {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
-def main():
+def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/controller-study")
-    parser.add_argument("--collect-n", type=int, default=768)
-    parser.add_argument("--eval-n", type=int, default=100)
-    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--tasks", nargs="+", default=list(QUICK_TASKS))
+    parser.add_argument("--collect-n", type=int, default=256)
+    parser.add_argument("--on-policy-n", type=int, default=None)
+    parser.add_argument("--eval-n", type=int, default=64)
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--grid", choices=("none", "quick", "full"), default="none")
+    parser.add_argument("--ablations", action="store_true")
+    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     out = Path(args.out)
     backbone = load_backbone("tiny")
-    setting = Setting(16, "block:4", None)
-    timings = {}
-    t0 = time.perf_counter()
-    collect = CollectConfig(out=str(out / "round0"), n=args.collect_n, seed=1)
-    info = collect_traces(collect, backbone=backbone)
-    timings["collect"] = time.perf_counter() - t0
-    summaries = train_variants(out, collect, args.epochs, backbone, args.collect_n, timings)
-    specs = [s for s in heuristic_grid(16) if s.name != "prophet"]
-    specs += [controller_spec(name, out / name / "best", backbone) for name in summaries]
-    records = run_sweep(backbone, TASKS, specs, [setting], n=args.eval_n, seed=0)
-    write_json_atomic(out / "records.json", records)
-    print(
-        f"\ncollection: {info['steps']} states from {info['traces']} traces, "
-        f"{info['bytes_per_position_step']:.1f} bytes per position-step on disk"
+    tasks = list(args.tasks)
+    lengths = sorted({task_gen_length(t) for t in tasks})
+    mixture: list[Setting] = []
+    for g in lengths:
+        mixture += [s for s in default_training_mixture(g) if s not in mixture]
+    cfg = RoundsConfig(
+        out=str(out / "controller"),
+        tasks=tuple(tasks),
+        settings=tuple(mixture),
+        n=args.collect_n,
+        on_policy_n=args.on_policy_n or max(1, args.collect_n // 2),
+        train=TrainConfig(epochs=args.epochs, rollout_n=0),
+        seed=args.seed,
     )
-    print("timings (s):", {k: round(v, 1) for k, v in timings.items()})
-    print_tables(records, summaries)
-    print_gap(records, list(summaries))
-    ratio, tc, tb = forward_cost(backbone, out / "full" / "best", setting)
-    print(
-        f"\ncontroller forward {tc * 1e3:.2f} ms vs backbone {tb * 1e3:.2f} ms at B=64: "
+    rounds = train_controller_rounds(cfg, backbone=backbone)
+    report: dict[str, Any] = {"rounds": rounds.rounds, "collect_train_seconds": rounds.seconds}
+    md = [f"# Controller study ({', '.join(tasks)})", ""]
+    md.append(
+        "collection + training (both rounds): "
+        + ", ".join(
+            f"round {r['round']}: collect {r['collect_seconds']:.0f} s, train "
+            f"{r['train_seconds']:.0f} s ({r['collect']['steps']} states)"
+            for r in rounds.rounds
+        )
+        + f"; total {rounds.seconds:.0f} s"
+    )
+    ratio, tc, tb = forward_cost(backbone, rounds.final, default_setting(lengths[0]), task=tasks[0])
+    report["forward_cost"] = {"ratio": ratio, "controller_s": tc, "backbone_s": tb}
+    md.append(
+        f"controller scoring {tc * 1e3:.2f} ms vs backbone forward {tb * 1e3:.2f} ms at B=64: "
         f"ratio {ratio:.3f} (target <= 0.15)"
     )
+    records: list[dict[str, Any]] = []
+    round0 = controller_specs(
+        rounds.checkpoints[0],
+        backbone,
+        thresholds=None,
+        family="controller-round0",
+        extra_params=(("round", 0),),
+    )
+    curve = controller_specs(rounds.final, backbone)
+    for t in tasks:
+        setting = default_setting(task_gen_length(t))
+        specs = quick_heuristics(setting.gen_length) + round0 + curve
+        records += run_sweep(backbone, [t], specs, [setting], n=args.eval_n, seed=args.seed)
+    report["default_records"] = records
+    md += ["", "## Default setting (full window, no budget)", "", table(records, tasks), ""]
+    gaps = [g for g in (gap_closure(records, t) for t in tasks) if g is not None]
+    report["gaps"] = gaps
+    md += ["## M2: NFE gap closed at matched score (within 1 point of the cell's best)", ""]
+    md += ["| task | best score | best matched heuristic | controller | oracle | closed |"]
+    md += ["|---|---|---|---|---|---|"]
+    for g in gaps:
+
+        def f(x):
+            return (
+                "-"
+                if x is None
+                else " / ".join(f"{v:.3g}" if isinstance(v, float) else str(v) for v in x)
+            )
+
+        closed = "-" if g["closed"] is None else f"{g['closed']:.2f}"
+        md.append(
+            f"| {g['task']} | {g['best_score']:.3f} | {f(g['heuristic'])} | "
+            f"{f(g['controller'])} | {f(g['oracle'])} | {closed} |"
+        )
+    aups = aup_table(records)
+    report["aup"] = aups
+    md += ["", "## AUP per family (default setting)", ""]
+    fams = list(dict.fromkeys(r["family"] for r in aups))
+    md += ["| family | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
+    by = {(r["family"], r["task"]): r["aup"] for r in aups}
+    for fam in fams:
+        md.append(f"| {fam} | " + " | ".join(f"{by.get((fam, t), 0.0):.3f}" for t in tasks) + " |")
+    winners = {t: max(fams, key=lambda fam: by.get((fam, t), -1.0)) for t in tasks}
+    md += ["", "highest AUP per task: " + ", ".join(f"{t}: {w}" for t, w in winners.items())]
+    if args.grid != "none":
+        trained = set(mixture)
+        grid_records = []
+        for t, settings in bench_grid(tasks, args.grid).items():
+            h = [s for s in quick_heuristics(task_gen_length(t)) if s.name != "oracle"]
+            learned = [s for s in curve if s.params == curve[len(curve) // 2].params]
+            grid_records += run_sweep(backbone, [t], h + learned, settings, n=args.eval_n)
+        report["grid_records"] = grid_records
+        md += ["", "## Grid (controller at one threshold vs the heuristics)", ""]
+        md += ["| task | setting | seen in training | best heuristic score / NFE | controller |"]
+        md += ["|---|---|---|---|---|"]
+        cells = {}
+        for r in grid_records:
+            cells.setdefault(
+                (r["task"], r["gen_length"], r["window"], r["step_budget"]), []
+            ).append(r)
+        for (t, g, w, b), rows in cells.items():
+            seen = Setting(g, w, b) in trained
+            heur = [r for r in rows if r["family"] != "controller"]
+            best = max(heur, key=lambda r: (r["score"], -r["nfe"]))
+            c = next((r for r in rows if r["family"] == "controller"), None)
+            cs = "-" if c is None else f"{c['score']:.3f} / {c['nfe']:.2f}"
+            md.append(
+                f"| {t} | G={g} {w} S={b or '-'} | {seen} | {best['score']:.3f} / "
+                f"{best['nfe']:.2f} ({best['params_label']}) | {cs} |"
+            )
+    if args.ablations:
+        variants = {"full": rounds.final, **train_ablations(rounds, cfg, backbone=backbone)}
+        abl = []
+        for t in tasks:
+            abl += ablation_records(
+                backbone,
+                [t],
+                variants,
+                [default_setting(task_gen_length(t))],
+                n=args.eval_n,
+                seed=args.seed,
+            )
+        report["ablations"] = abl
+        md += ["", "## Ablations (paired 95% bootstrap intervals vs the full controller)", ""]
+        md.append(ablation_table(abl))
+    write_json_atomic(out / "study.json", report)
+    write_text_atomic(out / "study.md", "\n".join(md) + "\n")
+    print("\n".join(md))
 
 
 if __name__ == "__main__":

@@ -110,7 +110,13 @@ class PolicyEval:
     examples: list[Example] = field(repr=False)
 
     def summary(self, *, seed: int = 0) -> dict[str, Any]:
-        """Mean score with its 95% bootstrap interval, plus the decode accounting means."""
+        """Mean score with its 95% bootstrap interval, plus the decode accounting means.
+
+        The accounting includes ``forward_tokens`` (real tokens the forwards computed),
+        ``forward_tokens_saved`` (what a KV cache saved against uncached forwards of the same
+        NFE), ``kv_refreshes`` and the ``kv_cache`` mode, so cached and uncached runs compare on
+        NFE and on tokens processed.
+        """
         low, high = bootstrap_ci(self.scores, seed=seed)
         out: dict[str, Any] = {
             "score": float(self.scores.mean()),
@@ -119,6 +125,7 @@ class PolicyEval:
             "n": int(self.scores.size),
         }
         out.update(self.result.summary())
+        out["kv_cache"] = self.result.config.kv_cache
         out["device"] = self.result.device
         return out
 

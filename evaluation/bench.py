@@ -8,7 +8,12 @@ training under ``OUT/``.
 Usage (embedded backbone, CPU, offline)::
 
     commit-env bench --quick --out bench-out      # <= 10 minutes on a 2-core CPU
-    commit-env bench --full --out bench-out-full  # the grid of 3 x 3 x 3 settings, more examples
+    commit-env bench --full --out bench-out-full  # every testbed family over the full grid
+
+Each task runs at its own default generation length, over the grid of
+:mod:`commit_env.evaluation.grid` (default G and 2G; windows block:8, sliding:16, full; budgets
+none, G/4, G/8). The default tasks are :data:`QUICK_TASKS`; the testbed families preview with
+``--backbone tiny-testbed --tasks sort,insert:any,remove:any``.
 
 On a real model (GPU when present)::
 
@@ -16,7 +21,10 @@ On a real model (GPU when present)::
         --task gsm8k --gen-length 256 --window block:32 --dtype bfloat16 --batch-size 16
 
 An interrupted bench resumes: result records are appended atomically to ``OUT/results.jsonl``
-and finished trainings are reused.
+and finished trainings are reused. ``OUT`` is locked while a bench runs (a second one into it
+fails naming the first one's pid), and ``OUT/run_key.json`` records every setting that changes a
+result (n, seed, backbone, tasks, settings and grid, training sizes): a resume with other
+settings is refused, or with ``force`` (``--force``) starts over, discarding the old results.
 """
 
 from __future__ import annotations
@@ -30,19 +38,25 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from commit_env.evaluation.distributed import LocalExecutor
+from commit_env.evaluation.grid import GridSpec, default_setting, grid_settings, task_gen_length
 from commit_env.evaluation.io import append_jsonl_atomic, read_jsonl, write_json_atomic
-from commit_env.evaluation.sweeps import PolicySpec, Setting, heuristic_grid, record_key, run_sweep
+from commit_env.evaluation.sweeps import PolicySpec, Setting, heuristic_grid, record_key
 
 from commit_env.backbones.base import Backbone
 from commit_env.backbones.spec import BackboneSpec
-from commit_env.decoding import TRAINING_SETTING, DecodeConfig, DecodeSetting, decode
-from commit_env.decoding.config import validate_setting
+from commit_env.decoding import DecodeConfig, DecodeSetting, decode
+from commit_env.errors import ResumeMismatch
 from commit_env.evaluate import sample_examples
 from commit_env.io import write_text_atomic
 from commit_env.policies import CommitPolicy, make_policy
+from commit_env.rundir import RunLock, check_run_key
 from commit_env.tasks import get_task
+from commit_env.tasks.registry import EMBEDDED_TASKS
 
 __all__ = [
+    "QUICK_TASKS",
+    "TESTBED_PREVIEW_TASKS",
     "BenchConfig",
     "LearnedPolicies",
     "controller_stage",
@@ -55,6 +69,17 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+# The bench's families. The testbed families (commit_env.tasks.registry.TESTBED_TASKS) become the
+# default once an embedded checkpoint meets their quality bar; until then the default backbone
+# ("tiny") runs the families it was trained on, and `--backbone tiny-testbed --tasks ...` previews
+# the testbed (see README, Backbones).
+QUICK_TASKS: tuple[str, ...] = EMBEDDED_TASKS
+# The testbed families on which the preview checkpoint shows headroom (README, Backbones).
+TESTBED_PREVIEW_TASKS: tuple[str, ...] = ("sort", "insert:any", "remove:any")
+
+# The learned policies' training setting: the default families' G with a full window.
+BENCH_TRAINING_SETTING = DecodeSetting(gen_length=16, window="full")
 
 
 @dataclass(frozen=True)
@@ -69,9 +94,11 @@ class BenchConfig:
         device: Device (None = CUDA if available).
         dtype: Backbone dtype.
         trust_remote_code: For remote-code checkpoints.
-        tasks: Tasks evaluated.
-        setting: The default setting (the one the controller and PPO are trained on; its
-            step budget is unlimited).
+        tasks: Tasks evaluated (default: :data:`QUICK_TASKS`).
+        window: Window of every task's default setting (a window that does not fit a task's
+            G falls back to ``full``).
+        gen_length: G of every task's default setting (None: each task's own default G).
+        setting: The setting the controller and PPO are trained on.
         n: Examples per task and setting.
         seed: Seed of every example draw.
         batch_size: Rows per engine batch.
@@ -79,9 +106,8 @@ class BenchConfig:
         controller_epochs: Controller training epochs.
         ppo_timesteps: PPO environment steps on the first task, warm-started by cloning the
             threshold rule (0 = skip the PPO run).
-        grid_gen_lengths: Generation lengths of the cross-setting grid.
-        grid_windows: Window widths of the grid (``block:B`` etc.).
-        grid_budget_fractions: Step budgets of the grid as fractions of G (1.0 = unlimited).
+        grid: The cross-setting grid: ``"quick"``, ``"full"`` or an explicit
+            :data:`commit_env.evaluation.grid.GridSpec`, applied to each task's default G.
         progress: Progress bars.
     """
 
@@ -92,17 +118,17 @@ class BenchConfig:
     device: str | None = None
     dtype: str | None = None
     trust_remote_code: bool = False
-    tasks: tuple[str, ...] = ("qa", "math", "code")
-    setting: DecodeSetting = TRAINING_SETTING
+    tasks: tuple[str, ...] = QUICK_TASKS
+    window: str = "full"
+    gen_length: int | None = None
+    setting: DecodeSetting = BENCH_TRAINING_SETTING
     n: int = 64
     seed: int = 0
     batch_size: int = 128
     collect_n: int = 768
     controller_epochs: int = 6
     ppo_timesteps: int = 8192
-    grid_gen_lengths: tuple[int, ...] = (16,)
-    grid_windows: tuple[str, ...] = ("block:4", "full")
-    grid_budget_fractions: tuple[float, ...] = (1.0, 0.5)
+    grid: str | GridSpec = "quick"
     progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -129,9 +155,7 @@ class BenchConfig:
                 collect_n=1536,
                 ppo_timesteps=30_000,
                 controller_epochs=8,
-                grid_gen_lengths=(12, 16, 24),
-                grid_windows=("block:4", "sliding:8", "full"),
-                grid_budget_fractions=(1.0, 0.5, 0.25),
+                grid="full",
             )
         else:
             raise ValueError(f"unknown bench mode {mode!r}; expected 'quick' or 'full'")
@@ -142,19 +166,13 @@ class BenchConfig:
         """The backbone with every loader option (what each stage loads or records)."""
         return BackboneSpec.of(self)
 
-    def settings(self) -> list[Setting]:
-        """The cross-setting grid (combinations :func:`validate_setting` rejects are skipped)."""
-        out = []
-        for g in self.grid_gen_lengths:
-            for w in self.grid_windows:
-                try:
-                    validate_setting(g, w)
-                except ValueError:
-                    continue  # e.g. a block width that does not divide G
-                for frac in self.grid_budget_fractions:
-                    budget = None if frac >= 1.0 else max(1, int(round(g * frac)))
-                    out.append(Setting(g, w, budget))
-        return out
+    def default_for(self, task: str) -> Setting:
+        """A task's default setting: its default G (or ``gen_length``), ``window``, no budget."""
+        return default_setting(self.gen_length or task_gen_length(task), self.window)
+
+    def settings(self, task: str) -> list[Setting]:
+        """A task's cross-setting grid (:func:`commit_env.evaluation.grid.grid_settings`)."""
+        return grid_settings(self.default_for(task).gen_length, self.grid)
 
 
 def _quick_heuristics(gen_length: int) -> list[PolicySpec]:
@@ -170,6 +188,8 @@ def _quick_heuristics(gen_length: int) -> list[PolicySpec]:
         "eb(gamma=1.0)",
         "klass()",
         "prophet()",
+        "wino()",
+        "freedave()",
         "oracle()",
     }
     return [s for s in heuristic_grid(gen_length) if s.label in keep]
@@ -219,23 +239,32 @@ class _Bench:
     results_path: Path
     done: set[tuple[Any, ...]]
     timings: dict[str, float] = field(default_factory=dict)
+    executor: Any = None  # where sweeps and collection run (None: this process)
 
     @property
-    def default(self) -> Setting:
-        """The default setting with an unlimited budget."""
-        return Setting(self.cfg.setting.gen_length, self.cfg.setting.window, None)
+    def defaults(self) -> dict[str, Setting]:
+        """Every task's default setting (its own G, the bench window, no budget)."""
+        return {t: self.cfg.default_for(t) for t in self.cfg.tasks}
 
-    def sweep(self, specs: Sequence[PolicySpec], settings: Sequence[Setting]) -> None:
-        """Evaluate ``specs`` on ``settings``, appending new records (skipping finished ones)."""
+    def sweep(
+        self,
+        specs: Sequence[PolicySpec],
+        settings: Sequence[Setting],
+        tasks: Sequence[str] | None = None,
+    ) -> None:
+        """Evaluate ``specs`` on ``settings`` of ``tasks`` (default: all), appending new records.
+
+        Finished records (by :func:`record_key`) are skipped.
+        """
 
         def on_record(record: dict[str, Any]) -> None:
-            append_jsonl_atomic(self.results_path, record)
+            append_jsonl_atomic(self.results_path, record, key=record_key)
             self.done.add(record_key(record))
 
         cfg = self.cfg
-        run_sweep(
-            self.backbone,
-            cfg.tasks,
+        executor = self.executor or LocalExecutor(self.backbone)
+        executor.sweep(
+            cfg.tasks if tasks is None else tasks,
             specs,
             settings,
             n=cfg.n,
@@ -265,7 +294,7 @@ class LearnedPolicies:
         return [self.controller] + ([self.ppo] if self.ppo is not None else [])
 
 
-def run_bench(cfg: BenchConfig) -> dict[str, Any]:
+def run_bench(cfg: BenchConfig, executor: Any = None, *, force: bool = False) -> dict[str, Any]:
     """Run the whole pipeline; see the module docstring.
 
     Stages: :func:`heuristics_stage`, :func:`controller_stage`, :func:`ppo_stage`,
@@ -273,12 +302,26 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
 
     Args:
         cfg: Bench settings.
+        executor: Runs the sweeps and the trace collection (a
+            :class:`~commit_env.evaluation.distributed.RayExecutor`); ``None``: this process.
+        force: Start over in an ``out`` written with other settings (its results are deleted)
+            instead of refusing.
 
     Returns:
         Summary with output paths and timings.
+
+    Raises:
+        RunDirLocked: If another process is writing ``cfg.out``.
+        ResumeMismatch: If ``cfg.out`` holds results of other settings and ``force`` is false.
     """
+    with RunLock(cfg.out):
+        return _run_bench(cfg, executor, force)
+
+
+def _run_bench(cfg: BenchConfig, executor: Any, force: bool) -> dict[str, Any]:
     t0 = time.perf_counter()
-    bench = _open_bench(cfg)
+    bench = _open_bench(cfg, force)
+    bench.executor = executor
 
     def timed(name: str, stage: Any, *args: Any) -> Any:
         tick = time.perf_counter()
@@ -296,13 +339,53 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     return report_stage(bench, learned, traces, t0)
 
 
-def _open_bench(cfg: BenchConfig) -> _Bench:
+def bench_key(cfg: BenchConfig) -> dict[str, Any]:
+    """Every setting of ``cfg`` that changes a result (what ``OUT/run_key.json`` records)."""
+    spec = dataclasses.asdict(cfg.backbone_spec)
+    spec.pop("device", None)  # where it runs does not change what it computes
+    skip = {"out", "device", "batch_size", "progress", "backbone", "kind", "dtype"}
+    skip |= {"trust_remote_code"}
+    key = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in skip}
+    return {**key, "backbone": spec}
+
+
+_RESULTS = ("results.jsonl", "results.json", "report.md", "summary.json", "traces.json")
+
+
+def _check_resume(cfg: BenchConfig, out: Path, force: bool) -> None:
+    """Refuse (or with ``force`` clear) an ``out`` whose results come from other settings."""
+    import shutil
+
+    had_key = (out / "run_key.json").is_file()
+    runs = (
+        set()
+        if had_key
+        else {(r.get("n"), r.get("seed")) for r in read_jsonl(out / "results.jsonl")}
+    )
+    legacy_mismatch = bool(runs - {(cfg.n, cfg.seed)})  # a bench from before run keys
+    if legacy_mismatch and not force:
+        raise ResumeMismatch(
+            f"{out} holds results of other settings ((n, seed) in {sorted(runs, key=str)}), "
+            f"this run asks n={cfg.n}, seed={cfg.seed}; use another --out, or --force"
+        )
+    if check_run_key(out, bench_key(cfg), force=force, what="bench") or not (
+        had_key or legacy_mismatch
+    ):
+        return
+    for name in _RESULTS:  # a new key: results of other settings must not be reused
+        (out / name).unlink(missing_ok=True)
+    for name in ("controller", "ppo", "traces"):
+        shutil.rmtree(out / name, ignore_errors=True)
+
+
+def _open_bench(cfg: BenchConfig, force: bool = False) -> _Bench:
     """Output directory, config record, task check, backbone, and the records so far."""
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "bench_config.json", dataclasses.asdict(cfg))
     for t in cfg.tasks:
         get_task(t)  # fail fast on unknown names
+    _check_resume(cfg, out, force)
+    write_json_atomic(out / "bench_config.json", dataclasses.asdict(cfg))
     backbone = cfg.backbone_spec.load()
     results_path = out / "results.jsonl"
     done = {record_key(r) for r in read_jsonl(results_path)}
@@ -310,21 +393,71 @@ def _open_bench(cfg: BenchConfig) -> _Bench:
 
 
 def heuristics_stage(bench: _Bench) -> None:
-    """Stage 1: heuristic sweeps and the oracle on the default setting."""
-    G = bench.cfg.setting.gen_length
-    specs = heuristic_grid(G) if bench.cfg.mode == "full" else _quick_heuristics(G)
-    bench.sweep(specs, [bench.default])
+    """Stage 1: heuristic sweeps and the oracle on each task's default setting."""
+    for task, default in bench.defaults.items():
+        G = default.gen_length
+        specs = heuristic_grid(G) if bench.cfg.mode == "full" else _quick_heuristics(G)
+        bench.sweep(specs, [default], tasks=[task])
 
 
 def controller_stage(bench: _Bench) -> PolicySpec:
-    """Stage 2: traces, the supervised controller (reused when trained), its policy spec."""
-    directory = _train_controller(bench.cfg, bench.backbone, bench.out)
-    return PolicySpec(
-        "controller",
-        "controller",
-        (("threshold", "learned"),),
-        factory=_controller_factory(directory, bench.backbone),
+    """Stage 2: the supervised controller, round 0 and on-policy rounds, reused when trained.
+
+    One controller is trained over a mixture of settings (``default_training_mixture`` of every
+    task's default G). Both rounds are measured on the default setting: round 0 at its learned
+    threshold (family ``controller-round0``), the final round at a sweep of deployment
+    thresholds (family ``controller``: its curve and AUP). ``--full`` adds the ablations
+    (``OUT/controller/ablations.jsonl`` and ``ablations.md``, paired bootstrap intervals).
+    ``cfg.extra["controller_on_policy_rounds"]`` (default 1) sets the number of on-policy rounds.
+
+    Returns:
+        The final round at its learned threshold (evaluated on the whole grid).
+    """
+    from commit_env.evaluation.controller import (
+        ablation_records,
+        ablation_table,
+        controller_specs,
+        learned_threshold,
     )
+    from commit_env.supervised.rounds import train_ablations, train_controller_rounds
+
+    cfg, bb = bench.cfg, bench.backbone
+    rounds_cfg = _rounds_config(cfg, bench.out)
+    # round 0 is collected through bench.executor (Ray or local); on-policy rounds collect locally
+    rounds = train_controller_rounds(rounds_cfg, backbone=bb, executor=bench.executor)
+    write_json_atomic(bench.out / "controller" / "rounds.json", rounds.rounds)
+    bench.timings["controller_collect_train"] = rounds.seconds
+    round0 = controller_specs(
+        rounds.checkpoints[0],
+        bb,
+        thresholds=None,
+        family="controller-round0",
+        extra_params=(("round", 0),),
+    )
+    curve = controller_specs(rounds.final, bb)
+    for task, default in bench.defaults.items():
+        bench.sweep(round0 + curve, [default], tasks=[task])
+    if cfg.mode == "full":
+        variants = {"full": rounds.final, **train_ablations(rounds, rounds_cfg, backbone=bb)}
+        path = bench.out / "controller" / "ablations.jsonl"
+        done = {record_key(r) for r in read_jsonl(path)}
+        for task, default in bench.defaults.items():
+            ablation_records(
+                bb,
+                [task],
+                variants,
+                [default],
+                n=cfg.n,
+                seed=cfg.seed,
+                batch_size=cfg.batch_size,
+                done=done,
+                on_record=lambda r: append_jsonl_atomic(path, r),
+                progress=cfg.progress,
+            )
+        table = ablation_table(read_jsonl(path))
+        write_text_atomic(bench.out / "controller" / "ablations.md", table + "\n")
+    tau = learned_threshold(rounds.final)
+    return next(s for s in curve if dict(s.params)["threshold"] == tau)
 
 
 def ppo_stage(bench: _Bench) -> PolicySpec:
@@ -338,30 +471,25 @@ def ppo_stage(bench: _Bench) -> PolicySpec:
 
 
 def grid_stage(bench: _Bench, learned: LearnedPolicies) -> None:
-    """Stage 4: every policy over the grid of settings, and the learned ones on the default."""
-    G = bench.cfg.setting.gen_length
-    grid_heuristics = [s for s in _quick_heuristics(G) if s.name != "prophet"]
-    for setting in bench.cfg.settings():
-        specs = [
-            s
-            if s.label != f"topk(k={G})"
-            else PolicySpec("all-at-once", "topk", (("k", setting.gen_length),))
-            for s in grid_heuristics
-        ]
-        bench.sweep(specs + learned.specs, [setting])
-    bench.sweep(learned.specs, [bench.default])  # for the Pareto picture
+    """Stage 4: every policy over each task's grid, and the learned ones on the defaults."""
+    for task, default in bench.defaults.items():
+        bench.sweep(learned.specs, [default], tasks=[task])  # for the Pareto picture
+        for setting in bench.cfg.settings(task):
+            G = setting.gen_length
+            specs = [s for s in _quick_heuristics(G) if s.name != "prophet"]
+            bench.sweep(specs + learned.specs, [setting], tasks=[task])
 
 
 def traces_stage(bench: _Bench, learned: LearnedPolicies) -> list[dict[str, Any]]:
     """Stage 5: per-step stability data of three policies (``traces.json``, ``traces.png``)."""
-    default = bench.default
+    cfg = bench.cfg
+    default = cfg.default_for(cfg.tasks[0])
     assert learned.controller.factory is not None
     specs: list[tuple[str, CommitPolicy]] = [
         ("sequential", make_policy("topk")),
         ("threshold 0.9", make_policy("threshold", threshold=0.9)),
         ("controller", learned.controller.factory(default.config())),
     ]
-    cfg = bench.cfg
     traces = _trace_records(bench.backbone, cfg.tasks[0], specs, default.config(), 2, cfg.seed)
     write_json_atomic(bench.out / "traces.json", traces)
     return traces
@@ -371,20 +499,23 @@ def report_stage(
     bench: _Bench, learned: LearnedPolicies, traces: list[dict[str, Any]], t0: float
 ) -> dict[str, Any]:
     """Stage 6: ``results.json``, ``report.md``, the figures and ``summary.json``."""
-    from commit_env.evaluation import plots, reports
+    from commit_env.evaluation import metrics, plots, reports
 
     cfg, out = bench.cfg, bench.out
-    G, window = cfg.setting.gen_length, cfg.setting.window
+    defaults = bench.defaults
     records = read_jsonl(bench.results_path)
     write_json_atomic(out / "results.json", records)
     families = [s.family for s in learned.specs]
-    cells = reports.cross_setting_cells(records, learned_families=families)
-    default_records = [
-        r
-        for r in records
-        if r["window"] == window and r["gen_length"] == G and r["step_budget"] is None
+    trained = {family: [(cfg.setting.gen_length, cfg.setting.window)] for family in families}
+    # the controller is trained on a setting mixture, not on cfg.setting alone
+    trained["controller"] = [
+        (s.gen_length, s.window, s.step_budget) for s in _rounds_config(cfg, out).mixture
     ]
-    plots.pareto_plot(default_records, out / "pareto.png")
+    cells = reports.cross_setting_cells(
+        records, learned_families=families, trained_settings=trained, default=defaults
+    )
+    base = reports.default_records(records, defaults)
+    plots.pareto_plot(base, out / "pareto.png", aup=metrics.aup_table(base))
     plots.cross_setting_plot([c for c in cells if c["task"] == "mean"], out / "cross_setting.png")
     plots.trace_plot(traces, out / "traces.png")
     bench.timings["total"] = time.perf_counter() - t0
@@ -393,7 +524,7 @@ def report_stage(
         cells,
         cfg=dataclasses.asdict(cfg),
         timings=bench.timings,
-        default=(G, window),
+        default=defaults,
     )
     write_text_atomic(out / "report.md", report)
     summary = {
@@ -406,48 +537,32 @@ def report_stage(
     return summary
 
 
-def _train_controller(cfg: BenchConfig, backbone: Backbone, out: Path) -> Path:
-    from commit_env.supervised.collect import CollectConfig, collect_traces
-    from commit_env.supervised.train import TrainConfig, train
+def _rounds_config(cfg: BenchConfig, out: Path) -> Any:
+    """The controller's rounds for this bench: a setting mixture at every task's default G.
 
-    controller_dir = out / "controller"
-    if (controller_dir / "summary.json").is_file():
-        logger.info("reusing trained controller in %s", controller_dir)
-        return controller_dir / "best"
-    collect = CollectConfig(
-        out=str(out / "traces" / "round0"),
+    Each task's default setting (:meth:`BenchConfig.default_for`) is part of the mixture.
+    """
+    from commit_env.supervised.rounds import RoundsConfig, default_training_mixture
+    from commit_env.supervised.train import TrainConfig
+
+    mixture: list[DecodeSetting] = []
+    for g in sorted({cfg.default_for(t).gen_length for t in cfg.tasks}):
+        mixture += [s for s in default_training_mixture(g) if s not in mixture]
+    mixture += [d for d in dict.fromkeys(cfg.default_for(t) for t in cfg.tasks) if d not in mixture]
+    return RoundsConfig(
+        out=str(out / "controller"),
         backbone=cfg.backbone_spec,
+        tasks=cfg.tasks,
+        settings=tuple(mixture),
         n=cfg.collect_n,
-        seed=cfg.seed + 1,
-        setting=cfg.setting,
+        on_policy_n=max(1, cfg.collect_n // 2),
+        on_policy_rounds=int(cfg.extra.get("controller_on_policy_rounds", 1)),
+        train=TrainConfig(epochs=cfg.controller_epochs, rollout_n=0),
+        seed=cfg.seed,
         batch_size=cfg.batch_size,
         device=cfg.device,
+        progress=cfg.progress,
     )
-    collect_traces(collect, backbone=backbone, progress=cfg.progress)
-    train(
-        TrainConfig(
-            traces=(collect.out,),
-            out=str(controller_dir),
-            epochs=cfg.controller_epochs,
-            rollout_n=0,
-            seed=cfg.seed,
-            device=cfg.device,
-            progress=cfg.progress,
-        ),
-        backbone=backbone,
-    )
-    return controller_dir / "best"
-
-
-def _controller_factory(directory: Path, backbone: Backbone) -> Any:
-    from commit_env.supervised.policy import ControllerPolicy
-
-    policy = ControllerPolicy.from_pretrained(directory, backbone=backbone)
-
-    def build(config: DecodeConfig) -> Any:
-        return policy
-
-    return build
 
 
 def _train_ppo(cfg: BenchConfig, out: Path, backbone: Backbone, teacher: Any) -> PolicySpec:

@@ -28,6 +28,10 @@ __all__ = [
     "heuristic_grid",
     "run_sweep",
     "record_key",
+    "sweep_jobs",
+    "base_record",
+    "policy_for_job",
+    "finish_record",
     "markdown_table",
     "paired_difference",
 ]
@@ -95,6 +99,15 @@ def heuristic_grid(gen_length: int) -> list[PolicySpec]:
         PolicySpec("prophet", "prophet", ()),
         PolicySpec("prophet", "prophet", (("high", 5.0), ("mid", 3.0), ("low", 1.5))),
     ]
+    specs += [  # revocable and draft-and-verify (issue 15)
+        PolicySpec("wino", "wino", ()),
+        PolicySpec("wino", "wino", (("draft_threshold", 0.4), ("verify_threshold", 0.7))),
+        PolicySpec("wino", "wino", (("draft_threshold", 0.8), ("verify_threshold", 0.95))),
+        PolicySpec("remdm", "remdm", ()),
+        PolicySpec("remdm", "remdm", (("schedule", "conf"),)),
+        PolicySpec("freedave", "freedave", ()),
+        PolicySpec("freedave", "freedave", (("draft_steps", 8),)),
+    ]
     specs.append(PolicySpec("oracle", "oracle", ()))
     return specs
 
@@ -147,49 +160,98 @@ def run_sweep(
     from tqdm.auto import tqdm
 
     examples: dict[str, list[Example]] = {t: sample_examples(get_task(t), n, seed) for t in tasks}
-    jobs = [(t, s, p) for t in tasks for s in settings for p in policies]
+    jobs = sweep_jobs(tasks, policies, settings)
     records = []
-    refs: dict[tuple[str, Setting], Any] = {}
+    refs: dict[Any, Any] = {}
     for task_name, setting, spec in tqdm(jobs, desc="sweep", unit="run", disable=not progress):
-        base = {
-            "task": task_name,
-            "policy": spec.name,
-            "family": spec.family,
-            "params": dict(spec.params),
-            "params_label": spec.label,
-            "gen_length": setting.gen_length,
-            "window": setting.window,
-            "step_budget": setting.step_budget,
-        }
+        base = base_record(task_name, setting, spec)
         if record_key(base) in done:
             continue
         task = get_task(task_name)
-        config = setting.config()
         prompts = [e.prompt for e in examples[task_name]]
-        if spec.factory is not None:
-            policy = spec.factory(config)
-            if policy is None:  # the learned policy does not support this setting
-                continue
-            config = policy.decode_config(config)
-        elif spec.name == "oracle":
-            if (task_name, setting) not in refs:
-                refs[(task_name, setting)] = reference_tokens(
-                    backbone, prompts, config, batch_size=batch_size
-                )
-            policy = make_policy("oracle", reference=refs[(task_name, setting)])
-        else:
-            policy = make_policy(spec.name, **dict(spec.params))
+        built = policy_for_job(
+            backbone, spec, setting.config(), prompts, batch_size, refs, (task_name, setting)
+        )
+        if built is None:  # the learned policy does not support this setting
+            continue
+        policy, config = built
         ev: PolicyEval = evaluate_policy(
             backbone, task, policy, config, examples=examples[task_name], batch_size=batch_size
         )
-        record = {**base, **ev.summary(seed=seed), "seed": seed}
-        if keep_scores:
-            record["scores"] = ev.scores.tolist()
-            record["nfe_per_example"] = ev.result.nfe.tolist()
+        record = finish_record(base, ev, seed=seed, keep_scores=keep_scores)
         records.append(record)
         if on_record is not None:
             on_record(record)
     return records
+
+
+def sweep_jobs(
+    tasks: Sequence[str], policies: Sequence[PolicySpec], settings: Sequence[Setting]
+) -> list[tuple[str, Setting, PolicySpec]]:
+    """The sweep's (task, setting, policy) jobs in their fixed order (tasks, then settings)."""
+    return [(t, s, p) for t in tasks for s in settings for p in policies]
+
+
+def base_record(task_name: str, setting: Setting, spec: PolicySpec) -> dict[str, Any]:
+    """The identifying fields of a job's record (everything :func:`record_key` reads)."""
+    return {
+        "task": task_name,
+        "policy": spec.name,
+        "family": spec.family,
+        "params": dict(spec.params),
+        "params_label": spec.label,
+        "gen_length": setting.gen_length,
+        "window": setting.window,
+        "step_budget": setting.step_budget,
+    }
+
+
+def policy_for_job(
+    backbone: Backbone,
+    spec: PolicySpec,
+    config: DecodeConfig,
+    prompts: Sequence[str],
+    batch_size: int,
+    refs: dict[Any, Any],
+    ref_key: Any,
+) -> tuple[Any, DecodeConfig] | None:
+    """Build a job's policy and decode config (``None``: the policy cannot run here).
+
+    Args:
+        backbone: The denoiser (the oracle's reference decode runs on it).
+        spec: The policy spec.
+        config: The setting's decode config.
+        prompts: The job's prompts (the oracle's reference rows, in order).
+        batch_size: Rows per engine batch.
+        refs: Cache of oracle references, updated in place.
+        ref_key: Cache key of ``prompts`` under ``config``.
+
+    Returns:
+        ``(policy, config)`` or ``None``.
+    """
+    if spec.factory is not None:
+        policy = spec.factory(config)
+        if policy is None:
+            return None
+        return policy, policy.decode_config(config)
+    if spec.name == "oracle":
+        if ref_key not in refs:
+            refs[ref_key] = reference_tokens(backbone, prompts, config, batch_size=batch_size)
+        oracle = make_policy("oracle", reference=refs[ref_key], **dict(spec.params))
+        return oracle, config
+    policy = make_policy(spec.name, **dict(spec.params))
+    return policy, policy.decode_config(config)  # remask_cap for WINO / ReMDM; as is otherwise
+
+
+def finish_record(
+    base: dict[str, Any], ev: PolicyEval, *, seed: int, keep_scores: bool = True
+) -> dict[str, Any]:
+    """A job's full record: its identity, the evaluation summary and (optionally) scores."""
+    record = {**base, **ev.summary(seed=seed), "seed": seed}
+    if keep_scores:
+        record["scores"] = ev.scores.tolist()
+        record["nfe_per_example"] = ev.result.nfe.tolist()
+    return record
 
 
 def markdown_table(records: Sequence[dict[str, Any]]) -> str:

@@ -2,8 +2,20 @@
 
 A controller input batch holds, per state: the prompt (ids, right-padded), the generation region's
 tokens (committed tokens, mask id elsewhere), the proposals, the shared features
-(:class:`~commit_env.decoding.FeatureBuilder`), eligibility, and ``visible_end``: positions at or
-right of it are hidden from the controller (the window's right edge; training crops it at random).
+(:class:`~commit_env.decoding.FeatureBuilder`), eligibility, ``visible_end`` (positions at or
+right of it are hidden from the controller: the window's right edge; training crops it at random),
+and two input families a confidence heuristic cannot see:
+
+* **setting features** (:data:`SETTING_FEATURES`, one vector per row): window kind and width, G,
+  step budget and steps left, so one checkpoint serves every setting;
+* **structure features** (:data:`STRUCTURE_FEATURES`, per position): conflicts between proposals
+  (the same token proposed at several masked positions, a proposal repeating an already committed
+  token or its neighbour), how often the proposal occurs in the prompt versus how often it is
+  already used (a permutation/copy has a fixed multiset of tokens), and end-of-answer cues.
+
+Setting features are computed by :func:`setting_features` from the same tensors on both paths
+(live state and stored records); structure features by :func:`structure_features` inside the
+model's forward (so they always match the visible window, also after a training crop).
 """
 
 from __future__ import annotations
@@ -16,8 +28,43 @@ import numpy as np
 import torch
 
 from commit_env.decoding import FeatureBuilder, TraceState
+from commit_env.decoding.config import parse_window
+from commit_env.decoding.state import WINDOW_CODES
 
-__all__ = ["ControllerBatch", "batch_from_state", "batch_from_records"]
+__all__ = [
+    "ControllerBatch",
+    "SETTING_FEATURES",
+    "STRUCTURE_FEATURES",
+    "batch_from_state",
+    "batch_from_records",
+    "setting_features",
+    "structure_features",
+]
+
+#: Per-row setting features (columns of ``ControllerBatch.setting``).
+SETTING_FEATURES: tuple[str, ...] = (
+    "window_full",  # one-hot window kind
+    "window_block",
+    "window_sliding",
+    "window_frac",  # window width / G
+    "log_gen_len",  # log2(G) / 8
+    "budget_frac",  # step budget / G (1 when unlimited)
+    "budget_limited",  # 1 if a budget was set
+    "steps_left_frac",  # (budget - NFE) / G, clamped to [0, 1]
+    "need_per_step",  # log1p(masked / max(steps left, 1)) / log(1 + G)
+)
+
+#: Per-position structure features (:func:`structure_features`, computed in the forward).
+STRUCTURE_FEATURES: tuple[str, ...] = (
+    "dup_proposals",  # other visible masked positions proposing the same token (min(n, 4) / 4)
+    "dup_committed",  # the proposal already occurs among the row's committed tokens
+    "same_as_left",  # equals the left neighbour's token (committed) or proposal
+    "same_as_right",  # equals the right neighbour's token or proposal
+    "in_prompt",  # the proposal occurs in the prompt
+    "prompt_surplus",  # clamp(count in prompt - count committed, -2, 2) / 2
+    "is_eos",  # the proposal is an end-of-answer token
+    "eos_left",  # a committed or proposed EOS lies left of the position
+)
 
 
 @dataclass
@@ -32,7 +79,11 @@ class ControllerBatch:
         features: float32 ``[B, G, F]``.
         eligible: bool ``[B, G]``.
         visible_end: int64 ``[B]`` generation positions ``>= visible_end`` are hidden.
+        window_start: int64 ``[B]`` first generation index of the window.
+        committed: bool ``[B, G]`` committed positions (padding counts as committed).
+        setting: float32 ``[B, S]`` (:data:`SETTING_FEATURES`).
         labels: float32 ``[B, G]`` 1 stable / 0 unstable, or ``None`` at deployment.
+        eos_labels: float32 ``[B, G]`` 1 where the final token is an EOS, or ``None``.
     """
 
     prompt: torch.Tensor
@@ -42,7 +93,11 @@ class ControllerBatch:
     features: torch.Tensor
     eligible: torch.Tensor
     visible_end: torch.Tensor
+    window_start: torch.Tensor
+    committed: torch.Tensor
+    setting: torch.Tensor
     labels: torch.Tensor | None = None
+    eos_labels: torch.Tensor | None = None
 
     def to(self, device: torch.device | str) -> ControllerBatch:
         """Move every tensor to ``device``."""
@@ -71,6 +126,103 @@ class ControllerBatch:
         return replace(self, visible_end=end, eligible=self.eligible & visible)
 
 
+def setting_features(
+    *,
+    window_kind: torch.Tensor,
+    window_width: torch.Tensor,
+    gen_len: torch.Tensor,
+    budget: torch.Tensor,
+    budget_limited: torch.Tensor,
+    nfe: torch.Tensor,
+    masked: torch.Tensor,
+) -> torch.Tensor:
+    """Per-row setting features (:data:`SETTING_FEATURES`).
+
+    Args:
+        window_kind: int64 ``[B]`` window codes (``WINDOW_CODES``).
+        window_width: int64 ``[B]`` effective window widths.
+        gen_len: int64 ``[B]`` row generation lengths.
+        budget: int64 ``[B]`` step budgets (G when unlimited).
+        budget_limited: bool ``[B]``.
+        nfe: int64 ``[B]`` forwards so far.
+        masked: int64 ``[B]`` positions still masked.
+
+    Returns:
+        float32 ``[B, S]``, every value in ``[0, 1]`` (``log_gen_len`` reaches 1 at G = 256).
+    """
+    g = gen_len.float().clamp(min=1.0)
+    kind = torch.stack([window_kind == WINDOW_CODES[k] for k in ("full", "block", "sliding")], -1)
+    limited = budget_limited.float()
+    left = (budget - nfe).float().clamp(min=0.0)
+    cols = [
+        kind.float(),
+        (window_width.float() / g).clamp(0.0, 1.0)[:, None],
+        (torch.log2(g) / 8.0).clamp(0.0, 1.5)[:, None],
+        torch.where(budget_limited, (budget.float() / g).clamp(0.0, 1.0), 1.0)[:, None],
+        limited[:, None],
+        (left / g).clamp(0.0, 1.0)[:, None],
+        (torch.log1p(masked.float() / left.clamp(min=1.0)) / torch.log1p(g))[:, None],
+    ]
+    return torch.cat(cols, dim=-1)
+
+
+def structure_features(
+    tokens: torch.Tensor,
+    proposal: torch.Tensor,
+    committed: torch.Tensor,
+    visible: torch.Tensor,
+    prompt: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    eos_ids: Sequence[int],
+) -> torch.Tensor:
+    """Per-position conflict and end-of-answer features (:data:`STRUCTURE_FEATURES`).
+
+    Args:
+        tokens: int64 ``[B, G]`` generation region.
+        proposal: int64 ``[B, G]`` proposals.
+        committed: bool ``[B, G]`` committed positions (padding beyond a row's length counts as
+            committed but is excluded through ``visible``).
+        visible: bool ``[B, G]`` positions the controller may see.
+        prompt: int64 ``[B, P]`` prompt ids.
+        prompt_mask: bool ``[B, P]`` real prompt tokens.
+        eos_ids: End-of-answer token ids.
+
+    Returns:
+        float32 ``[B, G, C]``; zero at hidden positions.
+    """
+    B, G = tokens.shape
+    dev = tokens.device
+    masked_vis = ~committed & visible  # [B, G]
+    comm_vis = committed & visible
+    # current token per position: committed token, else the proposal
+    current = torch.where(committed, tokens, proposal)  # [B, G]
+    same = proposal[:, :, None] == proposal[:, None, :]  # [B, G, G]
+    eye = torch.eye(G, dtype=torch.bool, device=dev)[None]
+    dup_prop = (same & masked_vis[:, None, :] & ~eye).sum(-1).clamp(max=4).float() / 4.0
+    dup_prop = dup_prop * masked_vis  # only masked positions compete for a token
+    hits_committed = proposal[:, :, None] == tokens[:, None, :]  # [B, G, G]
+    used = (hits_committed & comm_vis[:, None, :]).sum(-1)  # [B, G] committed copies
+    dup_comm = (used > 0).float()
+    left = torch.cat([torch.full_like(current[:, :1], -1), current[:, :-1]], dim=1)
+    right = torch.cat([current[:, 1:], torch.full_like(current[:, :1], -1)], dim=1)
+    right_visible = torch.cat([visible[:, 1:], torch.zeros_like(visible[:, :1])], dim=1)
+    same_left = (proposal == left).float()
+    same_right = ((proposal == right) & right_visible).float()
+    in_prompt_count = ((proposal[:, :, None] == prompt[:, None, :]) & prompt_mask[:, None, :]).sum(
+        -1
+    )  # [B, G]
+    in_prompt = (in_prompt_count > 0).float()
+    surplus = (in_prompt_count - used).clamp(-2, 2).float() / 2.0
+    eos = torch.tensor(list(eos_ids) or [-1], device=dev)
+    is_eos = torch.isin(proposal, eos)
+    any_eos = torch.isin(current, eos) & visible  # [B, G]
+    eos_left = (any_eos.long().cumsum(-1) - any_eos.long()) > 0
+    cols = [dup_prop, dup_comm, same_left, same_right, in_prompt, surplus, is_eos.float()]
+    cols.append(eos_left.float())
+    out = torch.stack(cols, dim=-1)  # [B, G, C]
+    return out * visible[..., None]
+
+
 def batch_from_state(state: TraceState, builder: FeatureBuilder) -> ControllerBatch:
     """Build controller inputs from a live decode state (deployment path).
 
@@ -87,42 +239,127 @@ def batch_from_state(state: TraceState, builder: FeatureBuilder) -> ControllerBa
     # Right-align to left-align: sort so real tokens come first (stable keeps their order).
     order = (~prompt_mask).long().argsort(dim=-1, stable=True)
     prompt = state.canvas[:, :P].gather(1, order) * prompt_mask.gather(1, order)
+    prompt_mask = prompt_mask.gather(1, order)
+    setting = setting_features(
+        window_kind=state.window_kind,
+        window_width=state.window_width,
+        gen_len=state.gen_len,
+        budget=state.budget,
+        budget_limited=state.budget_limited,
+        nfe=state.nfe,
+        masked=(state.masked & state.valid).sum(-1),
+    )
     return ControllerBatch(
         prompt=prompt,
-        prompt_mask=prompt_mask.gather(1, order),
+        prompt_mask=prompt_mask,
         tokens=state.gen_tokens,
         proposal=state.proposal,
         features=builder.stack(state),
         eligible=state.eligible,
         visible_end=state.window_end,
+        window_start=state.window_start,
+        committed=state.committed,
+        setting=setting,
     )
 
 
-def batch_from_records(records: Sequence[dict[str, Any]]) -> ControllerBatch:
+def _record_setting(record: dict[str, Any], meta: dict[str, Any]) -> tuple[int, int, bool]:
+    """``(window code, width, budget_limited)`` of a step record (old traces: from the meta)."""
+    if "window_kind" in record:
+        return (
+            int(record["window_kind"]),
+            int(record["window_width"]),
+            bool(record["budget_limited"]),
+        )
+    kind, width = parse_window(meta["window"])
+    g = int(record["gen_len"])
+    return (
+        WINDOW_CODES[kind],
+        g if width is None else min(width, g),
+        meta["step_budget"] is not None,
+    )
+
+
+def batch_from_records(
+    records: Sequence[dict[str, Any]], meta: dict[str, Any] | None = None
+) -> ControllerBatch:
     """Collate stored step records (see :class:`~commit_env.traces.TraceDataset`) for training.
 
+    Records of different generation widths are right-padded to the widest (padding positions are
+    committed, hidden and unlabelled).
+
     Args:
-        records: Step records with equal generation length.
+        records: Step records.
+        meta: The trace manifest's meta (the setting of traces collected before per-row
+            settings were recorded).
 
     Returns:
-        The batch on the CPU with ``labels`` set (unlabelled positions are not eligible).
+        The batch on the CPU with ``labels`` (unlabelled positions are not eligible) and
+        ``eos_labels`` set.
     """
+    meta = meta or {}
     B = len(records)
     P = max(len(r["prompt_ids"]) for r in records)
+    G = max(len(r["tokens"]) for r in records)
+    F = records[0]["features"].shape[-1]
     prompt = np.zeros((B, P), dtype=np.int64)
     prompt_mask = np.zeros((B, P), dtype=bool)
+    tokens = np.zeros((B, G), dtype=np.int64)
+    proposal = np.zeros((B, G), dtype=np.int64)
+    label = np.full((B, G), -1, dtype=np.int64)
+    eligible = np.zeros((B, G), dtype=bool)
+    eos_label = np.zeros((B, G), dtype=np.float32)
+    features = np.zeros((B, G, F), dtype=np.float32)
+    scalars = np.zeros((B, 8), dtype=np.int64)
     for b, r in enumerate(records):
+        g = len(r["tokens"])
         prompt[b, : len(r["prompt_ids"])] = r["prompt_ids"]
         prompt_mask[b, : len(r["prompt_ids"])] = True
-    label = np.stack([r["label"] for r in records]).astype(np.int64)  # [B, G]
-    eligible = np.stack([r["eligible"] for r in records]) & (label >= 0)
+        tokens[b, :g] = r["tokens"]
+        proposal[b, :g] = r["proposal"]
+        label[b, :g] = r["label"]
+        eligible[b, :g] = r["eligible"]
+        features[b, :g] = r["features"]
+        if "eos_label" in r:
+            eos_label[b, :g] = np.frombuffer(r["eos_label"], np.int8)
+        kind, width, limited = _record_setting(r, meta)
+        scalars[b] = (
+            kind,
+            width,
+            int(r["gen_len"]),
+            int(r["budget"]),
+            int(limited),
+            int(r["nfe"]),
+            int(r["window_start"]),
+            int(r["window_end"]),
+        )
+    eligible &= label >= 0
+    masked = label >= 0  # labelled = masked at that step
+    t = torch.from_numpy
+    s = t(scalars)
+    committed = ~t(masked)
+    prompt_t, prompt_mask_t = t(prompt), t(prompt_mask)
+    tokens_t, proposal_t = t(tokens), t(proposal)
+    setting = setting_features(
+        window_kind=s[:, 0],
+        window_width=s[:, 1],
+        gen_len=s[:, 2],
+        budget=s[:, 3],
+        budget_limited=s[:, 4].bool(),
+        nfe=s[:, 5],
+        masked=t(masked).sum(-1),
+    )
     return ControllerBatch(
-        prompt=torch.from_numpy(prompt),
-        prompt_mask=torch.from_numpy(prompt_mask),
-        tokens=torch.from_numpy(np.stack([r["tokens"] for r in records]).astype(np.int64)),
-        proposal=torch.from_numpy(np.stack([r["proposal"] for r in records]).astype(np.int64)),
-        features=torch.from_numpy(np.stack([r["features"] for r in records]).astype(np.float32)),
-        eligible=torch.from_numpy(eligible),
-        visible_end=torch.tensor([int(r["window_end"]) for r in records], dtype=torch.long),
-        labels=torch.from_numpy((label == 1).astype(np.float32)),
+        prompt=prompt_t,
+        prompt_mask=prompt_mask_t,
+        tokens=tokens_t,
+        proposal=proposal_t,
+        features=t(features),
+        eligible=t(eligible),
+        visible_end=s[:, 7].clone(),
+        window_start=s[:, 6].clone(),
+        committed=committed,
+        setting=setting,
+        labels=t((label == 1).astype(np.float32)),
+        eos_labels=t(eos_label),
     )

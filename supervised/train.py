@@ -11,9 +11,16 @@ On a GPU with a real model::
         --task gsm8k --gen-length 256 --window block:32 --out traces/llada
     commit-env train-controller --traces traces/llada --out runs/controller-llada --device cuda
 
-Checkpoints: ``OUT/best`` (selected by F0.5 at the deployment threshold on held-out traces) and
-``OUT/last`` (for ``--resume``), each ``model.safetensors`` + ``config.json``; the optimizer state
-of ``last`` is ``optimizer.pt`` (loaded with ``weights_only=True``). TensorBoard scalars go to
+Checkpoints: ``OUT/best`` (selected by F0.5 at the deployment threshold on held-out traces; the
+threshold itself is selected there too unless ``--threshold`` fixes it) and
+``OUT/last`` (for ``--resume``), each ``model.safetensors`` + ``config.json``; the optimizer,
+schedule, generator and history of ``last`` are ``optimizer.pt`` (loaded with
+``weights_only=True``). Each checkpoint directory is written whole into a temporary directory and
+renamed into place, so a kill leaves the previous one intact. ``OUT`` is locked while training
+(a second trainer fails naming the first one's pid). ``OUT/run_key.json`` records the traces (paths
+and sizes) and every hyperparameter but ``epochs`` (which a resume may raise): ``--resume`` with
+other ones is refused unless ``--force``.
+TensorBoard scalars go to
 ``OUT/tb``: ``train/loss``, ``val/loss``, ``val/auroc``, ``val/ap``, ``val/f05``,
 ``rollout/score``, ``rollout/nfe``.
 """
@@ -37,11 +44,20 @@ from commit_env.supervised.policy import ControllerPolicy, load_controller, save
 
 from commit_env.backbones.base import Backbone
 from commit_env.backbones.spec import resolve_backbone
-from commit_env.decoding import DEFAULT_TOP_K
-from commit_env.io import atomic_write, write_json_atomic
-from commit_env.traces import TraceDataset
+from commit_env.decoding import DEFAULT_TOP_K, FEATURE_GROUPS
+from commit_env.errors import ResumeMismatch
+from commit_env.io import write_json_atomic
+from commit_env.rundir import RunLock, check_run_key
+from commit_env.traces import TraceDataset, read_manifest
 
-__all__ = ["TrainConfig", "train", "binary_metrics", "load_training_data"]
+__all__ = [
+    "TrainConfig",
+    "train",
+    "binary_metrics",
+    "concat_batches",
+    "load_training_data",
+    "setting_range",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -61,9 +77,13 @@ class TrainConfig:
         n_layers: Controller depth.
         n_heads: Attention heads.
         use_tau: Learn the per-state threshold (False = ablation without tau).
+        use_structure: Read token ids and structure features (False = ablation without them).
+        eos_weight: Weight of the end-of-answer head's BCE (0 = no EOS head training).
         neg_weight: BCE weight of unstable positions.
         tau_penalty: Coefficient of tau^2.
-        threshold: Deployment threshold on ``sigmoid(logit - tau)``.
+        threshold: Deployment threshold on ``sigmoid(logit - tau)``; ``None`` selects it per
+            epoch on the held-out states (the value of :data:`THRESHOLD_GRID` with the best
+            F0.5), stored in the checkpoint as its learned threshold.
         right_crop: Probability of a random right-crop of the visible window per state.
         drop_groups: Feature groups zeroed out (ablations, e.g. ``("hidden",)``).
         val_every_n_traces: Every n-th trace id is held out for validation.
@@ -71,7 +91,9 @@ class TrainConfig:
         rollout_seed: Seed of the held-out prompt draw (disjoint from collection seeds).
         seed: Seed of initialisation, shuffling and crops.
         skip_corrupt: Skip unreadable shards (with a warning) instead of failing.
-        resume: Continue from ``OUT/last`` if present.
+        resume: Continue from ``OUT/last`` (a fresh start when ``OUT`` holds no run yet).
+        force: With ``resume``, continue even if the traces or hyperparameters differ from the
+            ones ``OUT/last`` was trained with.
         device: Training device (None = CUDA if available).
         progress: Show progress bars.
     """
@@ -86,9 +108,11 @@ class TrainConfig:
     n_layers: int = 2
     n_heads: int = 4
     use_tau: bool = True
+    use_structure: bool = True
+    eos_weight: float = 0.5
     neg_weight: float = 3.0
     tau_penalty: float = 1e-3
-    threshold: float = 0.5
+    threshold: float | None = None
     right_crop: float = 0.5
     drop_groups: tuple[str, ...] = ()
     val_every_n_traces: int = 10
@@ -97,18 +121,37 @@ class TrainConfig:
     seed: int = 0
     skip_corrupt: bool = False
     resume: bool = False
+    force: bool = False
     device: str | None = None
     progress: bool = True
 
     def __post_init__(self) -> None:
+        unknown = sorted(set(self.drop_groups) - set(FEATURE_GROUPS))
+        if unknown:
+            raise ValueError(
+                f"unknown feature group(s) {unknown} in drop_groups; valid: {list(FEATURE_GROUPS)}"
+            )
+        for name in ("lr", "weight_decay", "neg_weight", "tau_penalty"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0) or (name == "lr" and value == 0):
+                raise ValueError(f"{name} must be a finite number > 0, got {value}")
+        if self.rollout_n < 0 or self.val_every_n_traces < 2:
+            raise ValueError(
+                f"rollout_n must be >= 0 and val_every_n_traces >= 2, got {self.rollout_n} "
+                f"and {self.val_every_n_traces}"
+            )
         if not self.traces:
             raise ValueError("traces must name at least one trace directory")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch_size must be >= 1")
-        if not 0.0 < self.threshold < 1.0:
+        if self.threshold is not None and not 0.0 < self.threshold < 1.0:
             raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
         if not 0.0 <= self.right_crop <= 1.0:
             raise ValueError(f"right_crop must be a probability, got {self.right_crop}")
+
+
+#: Deployment thresholds tried when ``TrainConfig.threshold`` is None.
+THRESHOLD_GRID: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
 
 
 def binary_metrics(prob: np.ndarray, label: np.ndarray, threshold: float) -> dict[str, float]:
@@ -166,25 +209,117 @@ def load_training_data(
     Raises:
         ValueError: If directories disagree on features/backbone or hold no records.
     """
-    train_records, val_records = [], []
+    train_parts, val_parts = [], []
     meta: dict[str, Any] | None = None
+    settings: list[Any] = []
+    keys = ("feature_names", "vocab_size", "hidden_features", "backbone")
     for directory in directories:
         dataset = TraceDataset(directory, skip_corrupt=skip_corrupt)
-        this = {k: dataset.meta[k] for k in ("feature_names", "vocab_size", "hidden_features")}
         if meta is None:
             meta = dict(dataset.meta)
-        elif any(meta[k] != v for k, v in this.items()):
-            raise ValueError(f"{directory} was collected with other features or another backbone")
+        else:
+            for k in keys:
+                if meta.get(k) != dataset.meta.get(k):
+                    raise ValueError(
+                        f"{directory} was collected with {k}={dataset.meta.get(k)!r}, but "
+                        f"{directories[0]} with {meta.get(k)!r}: traces must share features "
+                        "and backbone"
+                    )
+        for s in _meta_settings(dataset.meta):
+            if s not in settings:
+                settings.append(s)
+        train_records, val_records = [], []
         for record in dataset.iter_records():
             target = val_records if record["trace_id"] % val_every == 0 else train_records
             target.append(record)
-    if not train_records or not val_records:
+        # collate per directory (old traces fall back to their own manifest's setting)
+        if train_records:
+            train_parts.append(batch_from_records(train_records, dataset.meta))
+        if val_records:
+            val_parts.append(batch_from_records(val_records, dataset.meta))
+    n_train = sum(len(b.tokens) for b in train_parts)
+    n_val = sum(len(b.tokens) for b in val_parts)
+    if not n_train or not n_val:
         raise ValueError(
-            f"need training and validation records; got {len(train_records)} and "
-            f"{len(val_records)} from {list(directories)}"
+            f"need training and validation records; got {n_train} and {n_val} from "
+            f"{list(directories)}"
         )
     assert meta is not None
-    return batch_from_records(train_records), batch_from_records(val_records), meta
+    meta["settings"] = settings
+    meta["gen_length"] = max(int(s[0]) for s in settings)
+    return concat_batches(train_parts), concat_batches(val_parts), meta
+
+
+def _meta_settings(meta: dict[str, Any]) -> list[list[Any]]:
+    """The ``[G, window, budget]`` settings a trace directory was collected with."""
+    if "settings" in meta:
+        return [list(s) for s in meta["settings"]]
+    return [[int(meta["gen_length"]), meta["window"], meta["step_budget"]]]
+
+
+def setting_range(settings: list[list[Any]]) -> dict[str, Any]:
+    """What a checkpoint trained on ``settings`` has seen (checked at deployment).
+
+    Args:
+        settings: ``[G, window, budget]`` triples.
+
+    Returns:
+        ``{"gen_lengths", "window_kinds", "window_widths", "budget_limited"}``.
+    """
+    from commit_env.decoding.config import validate_setting
+
+    kinds, widths = set(), set()
+    for g, w, b in settings:
+        kind, width = validate_setting(int(g), w, b)
+        kinds.add(kind)
+        widths.add(width)
+    return {
+        "gen_lengths": sorted({int(s[0]) for s in settings}),
+        "window_kinds": sorted(kinds),
+        "window_widths": sorted(widths),
+        "budget_limited": any(s[2] is not None for s in settings),
+    }
+
+
+def concat_batches(parts: list[ControllerBatch]) -> ControllerBatch:
+    """Stack batches along B, right-padding G and P to the widest (padding is hidden).
+
+    Args:
+        parts: Batches (at least one).
+
+    Returns:
+        One batch.
+    """
+    if len(parts) == 1:
+        return parts[0]
+    G = max(b.tokens.shape[1] for b in parts)
+    P = max(b.prompt.shape[1] for b in parts)
+
+    def pad(t: torch.Tensor | None, width: int, value: Any) -> torch.Tensor | None:
+        if t is None:
+            return None
+        extra = width - t.shape[1]
+        if extra == 0:
+            return t
+        shape = (t.shape[0], extra, *t.shape[2:])
+        return torch.cat([t, torch.full(shape, value, dtype=t.dtype)], dim=1)
+
+    fields: dict[str, list[Any]] = {k: [] for k in parts[0].__dict__}
+    for b in parts:
+        for k, v in b.__dict__.items():
+            if k in ("prompt", "prompt_mask"):
+                v = pad(v, P, 0)
+            elif k == "committed":
+                v = pad(v, G, True)
+            elif isinstance(v, torch.Tensor) and v.dim() >= 2 and k != "setting":
+                v = pad(v, G, 0)
+            fields[k].append(v)
+    return ControllerBatch(
+        **{
+            k: (None if any(x is None for x in v) else torch.cat(v, dim=0))
+            for k, v in fields.items()
+        }
+    )
 
 
 def _index(batch: ControllerBatch, idx: torch.Tensor) -> ControllerBatch:
@@ -210,7 +345,10 @@ def _feature_mask(meta: dict[str, Any], drop_groups: tuple[str, ...]) -> torch.T
 
 @torch.no_grad()
 def _evaluate(
-    model: StabilityController, val: ControllerBatch, device: torch.device, threshold: float
+    model: StabilityController,
+    val: ControllerBatch,
+    device: torch.device,
+    threshold: float | None,
 ) -> dict[str, float]:
     model.eval()
     probs, labels, losses = [], [], []
@@ -224,7 +362,11 @@ def _evaluate(
         labels.append(batch.labels[batch.eligible].cpu().numpy())
         losses.append(float(loss) * len(batch.tokens))
     model.train()
-    metrics = binary_metrics(np.concatenate(probs), np.concatenate(labels), threshold)
+    prob, label = np.concatenate(probs), np.concatenate(labels)
+    candidates = THRESHOLD_GRID if threshold is None else (threshold,)
+    scored = [(binary_metrics(prob, label, t), t) for t in candidates]
+    metrics, chosen = max(scored, key=lambda mt: mt[0]["f05"])  # first best on ties
+    metrics["threshold"] = chosen
     metrics["loss"] = sum(losses) / n
     return metrics
 
@@ -240,7 +382,8 @@ def _rollout(
 
     backbone = resolve_backbone(meta["backbone"] if backbone is None else backbone)
     policy = ControllerPolicy.from_pretrained(directory, backbone=backbone)
-    setting = DecodeSetting(int(meta["gen_length"]), meta["window"], meta["step_budget"])
+    g, window, budget = meta["settings"][0]
+    setting = DecodeSetting(int(g), window, budget)
     config = policy.decode_config(setting.config())
     pairs = draw_examples(tuple(meta["tasks"]), cfg.rollout_n, cfg.rollout_seed)
     result = decode(backbone, [e.prompt for _, e in pairs], policy, config, batch_size=128)
@@ -295,17 +438,57 @@ def train(cfg: TrainConfig, *, backbone: Backbone | None = None) -> dict[str, An
 
     Returns:
         Summary: best validation metrics, rollout score/NFE per epoch, seconds.
+
+    Raises:
+        RunDirLocked: If another process is writing ``cfg.out``.
+        ResumeMismatch: If ``cfg.resume`` finds a checkpoint of other traces or hyperparameters
+            (without ``cfg.force``), or one that cannot be resumed (the message says why).
     """
+    for directory in cfg.traces:
+        read_manifest(directory)  # fail on a missing trace directory before taking the lock
+    with RunLock(cfg.out):
+        return _train(cfg, backbone)
+
+
+def run_key(cfg: TrainConfig) -> dict[str, Any]:
+    """What ``OUT/run_key.json`` records: every hyperparameter and the identity of the traces."""
+    skip = {"out", "resume", "force", "device", "progress", "skip_corrupt", "traces"}
+    skip |= {"rollout_n", "rollout_seed"}  # closed-loop checks only; they change no weight
+    skip |= {"epochs"}  # resuming to train for more epochs is what --resume is for
+    traces = []
+    for directory in cfg.traces:
+        manifest = read_manifest(directory)
+        traces.append(
+            {
+                "path": str(Path(directory).resolve()),
+                "examples": int(manifest.get("examples_done", 0)),
+                "steps": int(manifest["steps"]),
+                "shards": len(manifest["shards"]),
+            }
+        )
+    hyper = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in skip}
+    return {"traces": traces, **hyper}
+
+
+def _train(cfg: TrainConfig, backbone: Backbone | None) -> dict[str, Any]:
     from torch.utils.tensorboard import SummaryWriter
 
     start_time = time.perf_counter()
     device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     progress = _Progress(generator=torch.Generator().manual_seed(cfg.seed))
     torch.manual_seed(cfg.seed)
+    out = Path(cfg.out)
+    resuming = cfg.resume and _can_resume(out / "last")
+    check_run_key(
+        out,
+        run_key(cfg),
+        force=cfg.force or not resuming,
+        what="controller checkpoint",
+        hint="pass the same --traces and hyperparameters, use another --out, or --force",
+    )
     data = _load_data(cfg)
     parts = _build_model(cfg, data, device)
-    out = Path(cfg.out)
-    if cfg.resume and (out / "last" / "optimizer.pt").is_file():
+    if resuming:
         _resume(out / "last", parts, progress, device)
     writer = SummaryWriter(str(out / "tb"))
     writer.add_text("hyperparameters", json.dumps(dataclasses.asdict(cfg), indent=2))
@@ -344,11 +527,13 @@ def _build_model(cfg: TrainConfig, data: _Data, device: torch.device) -> _Model:
     model_cfg = ControllerConfig(
         vocab_size=int(meta["vocab_size"]),
         feature_dim=int(meta["feature_dim"]),
-        max_gen_length=max(256, int(meta["gen_length"])),
+        eos_token_ids=tuple(meta.get("eos_token_ids", ())),
         d_model=cfg.d_model,
         n_layers=cfg.n_layers,
         n_heads=cfg.n_heads,
         use_tau=cfg.use_tau,
+        use_structure=cfg.use_structure,
+        eos_weight=cfg.eos_weight,
         neg_weight=cfg.neg_weight,
         tau_penalty=cfg.tau_penalty,
     )
@@ -362,13 +547,43 @@ def _build_model(cfg: TrainConfig, data: _Data, device: torch.device) -> _Model:
     return _Model(model, optimizer, scheduler, steps_per_epoch)
 
 
+def _can_resume(last: Path) -> bool:
+    """Whether ``last`` is a whole checkpoint; False when absent; otherwise says why not."""
+    if not last.exists():
+        logger.warning("--resume: %s does not exist yet; starting from epoch 1", last)
+        return False
+    missing = [
+        name
+        for name in ("model.safetensors", "config.json", "optimizer.pt")
+        if not (last / name).is_file()
+    ]
+    if missing:
+        raise ResumeMismatch(
+            f"cannot resume from {last}: it lacks {', '.join(missing)} (written by an older "
+            "version or damaged); run without --resume to start over"
+        )
+    return True
+
+
 def _resume(last: Path, parts: _Model, progress: _Progress, device: torch.device) -> None:
     """Stage 3 (``--resume``): restore weights, optimizer, schedule, generator and history."""
     loaded, _ = load_controller(last, device)
-    parts.model.load_state_dict(loaded.state_dict())
-    saved = torch.load(last / "optimizer.pt", weights_only=True, map_location=device)
-    parts.optimizer.load_state_dict(saved["optimizer"])
-    parts.scheduler.load_state_dict(saved["scheduler"])
+    try:
+        parts.model.load_state_dict(loaded.state_dict())
+    except RuntimeError:
+        raise ResumeMismatch(
+            f"cannot resume from {last}: its architecture differs from this run's "
+            f"({loaded.config}); use the same hyperparameters or another --out"
+        ) from None
+    path = last / "optimizer.pt"
+    try:
+        saved = torch.load(path, weights_only=True, map_location=device)
+        parts.optimizer.load_state_dict(saved["optimizer"])
+        parts.scheduler.load_state_dict(saved["scheduler"])
+    except (RuntimeError, ValueError, KeyError, EOFError, OSError) as err:
+        raise ResumeMismatch(
+            f"cannot resume from {path}: unreadable or mismatched ({err})"
+        ) from None
     progress.generator.set_state(saved["generator"])
     progress.epoch = int(saved["epoch"])
     progress.best = json.loads(saved["best"])
@@ -385,9 +600,13 @@ def _checkpoint_meta(cfg: TrainConfig, meta: dict[str, Any]) -> dict[str, Any]:
         "top_k": int(meta.get("top_k", DEFAULT_TOP_K)),
         "vocab_size": int(meta["vocab_size"]),
         "backbone": meta["backbone"],
-        "gen_length": int(meta["gen_length"]),
-        "window": meta["window"],
-        "step_budget": meta["step_budget"],
+        "eos_token_ids": list(meta.get("eos_token_ids", ())),
+        "hidden_size": meta.get("hidden_size"),
+        "gen_length": int(meta["settings"][0][0]),
+        "window": meta["settings"][0][1],
+        "step_budget": meta["settings"][0][2],
+        "settings": meta["settings"],
+        "setting_range": setting_range(meta["settings"]),
         "tasks": meta["tasks"],
         "threshold": cfg.threshold,
         "drop_groups": list(cfg.drop_groups),
@@ -453,17 +672,21 @@ def _end_epoch(
     backbone: Backbone | None,
 ) -> None:
     """Stage 5: validate, save ``last`` (and ``best``), optional rollout, optimizer state."""
+    import tempfile
+
     out = Path(cfg.out)
     metrics = _evaluate(parts.model, data.val, device, cfg.threshold)
-    for key in ("loss", "auroc", "ap", "f05", "precision", "recall"):
+    for key in ("loss", "auroc", "ap", "f05", "precision", "recall", "threshold"):
         writer.add_scalar(f"val/{key}", metrics[key], step)
-    save_controller(parts.model, out / "last", ckpt_meta)
+    ckpt_meta = {**ckpt_meta, "threshold": metrics["threshold"]}
     record = {"epoch": epoch + 1, **{f"val_{k}": v for k, v in metrics.items()}}
     if metrics["f05"] > progress.best["f05"]:
         progress.best = {**metrics, "epoch": epoch + 1}
         save_controller(parts.model, out / "best", ckpt_meta)
     if cfg.rollout_n > 0:
-        rollout = _rollout(out / "last", data.meta, cfg, backbone)
+        with tempfile.TemporaryDirectory(prefix=".rollout.", suffix=".tmp", dir=out) as tmp:
+            save_controller(parts.model, Path(tmp) / "ckpt", ckpt_meta)
+            rollout = _rollout(Path(tmp) / "ckpt", data.meta, cfg, backbone)
         writer.add_scalar("rollout/score", rollout["score"], step)
         writer.add_scalar("rollout/nfe", rollout["nfe"], step)
         record.update({f"rollout_{k}": v for k, v in rollout.items()})
@@ -476,5 +699,11 @@ def _end_epoch(
         "best": json.dumps(progress.best),
         "history": json.dumps(progress.history),
     }
-    atomic_write(out / "last" / "optimizer.pt", lambda tmp: torch.save(state, tmp))
+    # model, config and optimizer state land together: the whole directory is renamed in
+    save_controller(
+        parts.model,
+        out / "last",
+        ckpt_meta,
+        extra=lambda tmp: torch.save(state, tmp / "optimizer.pt"),
+    )
     logger.info("epoch %d: %s", epoch + 1, record)

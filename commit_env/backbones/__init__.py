@@ -2,7 +2,10 @@
 
 Specs accepted by :func:`load_backbone`:
 
-* ``"tiny"``: the small masked-LM checkpoint embedded in the package (``data/tiny``).
+* ``"tiny"``: the small masked-LM checkpoint embedded in the package (``data/tiny``), trained on
+  ``qa``/``math``/``code``.
+* ``"tiny-testbed"``: a preview checkpoint of the same model trained on every embedded family
+  (``data/tiny-testbed``; what ``commit-env train-backbone`` reproduces).
 * ``"hf:<name-or-path>"``: any transformers checkpoint (Hub id or local directory) through
   :class:`HFBackbone`.
 
@@ -31,11 +34,13 @@ __all__ = [
     "BackboneOutput",
     "HFBackbone",
     "TINY_BACKBONE_DIR",
+    "TINY_TESTBED_DIR",
     "list_backbones",
     "load_backbone",
 ]
 
 TINY_BACKBONE_DIR: Path = Path(__file__).parent / "data" / "tiny"
+TINY_TESTBED_DIR: Path = Path(__file__).parent / "data" / "tiny-testbed"
 
 _HF_PREFIX = "hf:"
 _HF_FORM = "hf:<name-or-path>"
@@ -51,39 +56,47 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def _load_tiny(
-    *,
-    kind: str = "auto",
-    device: str | torch.device | None = None,
-    dtype: str | torch.dtype | None = None,
-    trust_remote_code: bool = False,
-    **kw: Any,
-) -> Backbone:
-    """Load the embedded tiny masked-LM checkpoint."""
-    if kind not in ("auto", "masked-lm"):
-        raise BackboneUnavailable(f"the 'tiny' backbone is a masked-lm model, not kind={kind!r}")
-    if not (TINY_BACKBONE_DIR / "config.json").is_file():
-        raise BackboneUnavailable(
-            f"the embedded 'tiny' checkpoint is missing ({TINY_BACKBONE_DIR} has no config.json); "
-            "rebuild it with `commit-env train-backbone --out commit_env/backbones/data/tiny`"
-        )
-    from commit_env.backbones.hf import HFBackbone
+def _embedded_loader(name: str, directory: Path) -> Callable[..., Backbone]:
+    """A loader of one embedded masked-LM checkpoint shipped as package data."""
 
-    return HFBackbone.from_pretrained(
-        TINY_BACKBONE_DIR,
-        kind="masked-lm",
-        device=device,
-        dtype=dtype,
-        trust_remote_code=trust_remote_code,
-        name="tiny",
-        **kw,
-    )
+    def load(
+        *,
+        kind: str = "auto",
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        trust_remote_code: bool = False,
+        **kw: Any,
+    ) -> Backbone:
+        if kind not in ("auto", "masked-lm"):
+            raise BackboneUnavailable(
+                f"the {name!r} backbone is a masked-lm model, not kind={kind!r}"
+            )
+        if not (directory / "config.json").is_file():
+            raise BackboneUnavailable(
+                f"the embedded {name!r} checkpoint is missing ({directory} has no config.json); "
+                f"rebuild it with `commit-env train-backbone --out {directory}`"
+            )
+        from commit_env.backbones.hf import HFBackbone
+
+        return HFBackbone.from_pretrained(
+            directory,
+            kind="masked-lm",
+            device=device,
+            dtype=dtype,
+            trust_remote_code=trust_remote_code,
+            name=name,
+            **kw,
+        )
+
+    load.__doc__ = f"Load the embedded {name!r} masked-LM checkpoint."
+    return load
 
 
 # Named backbones: spec -> factory(kind=, device=, dtype=, trust_remote_code=, **kw). The
 # ``hf:<name-or-path>`` form is handled by load_backbone itself.
 BACKBONES: dict[str, Callable[..., Backbone]] = {
-    "tiny": _load_tiny,
+    "tiny": _embedded_loader("tiny", TINY_BACKBONE_DIR),
+    "tiny-testbed": _embedded_loader("tiny-testbed", TINY_TESTBED_DIR),
 }
 
 _CACHE: weakref.WeakValueDictionary[Hashable, Any] = weakref.WeakValueDictionary()

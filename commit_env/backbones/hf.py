@@ -63,10 +63,67 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
     Returns:
         The resolved device.
+
+    Raises:
+        BackboneUnavailable: If the string names no device type, or the device is not present
+            here (e.g. ``cuda`` without a GPU, ``cuda:3`` with two).
     """
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    if isinstance(device, torch.device):
+        return device
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise BackboneUnavailable(
+            f"unknown device {device!r}; expected cpu, cuda, cuda:N or mps"
+        ) from None
+    if resolved.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise BackboneUnavailable(
+                f"device {device!r} requested but CUDA is not available here; use --device cpu"
+            )
+        if resolved.index is not None and resolved.index >= count:
+            raise BackboneUnavailable(
+                f"device {device!r} requested but only {count} CUDA device(s) exist "
+                f"(cuda:0..cuda:{count - 1})"
+            )
+    elif resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise BackboneUnavailable(f"device {device!r} requested but MPS is not available here")
+    return resolved
+
+
+def _check_local_checkpoint(source: str) -> None:
+    """Name the file when a local checkpoint's ``config.json`` or a safetensors file is corrupt."""
+    import json
+    import struct
+    from pathlib import Path
+
+    directory = Path(source)
+    if not directory.is_dir():
+        return
+    config = directory / "config.json"
+    if config.is_file():
+        try:
+            json.loads(config.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise BackboneUnavailable(f"{config} is not valid JSON ({err})") from None
+    for weights in sorted(directory.glob("*.safetensors")):
+        size = weights.stat().st_size
+        try:
+            with open(weights, "rb") as fh:
+                (length,) = struct.unpack("<Q", fh.read(8))
+                if length > size - 8:
+                    raise ValueError(f"header of {length} bytes in a {size}-byte file")
+                header = json.loads(fh.read(length))
+            ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
+            if 8 + length + max(ends, default=0) > size:
+                raise ValueError("tensor data is truncated")
+        except (struct.error, ValueError, KeyError, TypeError, IndexError) as err:
+            raise BackboneUnavailable(
+                f"{weights} is not a valid safetensors file ({err}); re-download or re-save it"
+            ) from None
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
@@ -279,6 +336,10 @@ class HFBackbone:
                 "with attn_implementation='sdpa' or 'eager'"
             )
         self._position_offset = _position_offset(model)
+        # KV-cache support is probed on first use (see _kv_probe): (layers, kv heads, head dim)
+        # and the keyword the model takes its cache under, or the reason it is unsupported.
+        self._kv_state: tuple[tuple[int, int, int] | None, str] | None = None
+        self._kv_key = "cache"
 
         if max_length is None:
             max_length = self._find_max_length()
@@ -366,6 +427,7 @@ class HFBackbone:
         resolved_device = resolve_device(device)
         resolved_dtype = resolve_dtype(dtype, resolved_device)
         source = str(name_or_path)
+        _check_local_checkpoint(source)
 
         import transformers  # noqa: PLC0415 - deferred: importing transformers costs seconds
 
@@ -628,6 +690,221 @@ class HFBackbone:
 
     __call__ = forward
 
+    # ------------------------------------------------------------------ KV cache
+
+    @property
+    def supports_kv_cache(self) -> bool:
+        """Whether :meth:`forward_cached` works on this model (probed once, on first use)."""
+        return self._kv_probe()[0] is not None
+
+    @property
+    def kv_cache_unsupported_reason(self) -> str:
+        """Why :attr:`supports_kv_cache` is false (empty when it is true)."""
+        return self._kv_probe()[1]
+
+    def _kv_probe(self) -> tuple[tuple[int, int, int] | None, str]:
+        if self._kv_state is None:
+            self._kv_state = self._probe_kv_cache()
+        return self._kv_state
+
+    def _probe_kv_cache(self) -> tuple[tuple[int, int, int] | None, str]:
+        """Find the cache geometry with one tiny forward, then check a cached forward is exact.
+
+        The model must call ``cache.update(keys, values, layer_idx)`` in every attention layer
+        (transformers-native decoder and encoder stacks do); the check compares a forward of the
+        last two positions against the cache of a full forward with the full forward itself.
+        """
+        who = f"{self.name!r} ({type(self.model).__name__})"
+        if self.kind == "diffusion-gemma":
+            return (
+                None,
+                f"{who}: diffusion-gemma keeps its own prompt cache; kv_cache does not apply",
+            )
+        if self._dream_masking or not type(self.model).__module__.startswith("transformers."):
+            return None, f"{who}: KV caches need a transformers-native model, not remote code"
+        if self._attn_implementation.startswith("flash"):
+            return None, f"{who}: cached forwards need a 4-D mask, which flash attention lacks"
+        takes_kwargs = "kwargs" in self._forward_params
+        if "position_ids" not in self._forward_params and not takes_kwargs:
+            return None, f"{who}: the model's forward takes no position_ids"
+        length = 4
+        canvas = (torch.arange(length, device=self.device) % self.vocab_size)[None, :]
+        attention = torch.ones_like(canvas)
+        geometry: tuple[int, int, int] | None = None
+        for key in ("cache", "past_key_values"):
+            if key not in self._forward_params and not takes_kwargs:
+                continue
+            recorder = _ShapeRecorder()
+            try:
+                self._cached_call(canvas, attention, canvas, recorder, key, hidden=False)
+            except (TypeError, ValueError, RuntimeError):
+                continue
+            geometry = recorder.geometry()
+            if geometry is not None:
+                self._kv_key = key
+                break
+        if geometry is None:
+            return None, f"{who}: the model does not read a KV cache in every attention layer"
+        self._kv_state = (geometry, "")
+        try:
+            cache = self.new_kv_cache(1, length)
+            full = self.forward_cached(canvas, attention, torch.arange(length)[None, :], cache)
+            tail = torch.arange(length - 2, length)[None, :]
+            part = self.forward_cached(canvas, attention, tail, cache)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            return None, f"{who}: a cached forward failed: {exc}"
+        finally:
+            self._kv_state = None
+        tolerance = 1e-3 if self.dtype == torch.float32 else 1e-1
+        gap = float((part.logits.float() - full.logits[:, -2:].float()).abs().max())
+        scale = float(full.logits.float().abs().max()) + 1.0
+        if not gap <= tolerance * scale:
+            return None, f"{who}: a cached forward differs from the full one by {gap:.3g}"
+        return geometry, ""
+
+    def new_kv_cache(self, batch: int, length: int) -> torch.Tensor:
+        """A zero cache ``[batch, layers, 2, kv_heads, length, head_dim]`` in the model's dtype.
+
+        Args:
+            batch: Rows B.
+            length: Canvas length L.
+
+        Returns:
+            The cache tensor (keys at index 0 and values at index 1 of dimension 2).
+
+        Raises:
+            BackboneUnavailable: If the model does not support KV caches.
+        """
+        geometry, reason = self._kv_probe()
+        if geometry is None:
+            raise BackboneUnavailable(reason)
+        layers, heads, head_dim = geometry
+        with torch.inference_mode():
+            return torch.zeros(
+                (batch, layers, 2, heads, length, head_dim), dtype=self.dtype, device=self.device
+            )
+
+    def forward_cached(
+        self,
+        canvas: torch.Tensor,
+        attention_mask: torch.Tensor,
+        positions: torch.Tensor,
+        cache: torch.Tensor,
+        *,
+        rows: torch.Tensor | None = None,
+        hidden_layers: Sequence[int] | None = None,
+    ) -> BackboneOutput:
+        """Forward of the tokens at ``positions``; every other position is read from ``cache``.
+
+        Queries at ``positions`` attend, with the same bidirectional padding mask as
+        :meth:`forward`, to their own fresh keys/values and to the cached keys/values of every
+        other real position; their fresh keys/values are written into ``cache`` (Fast-dLLM's
+        "replace position"). ``positions = arange(L)`` is a full forward that refills the cache.
+        Dream-style shifted models also compute the position before each row's first one.
+
+        Args:
+            canvas: Integer ``[b, L]`` token ids, left-padded.
+            attention_mask: ``[b, L]``, 0 on padding.
+            positions: int64 ``[b, Q]`` ascending, contiguous canvas indices per row (a shorter
+                row repeats its last index).
+            cache: ``[B, layers, 2, kv_heads, L, head_dim]`` from :meth:`new_kv_cache`, updated
+                in place.
+            rows: int64 ``[b]`` cache rows of the canvas rows (``None``: all ``B == b`` rows).
+            hidden_layers: As in :meth:`forward`.
+
+        Returns:
+            Aligned logits ``[b, Q, V]`` for ``positions`` and, if requested, hidden states.
+
+        Raises:
+            BackboneUnavailable: If the model does not support KV caches.
+            ValueError: On mismatched shapes or positions outside the canvas.
+        """
+        geometry, reason = self._kv_probe()
+        if geometry is None:
+            raise BackboneUnavailable(reason)
+        b, length = canvas.shape
+        if attention_mask.shape != canvas.shape or positions.dim() != 2 or positions.shape[0] != b:
+            raise ValueError(
+                f"canvas {tuple(canvas.shape)}, attention_mask {tuple(attention_mask.shape)} and "
+                f"positions {tuple(positions.shape)} must be [b, L], [b, L] and [b, Q]"
+            )
+        expected = (b if rows is None else cache.shape[0], *geometry[:1], 2, geometry[1])
+        if tuple(cache.shape[:4]) != expected or cache.shape[4] != length:
+            raise ValueError(
+                f"cache shape {tuple(cache.shape)} does not fit a canvas of length {length} "
+                f"(expected [B, {geometry[0]}, 2, {geometry[1]}, {length}, {geometry[2]}])"
+            )
+        if positions.numel() and not 0 <= int(positions.min()) <= int(positions.max()) < length:
+            raise ValueError(f"positions must lie in [0, {length}), got {positions.tolist()}")
+        layers = None if hidden_layers is None else [int(i) for i in hidden_layers]
+        canvas = canvas.to(self.device, dtype=torch.long)
+        attention_mask = attention_mask.to(self.device, dtype=torch.long)
+        raw = positions.to(self.device, dtype=torch.long)
+        if self.kind == "dream":  # raw logit i - 1 scores token i: also run the position before
+            raw = torch.cat([(raw[:, :1] - 1).clamp(min=0), raw], dim=1)
+        store = _PositionCache(cache, None if rows is None else rows.to(self.device), raw)
+        logits, hidden_states = self._cached_call(
+            canvas, attention_mask, raw, store, self._kv_key, hidden=layers is not None
+        )
+        if store.calls != geometry[0]:
+            raise BackboneUnavailable(
+                f"{self.name!r}: the model read the KV cache in {store.calls} layers, "
+                f"expected {geometry[0]}"
+            )
+        if self.kind == "dream":  # aligned column k is the raw column of position k - 1
+            take = (raw[:, 1:] - raw[:, 1:2]).clamp(min=0)  # [b, Q]
+        else:
+            take = torch.arange(positions.shape[1], device=self.device).expand_as(raw)
+        logits = logits.gather(1, take[..., None].expand(-1, -1, logits.shape[-1]))
+        hidden = None
+        if layers is not None:
+            if not hidden_states:
+                raise BackboneUnavailable(f"{self.name!r} does not return hidden states")
+            n = len(hidden_states)
+            bad = [i for i in layers if not -n <= i < n]
+            if bad:
+                raise ValueError(
+                    f"hidden layer indices {bad} out of range for {n} hidden states "
+                    f"(valid: {-n}..{n - 1})"
+                )
+            hidden = torch.cat([hidden_states[i] for i in layers], dim=-1)
+            hidden = hidden.gather(1, take[..., None].expand(-1, -1, hidden.shape[-1]))
+        return BackboneOutput(logits=logits, hidden=hidden)
+
+    def _cached_call(
+        self,
+        canvas: torch.Tensor,
+        attention_mask: torch.Tensor,
+        raw: torch.Tensor,
+        store: Any,
+        key: str,
+        *,
+        hidden: bool,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
+        """One model call on the tokens at ``raw`` [b, Q] with ``store`` as its cache."""
+        positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0) + self._position_offset
+        mask = _bidirectional_mask(
+            attention_mask, self._attn_implementation, self.dtype, queries=raw.shape[1]
+        )
+        kwargs: dict[str, Any] = {
+            "input_ids": canvas.gather(1, raw),
+            "attention_mask": mask,
+            "position_ids": positions.gather(1, raw),
+            key: store,
+        }
+        if "return_dict" in self._forward_params:
+            kwargs["return_dict"] = True
+        if hidden:
+            kwargs["output_hidden_states"] = True
+        with torch.inference_mode():
+            output = self.model(**kwargs)
+        logits = _extract_logits(output)
+        if logits is None or logits.dim() != 3:
+            raise BackboneUnavailable(
+                f"{type(self.model).__name__} ({self.name!r}) did not return [B, L, V] logits"
+            )
+        return logits, _extract_hidden_states(output) if hidden else None
+
     # ------------------------------------------------------------------ text
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
@@ -686,9 +963,13 @@ def _dream_attention_mask(attention_mask: torch.Tensor) -> str | torch.Tensor:
 
 
 def _bidirectional_mask(
-    attention_mask: torch.Tensor, attn_implementation: str, dtype: torch.dtype
+    attention_mask: torch.Tensor,
+    attn_implementation: str,
+    dtype: torch.dtype,
+    *,
+    queries: int | None = None,
 ) -> torch.Tensor:
-    """A full (non-causal) 4-D ``[B, 1, L, L]`` mask that hides padded keys.
+    """A full (non-causal) 4-D ``[B, 1, Q, L]`` mask that hides padded keys (Q = L by default).
 
     transformers passes a 4-D mask to the attention kernel as-is (no causal triangle is added),
     which is how Dream's remote code makes its Qwen2 stack bidirectional and how a LLaMA stack
@@ -697,11 +978,81 @@ def _bidirectional_mask(
     floats. Only keys are masked: padded query rows still see the real tokens, so their (ignored)
     outputs stay finite.
     """
-    keys = attention_mask.bool()[:, None, None, :].expand(-1, 1, attention_mask.shape[1], -1)
+    width = attention_mask.shape[1] if queries is None else queries
+    keys = attention_mask.bool()[:, None, None, :].expand(-1, 1, width, -1)
     if attn_implementation == "sdpa":
         return keys
     additive = torch.zeros(keys.shape, dtype=dtype, device=keys.device)
     return additive.masked_fill_(~keys, torch.finfo(dtype).min)
+
+
+class _ShapeRecorder:
+    """A stand-in transformers cache that records each layer's key shape and changes nothing."""
+
+    def __init__(self) -> None:
+        self.shapes: dict[int, tuple[int, int]] = {}
+
+    def get_seq_length(self, *args: Any, **kwargs: Any) -> int:
+        return 0
+
+    def update(
+        self,
+        key_states: torch.Tensor,
+        value_states: torch.Tensor,
+        layer_idx: int,
+        *a: Any,
+        **k: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        self.shapes[int(layer_idx)] = (int(key_states.shape[1]), int(key_states.shape[-1]))
+        return key_states, value_states
+
+    def geometry(self) -> tuple[int, int, int] | None:
+        """``(layers, kv heads, head dim)`` when every layer 0..n-1 reported the same shape."""
+        n = len(self.shapes)
+        if n == 0 or sorted(self.shapes) != list(range(n)) or len(set(self.shapes.values())) != 1:
+            return None
+        heads, head_dim = self.shapes[0]
+        return n, heads, head_dim
+
+
+class _PositionCache:
+    """A stand-in transformers cache over one engine cache tensor (Fast-dLLM's replace position).
+
+    Each attention layer hands over the keys/values of the positions it computed; they are
+    written into the stored tensor at those positions, and the layer attends to the whole stored
+    row (cached entries everywhere else). Padding copies of a position write identical values.
+    """
+
+    def __init__(self, store: torch.Tensor, rows: torch.Tensor | None, positions: torch.Tensor):
+        self.store = store  # [B, layers, 2, kv_heads, L, head_dim]
+        self.rows = rows  # [b] or None
+        self.positions = positions  # [b, Q]
+        self.calls = 0
+
+    def get_seq_length(self, *args: Any, **kwargs: Any) -> int:
+        return 0
+
+    def update(
+        self,
+        key_states: torch.Tensor,
+        value_states: torch.Tensor,
+        layer_idx: int,
+        *a: Any,
+        **k: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        self.calls += 1
+        b, _, q, _ = key_states.shape
+        if self.rows is None:
+            index = torch.arange(b, device=key_states.device)[:, None].expand(b, q)
+        else:
+            index = self.rows[:, None].expand(b, q)
+        store, layer = self.store, int(layer_idx)
+        # Advanced indices around a slice put their dims first: the target is [b, Q, heads, dim].
+        store[index, layer, 0, :, self.positions] = key_states.transpose(1, 2).to(store.dtype)
+        store[index, layer, 1, :, self.positions] = value_states.transpose(1, 2).to(store.dtype)
+        if self.rows is None:
+            return store[:, layer, 0], store[:, layer, 1]
+        return store[self.rows, layer, 0], store[self.rows, layer, 1]
 
 
 def _yields_logits(model: Any, device: torch.device) -> bool:

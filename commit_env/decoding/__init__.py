@@ -20,11 +20,11 @@ from commit_env.decoding.config import (
     parse_window,
     validate_setting,
 )
-from commit_env.decoding.engine import Decoder
+from commit_env.decoding.engine import Decoder, window_bounds, window_eligible
 from commit_env.decoding.features import FEATURE_GROUPS, FEATURES, FeatureBuilder, FeatureSpec
 from commit_env.decoding.run import DecodeResult, completion_text, decode, run_to_completion
 from commit_env.decoding.snapshot import concat_states, select_rows
-from commit_env.decoding.state import CommitDecision, TraceState
+from commit_env.decoding.state import CommitDecision, DraftDecision, TraceState
 
 __all__ = [
     "DEFAULT_TOP_K",
@@ -35,6 +35,7 @@ __all__ = [
     "DecodeConfig",
     "DecodeResult",
     "DecodeSetting",
+    "DraftDecision",
     "Decoder",
     "FeatureBuilder",
     "FeatureSpec",
@@ -44,6 +45,8 @@ __all__ = [
     "parse_window",
     "run_to_completion",
     "validate_setting",
+    "window_bounds",
+    "window_eligible",
     "select_rows",
     "concat_states",
 ]

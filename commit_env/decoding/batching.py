@@ -56,6 +56,13 @@ def widen_prompt(state: TraceState, new_width: int, pad_token_id: int) -> TraceS
     state.canvas = torch.cat([pad, state.canvas], dim=1)  # [B, P' + G]
     zeros = torch.zeros((B, extra), dtype=state.attention_mask.dtype, device=dev)
     state.attention_mask = torch.cat([zeros, state.attention_mask], dim=1)  # [B, P' + G]
+    if state.kv_canvas is not None:  # padded keys are masked, so the cached entries stay exact
+        state.kv_canvas = torch.cat([pad.to(state.kv_canvas.dtype), state.kv_canvas], dim=1)
+    if state.kv_cache is not None:  # the cache keeps L on its second-to-last axis
+        cache = state.kv_cache
+        shape = (*cache.shape[:-2], extra, cache.shape[-1])
+        blank = torch.zeros(shape, dtype=cache.dtype, device=cache.device)
+        state.kv_cache = torch.cat([blank, cache], dim=-2)
     return state
 
 

@@ -18,6 +18,8 @@ __all__ = [
     "TRAINING_SETTING",
     "DecodeConfig",
     "DecodeSetting",
+    "KV_CACHE_MODES",
+    "KVCacheMode",
     "WindowKind",
     "parse_window",
     "validate_engine_options",
@@ -25,6 +27,9 @@ __all__ = [
 ]
 
 WindowKind = Literal["block", "sliding", "full"]
+KVCacheMode = Literal["none", "prefix", "dual"]
+#: The engine's KV-cache modes (see :class:`DecodeConfig`).
+KV_CACHE_MODES: tuple[str, ...] = ("none", "prefix", "dual")
 
 #: K, top-k probabilities per position kept by the features (recorded in trace/checkpoint meta).
 DEFAULT_TOP_K = 3
@@ -178,6 +183,18 @@ class DecodeConfig(DecodeSetting):
         hidden_features: D, width of the random projection of the backbone's last hidden state
             kept as a feature (0 = no hidden features, no hidden states requested).
         record_trace: Keep per-step proposals/confidences/commits for plots (costs memory).
+        kv_cache: ``"none"`` (every forward runs the whole canvas), ``"prefix"`` (Fast-dLLM
+            prefix cache: keys/values of everything before the current block are cached at the
+            block's first forward and reused; the block and everything after it are recomputed
+            each step) or ``"dual"`` (Fast-dLLM dual cache: the suffix after the block is cached
+            too, only the block is recomputed). A row refreshes its cache (one full forward) at
+            each block start and whenever a cached token changed. Needs a block window
+            (``"full"`` counts as one block of G) and a backbone with ``forward_cached``.
+        remask_cap: How many times one generation position may be remasked (committed ->
+            masked again, see :class:`~commit_env.decoding.state.CommitDecision`'s ``remask``).
+            0 (the default) turns remasking off: the engine then behaves exactly as before
+            remasking existed, and a decision that asks for a remask raises ``ValueError``.
+            With a cap c and no step budget a row finishes within ``g * (1 + c)`` steps.
     """
 
     eos_stop: bool = True
@@ -187,6 +204,8 @@ class DecodeConfig(DecodeSetting):
     history: int = 2
     hidden_features: int = 0
     record_trace: bool = False
+    kv_cache: KVCacheMode = "none"
+    remask_cap: int = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -195,7 +214,13 @@ class DecodeConfig(DecodeSetting):
             top_k=self.top_k,
             history=self.history,
             hidden_features=self.hidden_features,
+            kv_cache=self.kv_cache,
+            window=self.window,
         )
+        if not _is_int(self.remask_cap) or self.remask_cap < 0:
+            raise ValueError(
+                f"remask_cap must be an int >= 0 (0 = remasking off), got {self.remask_cap!r}"
+            )
 
 
 def validate_engine_options(
@@ -204,8 +229,19 @@ def validate_engine_options(
     top_k: Any = DEFAULT_TOP_K,
     history: Any = 1,
     hidden_features: Any = 0,
+    kv_cache: Any = "none",
+    window: Any = None,
 ) -> None:
     """Check the engine options shared by :class:`DecodeConfig` and the env config.
+
+    Args:
+        temperature: Proposal temperature, finite and >= 0.
+        top_k: K >= 2.
+        history: H >= 1.
+        hidden_features: D >= 0.
+        kv_cache: One of :data:`KV_CACHE_MODES`.
+        window: The window spec the options run with (a KV cache needs ``"block:B"`` or
+            ``"full"``); ``None`` skips that check (per-row windows are checked by the engine).
 
     Raises:
         ValueError: One line naming the bad value and the valid range.
@@ -220,6 +256,12 @@ def validate_engine_options(
         raise ValueError(f"history must be an int >= 1, got {history!r}")
     if not _is_int(hidden_features) or hidden_features < 0:
         raise ValueError(f"hidden_features must be an int >= 0, got {hidden_features!r}")
+    if kv_cache not in KV_CACHE_MODES:
+        raise ValueError(f"kv_cache must be one of {', '.join(KV_CACHE_MODES)}, got {kv_cache!r}")
+    if kv_cache != "none" and window is not None and parse_window(window)[0] == "sliding":
+        raise ValueError(
+            f"kv_cache={kv_cache!r} needs a block window ('block:B' or 'full'), got {window!r}"
+        )
 
 
 def _largest_divisor_at_most(n: int, k: int) -> int:

@@ -13,6 +13,19 @@ One :meth:`Decoder.step`:
 4. finish rows that are complete, or (``eos_stop``) whose committed EOS has every earlier position
    committed: their tail is filled with EOS without a forward;
 5. run **one** batched forward over the unfinished rows only and refresh proposals and features.
+
+Remasking (``DecodeConfig.remask_cap > 0``): a :class:`CommitDecision` may also carry a ``remask``
+mask; after step 3 its bits at ``state.remaskable`` positions (committed before this step, inside
+the window, under the per-position cap) turn those positions back into ``[MASK]`` before rows are
+finished, so the same forward re-proposes them. Prompt positions are outside the ``[B, G]``
+region and can never be remasked. Progress guarantee, budget fill and EOS stop are unchanged; a row
+that fills (budget or all-in) ignores its remask bits, and the cap bounds every row to
+``g * (1 + cap)`` steps without a budget.
+
+Draft-and-verify (:class:`DraftDecision`): the step applies K drafted commit masks to K copies of
+every row and verifies them with **one** forward over the ``B * K`` copies (the same forward as
+above); the policy's ``accept`` picks the copy each row keeps. NFE grows by one per row,
+``forward_tokens`` by the tokens of every copy.
 """
 
 from __future__ import annotations
@@ -22,11 +35,12 @@ from collections.abc import Sequence
 
 import torch
 
-from commit_env.backbones.base import Backbone
+from commit_env.backbones.base import Backbone, kv_cache_support
 from commit_env.decoding.config import DecodeConfig, validate_setting
-from commit_env.decoding.state import WINDOW_CODES, CommitDecision, TraceState
+from commit_env.decoding.snapshot import select_rows
+from commit_env.decoding.state import WINDOW_CODES, CommitDecision, DraftDecision, TraceState
 
-__all__ = ["Decoder", "STABLE_CAP"]
+__all__ = ["Decoder", "STABLE_CAP", "window_eligible"]
 
 STABLE_CAP = 8  # stable-step counts above this are rare and uninformative; features saturate here
 
@@ -50,6 +64,10 @@ class Decoder:
             raise ValueError("backbone pad_token_id must differ from mask_token_id")
         if not backbone.eos_token_ids and config.eos_stop:
             raise ValueError("eos_stop=True needs a backbone with at least one EOS id")
+        if config.kv_cache != "none":
+            supported, reason = kv_cache_support(backbone)
+            if not supported:
+                raise ValueError(f"kv_cache={config.kv_cache!r} is not available: {reason}")
         self.backbone = backbone
         self.config = config
         self.device = torch.device(backbone.device)
@@ -216,7 +234,24 @@ class Decoder:
                 list(range(B)) if row_ids is None else list(row_ids), dtype=torch.long, device=dev
             ),
             prev_logp=torch.zeros((B, G, 1), device=dev),
+            kv_refreshes=zeros_b.clone(),
+            **self._empty_cache(B, P + G),
+            remaskable=torch.zeros((B, G), dtype=torch.bool, device=dev),
+            remask_count=torch.zeros((B, G), dtype=torch.long, device=dev),
+            remasked_token=torch.full((B, G), -1, dtype=torch.long, device=dev),
+            remasks=zeros_b.clone(),
+            remask_changed=zeros_b.clone(),
+            remask_ignored=zeros_b.clone(),
         )
+
+    def _empty_cache(self, B: int, L: int) -> dict[str, torch.Tensor | None]:
+        """The KV-cache fields of a new state: an empty cache that every row must refresh."""
+        if self.config.kv_cache == "none":
+            return {"kv_cache": None, "kv_canvas": None}
+        return {
+            "kv_cache": self.backbone.new_kv_cache(B, L),  # type: ignore[attr-defined]
+            "kv_canvas": torch.full((B, L), -1, dtype=torch.long, device=self.device),
+        }
 
     def _row_settings(
         self,
@@ -238,13 +273,19 @@ class Decoder:
             if not 1 <= g <= G:
                 raise ValueError(f"per-row gen_length {g} must be in [1, {G}] (config.gen_length)")
             kind, width = validate_setting(g, w, b)
+            if kind == "sliding" and cfg.kv_cache != "none":
+                raise ValueError(
+                    f"kv_cache={cfg.kv_cache!r} needs block windows ('block:B', 'full'), got {w!r}"
+                )
             kinds.append(WINDOW_CODES[kind])
             widths.append(width)
             budget_out.append((g, False) if b is None else (int(b), True))
         return row_g, kinds, widths, budget_out
 
     # ----------------------------------------------------------------------------- step
-    def step(self, state: TraceState, decision: torch.Tensor | CommitDecision) -> TraceState:
+    def step(
+        self, state: TraceState, decision: torch.Tensor | CommitDecision | DraftDecision
+    ) -> TraceState:
         """Commit, finish rows, and run one batched forward over the unfinished rows.
 
         Bits of the mask at non-eligible positions (committed, outside the window, finished row)
@@ -252,16 +293,21 @@ class Decoder:
 
         Args:
             state: The current state (from :meth:`start` or a previous :meth:`step`).
-            decision: bool tensor ``[B, G]`` commit mask, or a :class:`CommitDecision`.
+            decision: bool tensor ``[B, G]`` commit mask, a :class:`CommitDecision` (commit,
+                all-in rows, tokens, remask) or a :class:`DraftDecision` (draft-and-verify).
 
         Returns:
             The same state object, advanced by one step.
 
         Raises:
             TypeError: If the mask is not a bool tensor.
-            ValueError: If the mask's shape is not ``[B, G]``.
+            ValueError: If the mask's shape is not ``[B, G]``, or a remask is asked for while
+                ``remask_cap == 0``.
         """
+        if isinstance(decision, DraftDecision):
+            return self._step_drafts(state, decision)
         mask, fill_rows, tokens = _unpack(decision)
+        remask = decision.remask if isinstance(decision, CommitDecision) else None
         B, G = state.batch_size, state.gen_length
         if not isinstance(mask, torch.Tensor):
             raise TypeError(f"commit mask must be a torch.Tensor of shape [B, G] = [{B}, {G}]")
@@ -271,6 +317,8 @@ class Decoder:
             )
         if mask.dtype != torch.bool:
             raise TypeError(f"commit mask must have dtype torch.bool, got {mask.dtype}")
+        if remask is not None:
+            self._check_remask(remask, (B, G))
         # Rows admitted with start(forward=False) have no proposals yet: this step only runs
         # their first forward (together with everyone else's), committing nothing for them.
         active = ~state.done & (state.nfe > 0)  # [B] rows that commit this step
@@ -306,11 +354,143 @@ class Decoder:
         state.committed |= commit
         state.commit_step = torch.where(commit, state.step[:, None], state.commit_step)
         state.step += active.long()
+        removed = None
+        self._note_recommits(state, commit)
+        if remask is not None:
+            removed = self._remask(state, remask.to(self.device), active, active & ~fill)
         if self.config.record_trace:
-            state.trace.append({"commit": commit.cpu(), "step": state.step.cpu()})
+            record = {"commit": commit.cpu(), "step": state.step.cpu()}
+            if removed is not None:
+                record["remask"] = removed.cpu()
+            state.trace.append(record)
         self._finish_rows(state)
         self._forward(state)
         self._update_window(state)
+        return state
+
+    # ----------------------------------------------------------------------------- remasking
+    def _check_remask(self, remask: torch.Tensor, shape: tuple[int, ...]) -> None:
+        if not isinstance(remask, torch.Tensor) or remask.dtype != torch.bool:
+            raise ValueError(f"remask must be a bool tensor of shape {list(shape)}")
+        if tuple(remask.shape) != shape:
+            raise ValueError(f"remask has shape {tuple(remask.shape)}; expected {list(shape)}")
+        if self.config.remask_cap == 0 and bool(remask.any()):
+            raise ValueError(
+                "remasking is off (DecodeConfig.remask_cap=0); set remask_cap >= 1 to allow it"
+            )
+
+    def _note_recommits(self, state: TraceState, commit: torch.Tensor) -> None:
+        """Count re-decoded tokens that changed, for positions committed again this step."""
+        if self.config.remask_cap == 0 or state.remasked_token is None:
+            return
+        again = commit & (state.remasked_token >= 0)  # [B, G]
+        changed = again & (state.gen_tokens != state.remasked_token)
+        state.remask_changed += changed.sum(-1)
+        state.remasked_token = state.remasked_token.masked_fill(again, -1)
+
+    def _remask(
+        self,
+        state: TraceState,
+        remask: torch.Tensor,
+        requesting: torch.Tensor,
+        allowed: torch.Tensor,
+    ) -> torch.Tensor:
+        """Mask ``remask & remaskable`` positions of ``allowed`` rows again; return them [B, G]."""
+        G = state.gen_length
+        asked = remask & requesting[:, None]  # [B, G]
+        hit = asked & state.remaskable & allowed[:, None]  # [B, G]
+        state.remask_ignored += (asked & ~hit).sum(-1)
+        if not bool(hit.any()):
+            return hit
+        gen = state.canvas[:, -G:]
+        state.remasked_token = torch.where(hit, gen, state.remasked_token)
+        state.canvas[:, -G:] = torch.where(hit, self.backbone.mask_token_id, gen)
+        state.committed &= ~hit
+        state.commit_step = state.commit_step.masked_fill(hit, -1)
+        state.remask_count += hit.long()
+        state.remasks += hit.sum(-1)
+        return hit
+
+    # ----------------------------------------------------------------------------- drafts
+    def _step_drafts(self, state: TraceState, decision: DraftDecision) -> TraceState:
+        """Draft-and-verify: K copies per row, one batched forward, keep the accepted copy."""
+        B, G = state.batch_size, state.gen_length
+        drafts = decision.commit
+        if not isinstance(drafts, torch.Tensor) or drafts.dtype != torch.bool or drafts.dim() != 3:
+            raise ValueError(f"DraftDecision.commit must be a bool tensor [B, K, G], G = {G}")
+        K = int(drafts.shape[1])
+        if tuple(drafts.shape) != (B, K, G) or K < 1:
+            raise ValueError(
+                f"DraftDecision.commit has shape {tuple(drafts.shape)}; expected [{B}, K >= 1, {G}]"
+            )
+        if decision.remask is not None:
+            self._check_remask(decision.remask, (B, K, G))
+        if self.config.temperature > 0:
+            raise ValueError("draft-and-verify needs greedy proposals (temperature=0)")
+        active = ~state.done & (state.nfe > 0)  # [B]
+        out_of_budget = active & state.budget_limited & (state.nfe >= state.budget)  # [B]
+        masked = ~state.committed  # [B, G]
+        used = decision.used
+        if used is None:
+            used = torch.ones((B, K), dtype=torch.bool, device=self.device)
+        elif tuple(used.shape) != (B, K) or used.dtype != torch.bool:
+            raise ValueError(f"DraftDecision.used must be a bool tensor [B, K] = [{B}, {K}]")
+        used = used.to(self.device)
+        index = torch.arange(B, device=self.device).repeat_interleave(K)  # [B*K]
+        drafted = select_rows(state, index)
+        drafted.trace = None
+        # Unused copies, and every copy but the first of a row that commits nothing this step (a
+        # row admitted without its first forward), are neither committed nor forwarded.
+        first = torch.arange(K, device=self.device).repeat(B) == 0  # [B*K]
+        live = (active[index] & used.reshape(-1)) | (~active[index] & first)
+        drafted.done |= ~live
+        d_active = active[index] & live  # [B*K]
+        d_fill = out_of_budget[index] & d_active
+        mask = drafts.to(self.device).reshape(B * K, G) & masked[index] & d_active[:, None]
+        # Progress guarantee per copy: a copy that commits nothing gets the best eligible position.
+        idle = d_active & ~d_fill & ~mask.any(-1)  # [B*K]
+        best = drafted.confidence.masked_fill(~drafted.eligible, -1.0).argmax(-1)  # [B*K]
+        forced = torch.zeros_like(mask).scatter_(1, best[:, None], True) & drafted.eligible
+        mask |= forced & idle[:, None]
+        drafted.forced_commits += idle.long()
+        fill_mask = masked[index] & d_fill[:, None]
+        drafted.budget_fills += (fill_mask & ~mask).sum(-1)
+        commit = mask | fill_mask
+        gen = drafted.canvas[:, -G:]
+        drafted.canvas[:, -G:] = torch.where(commit, drafted.proposal, gen)
+        drafted.committed |= commit
+        drafted.commit_step = torch.where(commit, drafted.step[:, None], drafted.commit_step)
+        drafted.step += d_active.long()
+        self._note_recommits(drafted, commit)
+        if decision.remask is not None:
+            remask = decision.remask.to(self.device).reshape(B * K, G)
+            self._remask(drafted, remask, d_active, d_active & ~d_fill)
+        self._finish_rows(drafted)
+        self._forward(drafted)
+        self._update_window(drafted)
+        choice = decision.accept(state, drafted)
+        if (
+            not isinstance(choice, torch.Tensor)
+            or tuple(choice.shape) != (B,)
+            or bool(((choice < 0) | (choice >= K)).any())
+        ):
+            raise ValueError(f"DraftDecision.accept must return int64 [B] = [{B}] in [0, {K})")
+        choice = torch.where(active, choice.to(self.device).long(), 0)  # idle rows keep copy 0
+        if not bool((used[torch.arange(B, device=self.device), choice] | ~active).all()):
+            raise ValueError("DraftDecision.accept picked a copy marked unused")
+        rows = torch.arange(B, device=self.device) * K + choice  # [B]
+        ran = drafted.nfe.view(B, K) > state.nfe[:, None]  # [B, K] copies that were forwarded
+        tokens = (drafted.forward_tokens.view(B, K) - state.forward_tokens[:, None]).sum(-1)
+        nfe, forward_tokens = state.nfe + ran.any(-1).long(), state.forward_tokens + tokens
+        kept = select_rows(drafted, rows)
+        for name in state.tensor_fields():
+            setattr(state, name, getattr(kept, name))
+        state.nfe, state.forward_tokens = nfe, forward_tokens
+        if self.config.record_trace:
+            state.trace.append({"commit": commit.view(B, K, G)[torch.arange(B), choice].cpu()})
+            state.trace.append(
+                {"proposal": state.proposal.cpu(), "confidence": state.confidence.cpu()}
+            )
         return state
 
     # ----------------------------------------------------------------------------- internals
@@ -335,19 +515,115 @@ class Decoder:
         state.done |= newly_done
 
     def _forward(self, state: TraceState) -> None:
-        """One backbone forward over the unfinished rows; refresh their proposals/features."""
+        """One backbone forward over the unfinished rows; refresh their proposals/features.
+
+        Accounting: every unfinished row gets one NFE; ``forward_tokens`` adds the real tokens
+        the forward computed for the row (the whole canvas, or with a KV cache only the
+        recomputed positions; cache refreshes count the whole canvas).
+        """
         active = ~state.done
         n_active = int(active.sum())
         if n_active == 0:
             return
-        everyone = n_active == state.batch_size
-        rows = None if everyone else active.nonzero().squeeze(1)  # [b]
-        canvas = state.canvas if everyone else state.canvas[rows]
-        attention = state.attention_mask if everyone else state.attention_mask[rows]
-        hidden_layers = (-1,) if self._projection is not None else None
-        out = self.backbone.forward(canvas, attention, hidden_layers=hidden_layers)
+        if self.config.kv_cache != "none":
+            tokens = self._forward_cached(state, active)
+        else:
+            everyone = n_active == state.batch_size
+            rows = None if everyone else active.nonzero().squeeze(1)  # [b]
+            canvas = state.canvas if everyone else state.canvas[rows]
+            attention = state.attention_mask if everyone else state.attention_mask[rows]
+            out = self.backbone.forward(canvas, attention, hidden_layers=self._hidden_layers)
+            G = state.gen_length
+            hidden = None if out.hidden is None else out.hidden[:, -G:, :]
+            self._absorb(state, rows, out.logits[:, -G:, :], hidden)
+            tokens = state.attention_mask.sum(-1) * active.long()
+        state.nfe += active.long()
+        state.forward_tokens += tokens
+        if self.config.record_trace:
+            state.trace.append(
+                {"proposal": state.proposal.cpu(), "confidence": state.confidence.cpu()}
+            )
+
+    @property
+    def _hidden_layers(self) -> tuple[int, ...] | None:
+        return (-1,) if self._projection is not None else None
+
+    def _forward_cached(self, state: TraceState, active: torch.Tensor) -> torch.Tensor:
+        """The forward with a KV cache (Fast-dLLM prefix/dual); returns tokens computed per row.
+
+        Per row, the recomputed positions are the current block and everything after it
+        (``prefix``) or the current block only (``dual``); all other positions are read from the
+        row's cache. A row whose cached positions hold a token that differs from the canvas its
+        cache was computed from (a new block has started, or a cached token changed) refreshes
+        instead: a full forward that refills its cache and serves this step too. Refreshing and
+        reusing rows run as (at most) two backbone calls, each row in exactly one of them.
+        """
+        self._update_window(state)  # the block each row commits in next
+        B, L, G = state.batch_size, int(state.canvas.shape[1]), state.gen_length
+        P = L - G
+        if state.kv_cache is None or state.kv_canvas is None or state.kv_cache.shape[-2] != L:
+            fresh = self._empty_cache(B, L)  # e.g. after the prompt region was widened
+            state.kv_cache, state.kv_canvas = fresh["kv_cache"], fresh["kv_canvas"]
+        assert state.kv_cache is not None and state.kv_canvas is not None
+        if state.kv_refreshes is None:
+            state.kv_refreshes = torch.zeros(B, dtype=torch.long, device=self.device)
+        start = P + state.window_start  # [B] canvas index of the current block
+        end = (
+            torch.full_like(start, L) if self.config.kv_cache == "prefix" else P + state.window_end
+        )
+        cols = torch.arange(L, device=self.device)[None, :]  # [1, L]
+        recomputed = (cols >= start[:, None]) & (cols < end[:, None])  # [B, L]
+        real = state.attention_mask.bool()  # [B, L]
+        stale = ((state.kv_canvas != state.canvas) & real & ~recomputed).any(-1)  # [B]
+        tokens = torch.zeros(B, dtype=torch.long, device=self.device)
+        for group, refresh in ((active & stale, True), (active & ~stale, False)):
+            n = int(group.sum())
+            if n == 0:
+                continue
+            rows = None if n == B else group.nonzero().squeeze(1)  # [b]
+            pick = slice(None) if rows is None else rows
+            lo = torch.zeros_like(start[pick]) if refresh else start[pick]  # [b]
+            hi = torch.full_like(lo, L) if refresh else end[pick]  # [b]
+            width = int((hi - lo).max())
+            offsets = torch.arange(width, device=self.device)[None, :]
+            positions = (lo[:, None] + offsets).minimum(hi[:, None] - 1)  # [b, Q]
+            out = self.backbone.forward_cached(  # type: ignore[attr-defined]
+                state.canvas[pick],
+                state.attention_mask[pick],
+                positions,
+                state.kv_cache,
+                rows=rows,
+                hidden_layers=self._hidden_layers,
+            )
+            gen_cols = P + torch.arange(G, device=self.device)[None, :]  # [1, G]
+            index = (gen_cols - lo[:, None]).clamp(0, width - 1)  # [b, G] column of each position
+            computed = (gen_cols >= lo[:, None]) & (gen_cols < hi[:, None])  # [b, G]
+            V, H = out.logits.shape[-1], None if out.hidden is None else out.hidden.shape[-1]
+            logits = out.logits.gather(1, index[..., None].expand(-1, -1, V))  # [b, G, V]
+            hidden = None if H is None else out.hidden.gather(1, index[..., None].expand(-1, -1, H))
+            self._absorb(state, rows, logits, hidden, None if refresh else computed)
+            span = (cols >= lo[:, None]) & (cols < hi[:, None])  # [b, L]
+            tokens[pick] = (span & real[pick]).sum(-1)
+            if refresh:
+                state.kv_canvas[pick] = state.canvas[pick]
+                state.kv_refreshes[pick] += 1
+        return tokens
+
+    def _absorb(
+        self,
+        state: TraceState,
+        rows: torch.Tensor | None,
+        gen_logits: torch.Tensor,
+        gen_hidden: torch.Tensor | None,
+        computed: torch.Tensor | None = None,
+    ) -> None:
+        """Turn a forward's generation-region logits into proposals and features for ``rows``.
+
+        ``computed`` (bool ``[b, G]``, KV-cache forwards only) marks the positions the forward
+        actually recomputed; the others keep their previous proposals and features.
+        """
         G = state.gen_length
-        logits = out.logits[:, -G:, :].float()  # [b, G, V]
+        logits = gen_logits.float()  # [b, G, V]
         logp = logits.log_softmax(-1)  # [b, G, V]
         probs = logp.exp()
         top_p, top_i = probs.topk(self.config.top_k, dim=-1)  # [b, G, K]
@@ -357,9 +633,9 @@ class Decoder:
             confidence = probs.gather(-1, proposal[..., None]).squeeze(-1)
         else:
             proposal, confidence = top_i[..., 0], top_p[..., 0]
-        first = state.nfe if everyone else state.nfe[rows]
+        first = state.nfe if rows is None else state.nfe[rows]
         seen = (first > 0)[:, None]  # [b, 1] rows that had a previous forward
-        prev_logp = state.prev_logp if everyone else state.prev_logp[rows]
+        prev_logp = state.prev_logp if rows is None else state.prev_logp[rows]
         if prev_logp.shape[-1] == logp.shape[-1]:
             kl = (probs * (logp - prev_logp)).sum(-1).clamp_(min=0.0)  # [b, G]
             kl = torch.where(seen, kl, torch.zeros_like(kl))
@@ -382,17 +658,18 @@ class Decoder:
             "kl_history": history,
         }
         if self._projection is not None:
-            assert out.hidden is not None, "backbone returned no hidden states"
-            h = out.hidden[:, -G:, :].float()  # [b, G, H_model]
+            assert gen_hidden is not None, "backbone returned no hidden states"
+            h = gen_hidden[:, -G:, :].float()  # [b, G, H_model]
             h = torch.nn.functional.layer_norm(h, h.shape[-1:])
             updates["hidden"] = (h @ self._projection).clamp_(-5.0, 5.0)  # [b, G, D]
+        if computed is not None:  # positions served from the cache keep what they had
+            before = _take(state, rows, (*updates, "prev_logp"))
+            for name, value in updates.items():
+                keep = computed.view(*computed.shape, *([1] * (value.dim() - 2)))
+                updates[name] = torch.where(keep, value, before[name].to(value.dtype))
+            prev = before["prev_logp"].expand_as(logp)
+            logp = torch.where(computed[..., None], logp, prev)
         self._write_rows(state, rows, updates, logp)
-        state.nfe += active.long()
-        state.forward_tokens += (state.attention_mask.sum(-1)) * active.long()
-        if self.config.record_trace:
-            state.trace.append(
-                {"proposal": state.proposal.cpu(), "confidence": state.confidence.cpu()}
-            )
 
     def _write_rows(
         self,
@@ -438,24 +715,65 @@ class Decoder:
         return scores.argmax(-1)
 
     def _update_window(self, state: TraceState) -> None:
-        G = state.gen_length
-        masked = ~state.committed  # [B, G]
-        first = torch.where(masked.any(-1), masked.long().argmax(-1), G)  # [B] first masked
-        width = state.window_width  # [B]
-        kind = state.window_kind  # [B]
-        block_start = torch.div(first, width, rounding_mode="floor") * width
-        start = torch.where(
-            kind == WINDOW_CODES["block"],
-            block_start,
-            torch.where(kind == WINDOW_CODES["sliding"], first, torch.zeros_like(first)),
-        )  # [B]
-        end = torch.where(
-            kind == WINDOW_CODES["full"], state.gen_len, (start + width).minimum(state.gen_len)
-        )  # [B]
+        start, end = window_bounds(
+            state.committed, state.window_kind, state.window_width, state.gen_len
+        )
         pos = self._positions[None, :]
         in_window = (pos >= start[:, None]) & (pos < end[:, None])  # [B, G]
         state.window_start, state.window_end = start, end
-        state.eligible = masked & in_window & ~state.done[:, None]
+        live = in_window & ~state.done[:, None]
+        state.eligible = ~state.committed & live
+        if state.remask_count is not None:
+            cap = self.config.remask_cap
+            state.remaskable = state.committed & state.valid & live & (state.remask_count < cap)
+
+
+def window_bounds(
+    committed: torch.Tensor,
+    window_kind: torch.Tensor,
+    window_width: torch.Tensor,
+    gen_len: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Window start and end of every row for a given committed mask (the engine's window rule).
+
+    Args:
+        committed: bool ``[B, G]``.
+        window_kind: int64 ``[B]`` (see ``WINDOW_CODES``).
+        window_width: int64 ``[B]``.
+        gen_len: int64 ``[B]``.
+
+    Returns:
+        ``(start, end)``, int64 ``[B]`` each: the window is ``[start, end)``.
+    """
+    G = committed.shape[1]
+    masked = ~committed  # [B, G]
+    first = torch.where(masked.any(-1), masked.long().argmax(-1), G)  # [B] first masked
+    block_start = torch.div(first, window_width, rounding_mode="floor") * window_width
+    start = torch.where(
+        window_kind == WINDOW_CODES["block"],
+        block_start,
+        torch.where(window_kind == WINDOW_CODES["sliding"], first, torch.zeros_like(first)),
+    )  # [B]
+    end = torch.where(
+        window_kind == WINDOW_CODES["full"], gen_len, (start + window_width).minimum(gen_len)
+    )  # [B]
+    return start, end
+
+
+def window_eligible(state: TraceState, committed: torch.Tensor) -> torch.Tensor:
+    """Positions that would be eligible if ``committed`` were the committed mask (drafting).
+
+    Args:
+        state: The state whose window settings apply.
+        committed: bool ``[B, G]`` hypothetical committed mask.
+
+    Returns:
+        bool ``[B, G]``: masked under ``committed``, inside its window, in an unfinished row.
+    """
+    start, end = window_bounds(committed, state.window_kind, state.window_width, state.gen_len)
+    pos = torch.arange(committed.shape[1], device=committed.device)[None, :]
+    in_window = (pos >= start[:, None]) & (pos < end[:, None])
+    return ~committed & in_window & ~state.done[:, None]
 
 
 def _unpack(

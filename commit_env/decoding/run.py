@@ -39,8 +39,16 @@ class DecodeResult:
         budget_fills: int64 ``[N]`` tokens filled because the step budget ran out.
         early_fills: int64 ``[N]`` tokens filled by a policy's all-in exit.
         filled_without_forward: int64 ``[N]`` EOS tail tokens filled after an early stop.
-        forward_tokens: int64 ``[N]`` tokens processed by the row's forwards.
+        forward_tokens: int64 ``[N]`` tokens processed by the row's forwards (the whole canvas
+            per forward; with a KV cache only the recomputed positions, plus the whole canvas
+            for every cache refresh).
+        kv_refreshes: int64 ``[N]`` forwards that (re)filled the row's KV cache (0 without one).
+        canvas_tokens: int64 ``[N]`` real tokens of the row's canvas (prompt + generation), what
+            one uncached forward processes.
         gen_len: int64 ``[N]`` each row's generation length.
+        remasks: int64 ``[N]`` remask events (tokens re-decoded); 0 unless remasking is on.
+        remask_changed: int64 ``[N]`` re-decoded tokens that differ from the remasked token.
+        remask_ignored: int64 ``[N]`` remask bits that took no effect.
         wall_time: Seconds for the whole call.
         device: Where the backbone ran.
         config: The decode configuration.
@@ -57,7 +65,12 @@ class DecodeResult:
     early_fills: torch.Tensor
     filled_without_forward: torch.Tensor
     forward_tokens: torch.Tensor
+    kv_refreshes: torch.Tensor
+    canvas_tokens: torch.Tensor
     gen_len: torch.Tensor
+    remasks: torch.Tensor
+    remask_changed: torch.Tensor
+    remask_ignored: torch.Tensor
     wall_time: float
     device: str
     config: DecodeConfig
@@ -67,6 +80,11 @@ class DecodeResult:
     def tokens_per_forward(self) -> torch.Tensor:
         """Float ``[N]``: generated positions per forward pass (row's gen length / NFE)."""
         return self.gen_len.float() / self.nfe.clamp(min=1).float()
+
+    @property
+    def forward_tokens_saved(self) -> torch.Tensor:
+        """int64 ``[N]``: tokens a KV cache saved (uncached cost of the same NFE minus the cost)."""
+        return self.nfe * self.canvas_tokens - self.forward_tokens
 
     @property
     def forced_commit_rate(self) -> float:
@@ -84,6 +102,10 @@ class DecodeResult:
             "early_fills": float(self.early_fills.float().mean()),
             "filled_without_forward": float(self.filled_without_forward.float().mean()),
             "forward_tokens": float(self.forward_tokens.float().mean()),
+            "forward_tokens_saved": float(self.forward_tokens_saved.float().mean()),
+            "kv_refreshes": float(self.kv_refreshes.float().mean()),
+            "remasks": float(self.remasks.float().mean()),
+            "remask_changed": float(self.remask_changed.float().mean()),
             "wall_time": self.wall_time,
         }
 
@@ -130,7 +152,12 @@ _ACCOUNTS = (
     "early_fills",
     "filled_without_forward",
     "forward_tokens",
+    "kv_refreshes",
+    "prompt_len",
     "gen_len",
+    "remasks",
+    "remask_changed",
+    "remask_ignored",
 )
 
 
@@ -204,7 +231,12 @@ def decode(
         early_fills=cat["early_fills"],
         filled_without_forward=cat["filled_without_forward"],
         forward_tokens=cat["forward_tokens"],
+        kv_refreshes=cat["kv_refreshes"],
+        canvas_tokens=cat["prompt_len"] + cat["gen_len"],
         gen_len=cat["gen_len"],
+        remasks=cat["remasks"],
+        remask_changed=cat["remask_changed"],
+        remask_ignored=cat["remask_ignored"],
         wall_time=wall,
         device=str(backbone.device),
         config=config,

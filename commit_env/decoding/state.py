@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 
 import torch
 
-__all__ = ["TraceState", "CommitDecision", "WINDOW_CODES"]
+__all__ = ["TraceState", "CommitDecision", "DraftDecision", "WINDOW_CODES"]
 
 WINDOW_CODES: dict[str, int] = {"full": 0, "block": 1, "sliding": 2}
 
@@ -23,11 +24,48 @@ class CommitDecision:
         tokens: int64 tensor ``[B, G]`` or ``None``; where given, the positions committed by
             ``mask`` get these tokens instead of the current proposals (the reference-consistent
             oracle's forced commit writes the reference token).
+        remask: bool tensor ``[B, G]`` or ``None``; committed positions to mask again in the same
+            step (after this step's commits; they are proposed and committed again later). Only
+            bits at ``state.remaskable`` positions take effect (committed before this step,
+            inside the window, under the per-position cap ``DecodeConfig.remask_cap``, in a row
+            that is not filling or finished); other bits are ignored and counted in
+            ``remask_ignored``. Needs ``remask_cap > 0``.
     """
 
     mask: torch.Tensor
     fill_rows: torch.Tensor | None = None
     tokens: torch.Tensor | None = None
+    remask: torch.Tensor | None = None
+
+
+@dataclass
+class DraftDecision:
+    """A draft-and-verify step: K drafted copies of every row, verified in one batched forward.
+
+    The engine applies each copy's ``commit`` (and ``remask``) to a copy of the row (with the
+    usual rules: the progress guarantee per copy, the budget fill, ``_finish_rows``), runs **one**
+    backbone forward over all ``B * K`` copies (the engine's own forward, so NFE grows by one per
+    row and ``forward_tokens`` by the tokens of every copy that ran), then calls ``accept`` and
+    keeps the accepted copy of each row (its canvas, accounting and the features of its forward).
+    Needs greedy proposals (``temperature == 0``).
+
+    Attributes:
+        commit: bool ``[B, K, G]``, the positions copy k commits from the current proposals. Any
+            masked position counts (a draft may run past the current window); bits on committed
+            or padding positions are ignored.
+        accept: ``accept(state, drafted) -> int64 [B]``: given the state before the step and the
+            drafted state (``B * K`` rows, row ``b * K + k`` is copy k of row b, after its
+            forward), the copy to keep for each row.
+        remask: bool ``[B, K, G]`` or ``None``; positions each copy masks again (same rules as
+            :class:`CommitDecision`'s ``remask``), e.g. leave-one-out verification copies.
+        used: bool ``[B, K]`` or ``None`` (all used); unused copies are neither built into the
+            forward nor counted, and ``accept`` may not pick them (rows need different K).
+    """
+
+    commit: torch.Tensor
+    accept: Callable[[TraceState, TraceState], torch.Tensor]
+    remask: torch.Tensor | None = None
+    used: torch.Tensor | None = None
 
 
 @dataclass
@@ -76,10 +114,27 @@ class TraceState:
         forward_tokens: int64 ``[B]`` real tokens processed by the row's forwards.
         row_ids: int64 ``[B]`` caller's index of each row (stable across batch shrinking).
         prev_logp: float32 ``[B, G, V]`` previous log-probabilities (for KL), engine-internal.
+        kv_refreshes: int64 ``[B]`` forwards that (re)filled the row's KV cache (full canvas);
+            0 without a KV cache. ``None`` only in hand-built states.
+        kv_cache: The backbone's cache tensor ``[B, ..., L, ...]`` (L on the second-to-last
+            axis) when ``config.kv_cache`` is set, else ``None``; engine-internal.
+        kv_canvas: int64 ``[B, L]`` the canvas each row's cache was computed from (``-1``: no
+            cache yet), else ``None``; engine-internal.
         generators: One seeded ``torch.Generator`` per row when proposals are sampled
             (``temperature > 0``), else ``None``; engine-internal, dropped by snapshots.
         trace: Per-step records (proposals, confidences, commits) when ``record_trace`` is on,
             else ``None``; dropped by snapshots.
+        remaskable: bool ``[B, G]`` committed generation positions a remask may hit now (inside
+            the window, under the per-position cap, unfinished row); all False when remasking is
+            off. ``None`` only in hand-built states.
+        remask_count: int64 ``[B, G]`` times each position has been remasked.
+        remasked_token: int64 ``[B, G]`` the token a position held before its latest remask
+            (-1: never remasked, or committed again since).
+        remasks: int64 ``[B]`` remask events (= tokens re-decoded, since every remasked position
+            is committed again before the row finishes).
+        remask_changed: int64 ``[B]`` re-decoded tokens that differ from the token remasked.
+        remask_ignored: int64 ``[B]`` remask bits that took no effect (masked, out of window,
+            capped, or in a row that was filling).
     """
 
     canvas: torch.Tensor
@@ -118,8 +173,17 @@ class TraceState:
     forward_tokens: torch.Tensor
     row_ids: torch.Tensor
     prev_logp: torch.Tensor
+    kv_refreshes: torch.Tensor | None = None
+    kv_cache: torch.Tensor | None = None
+    kv_canvas: torch.Tensor | None = None
     generators: list[torch.Generator] | None = None
     trace: list[dict[str, torch.Tensor]] | None = None
+    remaskable: torch.Tensor | None = None
+    remask_count: torch.Tensor | None = None
+    remasked_token: torch.Tensor | None = None
+    remasks: torch.Tensor | None = None
+    remask_changed: torch.Tensor | None = None
+    remask_ignored: torch.Tensor | None = None
 
     @property
     def batch_size(self) -> int:

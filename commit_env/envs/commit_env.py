@@ -6,6 +6,7 @@ B = ``num_envs``), which drives the one batched :class:`~commit_env.decoding.Dec
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,9 +16,12 @@ from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode
 from gymnasium.vector.utils import batch_space
 
-from commit_env.envs.core import CommitSlots, EnvConfig, resolve_config, validate_actions
+from commit_env.envs.core import CommitSlots, EnvConfig, resolve_config
 
-__all__ = ["CommitEnv", "CommitVectorEnv"]
+__all__ = ["CommitEnv", "CommitVectorEnv", "RevocableCommitEnv", "RevocableCommitVectorEnv"]
+
+#: The per-position remask limit ``TokenCommit-v1`` uses unless ``remask_cap`` is given.
+DEFAULT_REMASK_CAP = 2
 
 _RENDER_MODES = ["ansi"]
 
@@ -109,7 +113,7 @@ class CommitEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
     | success_threshold | ``1.0`` | ``is_success = task_score >= threshold`` |
     | eos_stop | ``True`` | finish at a committed EOS |
     | device | ``None`` | backbone device (default CUDA when available) |
-    | action_mode | ``"mask"`` | ``"mask"`` (MultiBinary), ``"threshold"`` (Box) or ``"count"`` |
+    | action_mode | ``"mask"`` | ``"mask"``, or (v0 only) ``"threshold"`` (Box) or ``"count"`` |
     | shaping | ``0.0`` | weight of the potential-based shaping term (0 = off) |
     | shaping_gamma | ``1.0`` | discount of the shaping term (the learner's gamma) |
     | num_threads | ``None`` | torch threads (``None``: 1 for a small CPU backbone) |
@@ -144,6 +148,7 @@ class CommitEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
     """
 
     metadata = {"render_modes": _RENDER_MODES, "render_fps": 4}
+    _REVOCABLE = False
 
     def __init__(
         self, config: EnvConfig | None = None, *, render_mode: str | None = None, **kwargs: Any
@@ -152,7 +157,7 @@ class CommitEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
             raise ValueError(
                 f"render_mode must be None or one of {_RENDER_MODES}, got {render_mode!r}"
             )
-        self.config = resolve_config(config, kwargs)
+        self.config = _revocable_config(resolve_config(config, kwargs), self._REVOCABLE)
         self.render_mode = render_mode
         self._core: CommitSlots | None = CommitSlots(self.config, 1)
         self.gen_length = self._core.gen_length
@@ -196,10 +201,7 @@ class CommitEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         core = self._open()
         if self._needs_reset:
             raise gym.error.ResetNeeded("call reset() before step() (the episode has ended)")
-        if core.action_mode == "mask":
-            mask = validate_actions(action, (self.gen_length,))[None, :]
-        else:
-            mask = core.to_mask(action)  # one threshold / count
+        mask = core.parse_actions(action, single=True)  # [1, G], any action mode
         rewards, finished, infos = core.step(mask)
         terminated = bool(finished[0])
         self._needs_reset = terminated
@@ -232,6 +234,52 @@ class CommitEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         return self._core
 
 
+def _revocable_config(config: EnvConfig, revocable: bool) -> EnvConfig:
+    """Resolve ``remask_cap``: v0 must not remask, v1 must (default :data:`DEFAULT_REMASK_CAP`)."""
+    cap = config.remask_cap
+    if not revocable:
+        if cap:
+            raise ValueError(
+                f"TokenCommit-v0 cannot remask (remask_cap={cap}); use commit_env/TokenCommit-v1"
+            )
+        return config
+    if cap is None:
+        return dataclasses.replace(config, remask_cap=DEFAULT_REMASK_CAP)
+    if cap < 1:
+        raise ValueError(f"TokenCommit-v1 needs remask_cap >= 1, got {cap}")
+    return config
+
+
+class RevocableCommitEnv(CommitEnv):
+    """``commit_env/TokenCommit-v1``: :class:`CommitEnv` whose action can also take commits back.
+
+    ## Action Space
+    ``MultiDiscrete([3] * G)``, one code per generation position: ``0`` keep (do nothing), ``1``
+    commit the current proposal (as v0's bit), ``2`` remask: a committed position turns back into
+    ``[MASK]`` in the same step and is proposed again by the step's forward. A remask code takes
+    effect only at *remaskable* positions (committed before this step, inside the decode window,
+    remasked fewer than ``remask_cap`` times, not during the budget's final fill); anywhere else
+    (a masked, out-of-window or padding position) it is ignored and counted, never an error. The
+    progress guarantee still commits one position when no commit code is eligible, the step
+    budget still ends every episode within ``step_budget`` steps, and without a budget the cap
+    bounds an episode to ``G * (1 + remask_cap)`` steps. Values other than 0/1/2 or a wrong shape
+    raise ``ValueError``. :meth:`action_masks` gives ``3 * G`` booleans
+    ``[allow keep, allow commit, allow remask]`` per position.
+
+    ## Observation Space
+    v0's keys plus ``remaskable`` ``(G,)`` float32 in {0, 1}.
+
+    ## Info
+    The final ``info`` adds ``remasks`` (positions remasked = tokens re-decoded) and
+    ``remask_ignored`` (remask codes that took no effect).
+
+    ## Arguments
+    v0's, plus ``remask_cap`` (default 2): how many times one position may be remasked.
+    """
+
+    _REVOCABLE = True
+
+
 def _row(batch: dict[str, np.ndarray], i: int) -> dict[str, np.ndarray]:
     return {key: value[i] for key, value in batch.items()}
 
@@ -259,6 +307,7 @@ class CommitVectorEnv(gym.vector.VectorEnv):
     """
 
     metadata = {"autoreset_mode": AutoresetMode.NEXT_STEP, "render_modes": _RENDER_MODES}
+    _REVOCABLE = False
 
     def __init__(
         self,
@@ -272,7 +321,7 @@ class CommitVectorEnv(gym.vector.VectorEnv):
             raise ValueError(
                 f"render_mode must be None or one of {_RENDER_MODES}, got {render_mode!r}"
             )
-        self.config = resolve_config(config, kwargs)
+        self.config = _revocable_config(resolve_config(config, kwargs), self._REVOCABLE)
         self.render_mode = render_mode
         self.num_envs = num_envs
         self._core: CommitSlots | None = CommitSlots(self.config, num_envs)
@@ -342,7 +391,8 @@ class CommitVectorEnv(gym.vector.VectorEnv):
         core = self._open()
         if not self._started:
             raise gym.error.ResetNeeded("call reset() before step()")
-        mask = core.to_mask(actions)  # before admitting resets: their actions are ignored
+        # before admitting resets: their actions are ignored
+        mask = core.parse_actions(actions)
         resetting = np.flatnonzero(self._autoreset)
         if resetting.size:
             # Admit the new episodes without a forward: the step's one batched forward serves
@@ -378,3 +428,12 @@ class CommitVectorEnv(gym.vector.VectorEnv):
         if self._core is None:
             raise gym.error.ClosedEnvironmentError("the environment is closed")
         return self._core
+
+
+class RevocableCommitVectorEnv(CommitVectorEnv):
+    """Vector env of ``commit_env/TokenCommit-v1`` (see :class:`RevocableCommitEnv`).
+
+    Actions are ``MultiDiscrete`` codes of shape ``(num_envs, G)``: 0 keep, 1 commit, 2 remask.
+    """
+
+    _REVOCABLE = True

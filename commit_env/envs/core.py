@@ -37,7 +37,7 @@ from commit_env.decoding import DecodeConfig, Decoder, parse_window, validate_se
 from commit_env.decoding.batching import replace_rows
 from commit_env.decoding.config import DEFAULT_TOP_K, validate_engine_options
 from commit_env.decoding.run import completion_text
-from commit_env.decoding.state import TraceState
+from commit_env.decoding.state import CommitDecision, TraceState
 from commit_env.envs.actions import action_space, actions_to_mask, check_action_mode
 from commit_env.envs.observation import (
     ACCOUNTS,
@@ -61,6 +61,7 @@ __all__ = [
     "final_reward",
     "resolve_config",
     "validate_actions",
+    "validate_remask_actions",
 ]
 
 RewardKind = Literal["score", "score_x_efficiency"]
@@ -106,6 +107,9 @@ class EnvConfig:
         shaping_gamma: The discount of the shaping term (set it to the learner's gamma).
         num_threads: Torch threads (``None``: ``COMMIT_ENV_NUM_THREADS`` or 1 for a small CPU
             backbone; 0: leave torch alone); see :mod:`commit_env.envs.threads`.
+        remask_cap: Per-position remask limit of the engine; ``> 0`` makes the action
+            ``MultiDiscrete([3] * G)`` (0 keep, 1 commit, 2 remask) and adds the ``remaskable``
+            observation key. ``None`` = 0 for ``TokenCommit-v0`` and 2 for ``TokenCommit-v1``.
     """
 
     task: str | Task = "qa"
@@ -127,6 +131,7 @@ class EnvConfig:
     shaping: float = 0.0
     shaping_gamma: float = 1.0
     num_threads: int | None = None
+    remask_cap: int | None = None
     _lists: dict[str, tuple[Any, ...]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -148,6 +153,14 @@ class EnvConfig:
         if "hidden" in self.features and self.hidden_dim < 1:
             raise ValueError("the 'hidden' feature group needs hidden_dim >= 1")
         validate_engine_options(temperature=self.temperature, top_k=self.top_k)
+        cap = self.remask_cap
+        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 0):
+            raise ValueError(f"remask_cap must be None or an int >= 0, got {cap!r}")
+        if cap and self.action_mode != "mask":
+            raise ValueError(
+                f"action_mode {self.action_mode!r} cannot remask (remask_cap={cap}); "
+                "use action_mode='mask' with TokenCommit-v1"
+            )
         settings = dict(self.settings or {})
         extra = sorted(set(settings) - set(_SETTING_KEYS))
         if extra:
@@ -184,6 +197,7 @@ class EnvConfig:
             temperature=self.temperature,
             top_k=self.top_k,
             hidden_features=self.hidden_dim if "hidden" in self.features else 0,
+            remask_cap=self.remask_cap or 0,
             **setting,
         )
 
@@ -346,6 +360,42 @@ def validate_actions(actions: Any, shape: tuple[int, ...]) -> np.ndarray:
     return arr != 0
 
 
+def validate_remask_actions(actions: Any, shape: tuple[int, ...]) -> np.ndarray:
+    """Check a keep / commit / remask action and return it as an int8 array.
+
+    Accepted: an array or nested list of the given shape, of integer or float dtype (or bool,
+    which can only say keep/commit), with values exactly 0 (keep), 1 (commit) or 2 (remask).
+
+    Args:
+        actions: The action.
+        shape: The expected shape, ``(G,)`` or ``(B, G)``.
+
+    Returns:
+        int8 array of ``shape``.
+
+    Raises:
+        ValueError: On a wrong shape, a non-numeric dtype or a value outside {0, 1, 2}.
+    """
+    try:
+        arr = np.asarray(actions)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"action must be an array of shape {shape} with 0/1/2 values: {e}") from e
+    if arr.shape != shape:
+        raise ValueError(
+            f"action has shape {arr.shape}; expected {shape} (MultiDiscrete: 0 keep, 1 commit, "
+            "2 remask)"
+        )
+    if arr.dtype == np.bool_:
+        return arr.astype(np.int8)
+    if arr.dtype.kind not in "iuf":
+        raise ValueError(f"action has dtype {arr.dtype}; expected integer values in {{0, 1, 2}}")
+    ok = (arr == 0) | (arr == 1) | (arr == 2)
+    if not np.all(ok):
+        bad = arr[~ok].ravel()[:3]
+        raise ValueError(f"action values must be 0, 1 or 2, got {bad.tolist()} (shape {shape})")
+    return arr.astype(np.int8)
+
+
 class CommitSlots:
     """B decode slots in one batched trace state, with observation and reward code.
 
@@ -365,6 +415,7 @@ class CommitSlots:
         self.task: Task = get_task(config.task) if isinstance(config.task, str) else config.task
         self.settings = config.setting_lists(self.task.default_gen_length)
         self.gen_length = G = max(self.settings["gen_length"])
+        self.revocable = bool(config.remask_cap)
         self.backbone: Backbone | None = resolve_backbone(config.backbone, device=config.device)
         self.decoder: Decoder | None = Decoder(self.backbone, config.decode_config(G))
         self.device = self.decoder.device
@@ -376,37 +427,21 @@ class CommitSlots:
             gen_length=G,
             vocab_size=self.backbone.vocab_size,
             device=self.device,
+            remask=self.revocable,
         )
         self.obs_keys = self.layout.keys
         self.state: TraceState | None = None
         self.episodes: list[Episode | None] = [None] * num_slots
         self.single_observation_space = self.layout.space()
         self.action_mode = config.action_mode
-        self.single_action_space = action_space(config.action_mode, G)
+        self.single_action_space: gym.spaces.Space[Any] = (
+            gym.spaces.MultiDiscrete([3] * G)
+            if self.revocable
+            else action_space(config.action_mode, G)
+        )
         self._snap: np.ndarray | None = None  # float32 [B, W], latest host snapshot
 
     # ----------------------------------------------------------------------------- actions
-    def to_mask(self, actions: Any) -> np.ndarray:
-        """Validate a batch of actions of the env's ``action_mode`` and return commit masks.
-
-        Args:
-            actions: ``[B, G]`` 0/1 masks (``"mask"``), or ``B`` thresholds / counts.
-
-        Returns:
-            bool ``[B, G]``.
-
-        Raises:
-            ValueError: On a wrong shape, dtype or value.
-        """
-        B, G = self.num_slots, self.gen_length
-        if self.action_mode == "mask":
-            return validate_actions(actions, (B, G))
-        assert self.state is not None, "start() before step()"
-        mask = actions_to_mask(
-            self.action_mode, actions, self.state.confidence, self.state.eligible
-        )
-        return mask.cpu().numpy()
-
     def set_gen_lengths(self, lengths: Sequence[int]) -> None:
         """Change the generation lengths later episodes draw from (a length curriculum).
 
@@ -466,7 +501,9 @@ class CommitSlots:
             row_ids=rows,
             gen_lengths=[ep.gen_length for ep in episodes],
             windows=[ep.window for ep in episodes],
-            budgets=[ep.step_budget for ep in episodes],
+            # Revocable episodes always get a budget (G when unlimited): remasking could otherwise
+            # take up to G * (1 + remask_cap) steps, and the env promises at most the budget.
+            budgets=[ep.budget if self.revocable else ep.step_budget for ep in episodes],
             forward=forward,
         )
         fresh_snap = self._snapshot(fresh)
@@ -485,13 +522,45 @@ class CommitSlots:
             self.episodes[r] = ep
 
     # ----------------------------------------------------------------------------- step
+    def parse_actions(self, actions: Any, *, single: bool = False) -> np.ndarray:
+        """Validate a batch of actions in any action mode; the one entry point of every front end.
+
+        Args:
+            actions: ``"mask"`` mode: ``[B, G]`` 0/1 commit masks (``MultiBinary``), or
+                keep/commit/remask codes 0/1/2 when revocable (``MultiDiscrete([3] * G)``);
+                ``"threshold"`` / ``"count"`` mode: ``B`` thresholds / counts.
+            single: The actions of a one-slot env without the batch axis (``[G]`` or one value).
+
+        Returns:
+            ``[B, G]`` bool commit masks, or int8 codes (revocable).
+
+        Raises:
+            ValueError: On a wrong shape, dtype or value.
+        """
+        B, G = self.num_slots, self.gen_length
+        if single and B != 1:
+            raise ValueError(f"single=True needs one slot, this engine has {B}")
+        if self.action_mode != "mask":
+            assert self.state is not None, "start() before step()"
+            mask = actions_to_mask(
+                self.action_mode, actions, self.state.confidence, self.state.eligible
+            )
+            return mask.cpu().numpy()
+        shape = (G,) if single else (B, G)
+        if self.revocable:
+            parsed = validate_remask_actions(actions, shape)
+        else:
+            parsed = validate_actions(actions, shape)
+        return parsed[None, :] if single else parsed
+
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[int, dict[str, Any]]]:
         """Commit ``actions`` in every unfinished slot with one :meth:`Decoder.step`.
 
         Slots that were already finished before the call are left alone (reward 0).
 
         Args:
-            actions: bool array ``[B, G]`` (already validated).
+            actions: bool array ``[B, G]``, or int8 codes (0 keep, 1 commit, 2 remask) when
+                revocable (already validated by :meth:`parse_actions`).
 
         Returns:
             ``(rewards, finished, final_infos)``: float64 ``[B]`` rewards, bool ``[B]`` slots
@@ -503,8 +572,11 @@ class CommitSlots:
         admitted = self.column("nfe")[:, 0] < 0.5  # [B] started with forward=False: no reward yet
         shaping = self.config.shaping > 0
         phi_before = self._potential() if shaping else None
-        mask = torch.from_numpy(np.ascontiguousarray(actions)).to(self.device, non_blocking=True)
-        decoder.step(self.state, mask)
+        codes = torch.from_numpy(np.ascontiguousarray(actions)).to(self.device, non_blocking=True)
+        if self.revocable:
+            decoder.step(self.state, CommitDecision(codes == 1, remask=codes == 2))
+        else:
+            decoder.step(self.state, codes)
         self._snap = self._snapshot(self.state)
         done = self.column("done")[:, 0] > 0.5
         finished = done & ~was_done
@@ -543,6 +615,9 @@ class CommitSlots:
                 "gen_length": int(acc["gen_len"][j]),
                 "completion": texts[j],
             }
+            if self.revocable:
+                infos[r]["remasks"] = int(acc["remasks"][j])
+                infos[r]["remask_ignored"] = int(acc["remask_ignored"][j])
         return finals, infos
 
     # ----------------------------------------------------------------------------- observations
@@ -568,8 +643,15 @@ class CommitSlots:
         """MaskablePPO masks of every slot: bool ``[B, 2G]``, ``[allow 0, allow 1]`` per position.
 
         Committing is allowed only at eligible positions; not committing is always allowed.
+        Revocable: ``[B, 3G]``, ``[allow keep, allow commit, allow remask]`` per position
+        (remask only at ``remaskable`` positions).
         """
         eligible = self.column("eligible") > 0.5  # [B, G]
+        if self.revocable:
+            masks = np.ones((self.num_slots, 3 * self.gen_length), dtype=bool)
+            masks[:, 1::3] = eligible
+            masks[:, 2::3] = self.column("remaskable") > 0.5
+            return masks
         masks = np.ones((self.num_slots, 2 * self.gen_length), dtype=bool)
         masks[:, 1::2] = eligible
         return masks

@@ -48,6 +48,8 @@ ACCOUNTS: tuple[str, ...] = (
     "budget",
     "gen_len",
     "budget_fills",
+    "remasks",
+    "remask_ignored",
 )
 #: Keys of the env-level ``"conflict"`` group (see :func:`conflict_features`).
 CONFLICT_KEYS: tuple[str, ...] = ("dup_committed", "dup_neighbor", "dup_proposal")
@@ -105,6 +107,8 @@ class ObservationLayout:
         gen_length: G, the padded observation width.
         vocab_size: V (bounds the ``proposal`` key; token ids travel as float32, exact < 2**24).
         device: Where snapshots are packed (the decoder's device).
+        remask: Add the ``remaskable`` key (``[G]`` in {0, 1}: positions a remask action may hit;
+            ``TokenCommit-v1``).
 
     Raises:
         ValueError: On an unknown feature group or a vocabulary larger than 2**24.
@@ -119,6 +123,7 @@ class ObservationLayout:
         gen_length: int,
         vocab_size: int,
         device: torch.device | str = "cpu",
+        remask: bool = False,
     ) -> None:
         unknown = sorted(set(features) - set(OBSERVATION_GROUPS))
         if unknown:
@@ -139,6 +144,9 @@ class ObservationLayout:
         if self.conflicts:
             widths.update({key: gen_length for key in CONFLICT_KEYS})
         widths.update(eligible=gen_length, valid=gen_length, proposal=gen_length)
+        self.remask = remask
+        if remask:
+            widths["remaskable"] = gen_length
         self.keys: tuple[str, ...] = tuple(sorted(widths))
         self._columns(widths)
 
@@ -146,7 +154,7 @@ class ObservationLayout:
         return 1 if name in _GLOBAL_KEYS else self.gen_length * self.builder.width(name)
 
     def _bounds(self, key: str) -> tuple[float, float]:
-        if key in ("eligible", "valid") or key in CONFLICT_KEYS:
+        if key in ("eligible", "valid", "remaskable") or key in CONFLICT_KEYS:
             return 0.0, 1.0
         if key == "proposal":
             return 0.0, float(self.vocab_size - 1)
@@ -212,6 +220,8 @@ class ObservationLayout:
         feats["proposal"] = state.proposal.float()
         if self.conflicts:
             feats.update(conflict_features(state))
+        if self.remask:
+            feats["remaskable"] = state.remaskable.float()
         parts: list[torch.Tensor] = []
         for key in self.keys:
             value = feats[key]
@@ -221,7 +231,11 @@ class ObservationLayout:
                 parts.append((value * validf[..., None]).reshape(B, -1))  # [B, G*K] or [B, G*D]
             else:
                 parts.append(value * validf)  # [B, G] padding positions read 0
-        parts += [getattr(state, name).float()[:, None] for name in ACCOUNTS]
+        zeros = torch.zeros((B, 1), device=validf.device)
+        parts += [  # hand-built states may lack the remask counts
+            zeros if getattr(state, name) is None else getattr(state, name).float()[:, None]
+            for name in ACCOUNTS
+        ]
         parts.append(state.gen_tokens.float())  # [B, G] exact for ids < 2**24
         snap = torch.cat(parts, dim=1)  # [B, W]
         # nan_to_num before the clamp: a NaN would pass through clamp and break the space.

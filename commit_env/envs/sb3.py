@@ -86,7 +86,7 @@ class CommitSB3VecEnv(VecEnv):
         Raises:
             ValueError: On a wrong shape, dtype or value.
         """
-        self._actions = self._open().to_mask(actions)
+        self._actions = self._open().parse_actions(actions)
 
     def step_wait(self) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, list[dict]]:
         """Step all slots with one forward; reset finished slots in the same step.

@@ -1,7 +1,10 @@
 """Heuristic and oracle commitment policies, and the name -> policy registry.
 
 Every policy implements :class:`CommitPolicy` (``select(state) -> [B, G] bool mask``). Build one
-by name with :func:`make_policy`; :func:`list_policies` names them all.
+by name with :func:`make_policy`; :func:`list_policies` names them all. Revocable policies (WINO,
+ReMDM) return a :class:`~commit_env.decoding.CommitDecision` with a ``remask`` mask and need
+``remask_cap > 0``: run them with ``policy.decode_config(base)``. FreeDave returns a
+:class:`~commit_env.decoding.DraftDecision` (K drafts verified in one batched forward).
 """
 
 from __future__ import annotations
@@ -11,9 +14,11 @@ from typing import Any
 
 from commit_env.policies.base import CommitPolicy, rank_within_eligible, top_k_mask
 from commit_env.policies.entropy_bound import EntropyBoundPolicy
+from commit_env.policies.freedave import FreeDavePolicy
 from commit_env.policies.klass import KLASSPolicy
 from commit_env.policies.oracle import OraclePolicy
 from commit_env.policies.prophet import ProphetPolicy
+from commit_env.policies.remask import ReMDMPolicy, WINOPolicy
 from commit_env.policies.threshold import FactorPolicy, ThresholdPolicy
 from commit_env.policies.topk import TopKPolicy, even_schedule_k
 
@@ -22,11 +27,14 @@ __all__ = [
     "CommitPolicy",
     "EntropyBoundPolicy",
     "FactorPolicy",
+    "FreeDavePolicy",
     "KLASSPolicy",
     "OraclePolicy",
     "ProphetPolicy",
+    "ReMDMPolicy",
     "ThresholdPolicy",
     "TopKPolicy",
+    "WINOPolicy",
     "even_schedule_k",
     "list_policies",
     "make_policy",
@@ -42,6 +50,9 @@ POLICIES: dict[str, type[CommitPolicy]] = {
     "klass": KLASSPolicy,
     "prophet": ProphetPolicy,
     "oracle": OraclePolicy,
+    "wino": WINOPolicy,
+    "remdm": ReMDMPolicy,
+    "freedave": FreeDavePolicy,
 }
 
 

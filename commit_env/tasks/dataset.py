@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from commit_env.errors import DependencyNotInstalled
+from commit_env.errors import DataUnavailable, DependencyNotInstalled
 from commit_env.tasks.base import Example
 
 __all__ = ["DatasetTask", "load_hub_records", "read_jsonl_records"]
@@ -85,13 +85,21 @@ def load_hub_records(
 
     Raises:
         DependencyNotInstalled: Without the ``datasets`` package.
+        DataUnavailable: If the data set is not cached locally and the Hub cannot be reached.
     """
     try:
         import datasets
     except ImportError as exc:
         raise DependencyNotInstalled(missing) from exc
     args = (dataset_name,) if config is None else (dataset_name, config)
-    rows = datasets.load_dataset(*args, split=split)
+    try:
+        rows = datasets.load_dataset(*args, split=split)
+    except (ConnectionError, OSError) as exc:  # offline and not in the local cache
+        raise DataUnavailable(
+            f"data set {dataset_name!r} (split {split!r}) is not in the local cache and the Hub "
+            f"is unreachable ({type(exc).__name__}); run once online, or use a local JSONL file "
+            "(the task's path= argument)"
+        ) from exc
     return [{key: row[key] for key in fields} for row in rows]
 
 

@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from commit_env.errors import CorruptShardError, DependencyNotInstalled
-from commit_env.io import atomic_write, write_bytes_atomic
+from commit_env.errors import CorruptShardError, DependencyNotInstalled, InputNotFound, RunDirError
+from commit_env.io import atomic_write, dumps_json, write_bytes_atomic
 
 __all__ = ["STEP_SCHEMA", "TRACE_SCHEMA", "TraceWriter", "TraceDataset", "read_manifest"]
 
@@ -74,18 +74,22 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
         The manifest dict.
 
     Raises:
-        FileNotFoundError: If there is no manifest.
-        CorruptShardError: If the manifest is not valid JSON.
+        InputNotFound: If there is no manifest (a ``FileNotFoundError``).
+        CorruptShardError: If the manifest is not valid JSON or lacks its fields.
     """
-    path = Path(directory) / MANIFEST
+    directory = Path(directory)
+    path = directory / MANIFEST
+    if not directory.is_dir():
+        raise InputNotFound(f"trace directory {directory} not found (run `commit-env collect`)")
     if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} not found: not a trace directory (run `commit-env collect`)"
-        )
+        raise InputNotFound(f"{path} not found: not a trace directory (run `commit-env collect`)")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CorruptShardError(f"{path} is not valid JSON: {err}") from err
+    if not isinstance(manifest, dict) or not {"meta", "shards", "steps"} <= set(manifest):
+        raise CorruptShardError(f"{path} is not a trace manifest (needs meta, shards, steps)")
+    return manifest
 
 
 class TraceWriter:
@@ -109,9 +113,15 @@ class TraceWriter:
         self.shard_traces = shard_traces
         if (self.directory / MANIFEST).is_file():
             manifest = read_manifest(self.directory)
-            if manifest["meta"] != meta:
+            stored, new = manifest["meta"], json.loads(dumps_json(meta))
+            if stored != new:
+                diffs = ", ".join(
+                    f"{k}: {stored.get(k)!r} -> {new.get(k)!r}"
+                    for k in sorted(set(stored) | set(new))
+                    if stored.get(k) != new.get(k)
+                )
                 raise ValueError(
-                    f"{self.directory} holds traces collected with different settings; "
+                    f"{self.directory} holds traces collected with different settings ({diffs}); "
                     "use a new directory (or delete this one)"
                 )
             self.manifest = manifest
@@ -134,9 +144,16 @@ class TraceWriter:
             self.flush()
 
     def flush(self) -> None:
-        """Write buffered records as one shard and update the manifest (both atomically)."""
+        """Write buffered records as one shard and update the manifest (both atomically).
+
+        Raises:
+            RunDirError: If another writer changed the manifest since this one read it (its
+                shards would be dropped from the manifest otherwise); hold the directory's
+                :class:`~commit_env.rundir.RunLock` while writing, as ``collect`` does.
+        """
         if not self._traces:
             return
+        self._check_unchanged()
         pa, _ = _pa()
         index = len(self.manifest["shards"])
         names = {
@@ -155,8 +172,20 @@ class TraceWriter:
         self._write_manifest()
         self._steps, self._traces = [], []
 
+    def _check_unchanged(self) -> None:
+        path = self.directory / MANIFEST
+        try:
+            on_disk = json.loads(path.read_text())["shards"]
+        except (OSError, ValueError, KeyError, TypeError):
+            on_disk = None
+        if on_disk != self.manifest["shards"]:
+            raise RunDirError(
+                f"{path} was changed by another writer ({len(on_disk or [])} shards on disk, "
+                f"{len(self.manifest['shards'])} expected); refusing to overwrite it"
+            )
+
     def _write_manifest(self) -> None:
-        data = json.dumps(self.manifest, indent=2, sort_keys=True).encode()
+        data = dumps_json(self.manifest, indent=2, sort_keys=True).encode()
         write_bytes_atomic(self.directory / MANIFEST, data)
 
 
@@ -215,7 +244,8 @@ class TraceDataset:
         Yields:
             Dict with numpy arrays ``tokens``/``proposal`` (int32 ``[G]``), ``eligible``
             (bool ``[G]``), ``label`` (int8 ``[G]``), ``features`` (float16 ``[G, F]``),
-            ``prompt_ids`` (int32 ``[P_i]``) and the scalar fields of :data:`STEP_SCHEMA`.
+            ``prompt_ids`` (int32 ``[P_i]``) and the scalar fields of :data:`STEP_SCHEMA`;
+            columns a collector added beyond the schema are passed through as stored.
         """
         F = self.feature_dim
         for shard in self.manifest["shards"]:
@@ -227,9 +257,11 @@ class TraceDataset:
                 tid: _frombuffer(p, np.int32)
                 for tid, p in zip(traces["trace_id"], traces["prompt_ids"], strict=True)
             }
+            extra = [k for k in steps if k not in STEP_SCHEMA]  # collector-specific columns
             for i in range(len(steps["trace_id"])):
                 tokens = _frombuffer(steps["tokens"][i], np.int32)
                 yield {
+                    **{k: steps[k][i] for k in extra},
                     "trace_id": steps["trace_id"][i],
                     "nfe": steps["nfe"][i],
                     "budget": steps["budget"][i],

@@ -315,3 +315,13 @@ def test_logits_equal_transformers_own_forward(dg_dir, monkeypatch):
         ).logits[0]
     theirs[:, MASK] = ours[:, MASK]  # the adapter only excludes the placeholder id
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+
+
+def test_engine_kv_cache_is_refused_in_one_line(backbone):
+    """DiffusionGemma keeps its own prompt cache; the engine's kv_cache option does not apply."""
+    from commit_env.decoding import DecodeConfig, Decoder
+
+    assert not backbone.supports_kv_cache
+    assert "diffusion-gemma" in backbone.kv_cache_unsupported_reason
+    with pytest.raises(ValueError, match="kv_cache='prefix' is not available"):
+        Decoder(backbone, DecodeConfig(gen_length=8, window="block:4", kv_cache="prefix"))

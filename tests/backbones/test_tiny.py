@@ -1,4 +1,7 @@
-"""The embedded backbone: tokenizer, loading, the issue-10 quality bar, headroom, the trainer.
+"""The embedded backbones: tokenizer, loading, quality bars, headroom, the trainer.
+
+``tiny`` (the default, trained on qa/math/code) keeps its v0.1 bar on those families. The
+issue-10 bars below apply to ``tiny-testbed``, the checkpoint trained on every family.
 
 Quality bar (issue 10, item 3), on fresh seeds, greedy, each family's default G:
 - one token per step by confidence scores >= 0.90 on every family (200 examples in the slow test,
@@ -69,20 +72,62 @@ def test_tokenizer_round_trips_task_text():
 
 def test_embedded_backbone_loads_fast_offline_and_small():
     load_backbone("tiny", cache=False)  # imports transformers once
-    start = time.perf_counter()
-    backbone = load_backbone("tiny", cache=False)
-    assert time.perf_counter() - start < 2.0
-    assert backbone.mask_token_id != backbone.pad_token_id
-    assert backbone.vocab_size == len(build_tiny_tokenizer())
+    for name in ("tiny", "tiny-testbed"):
+        start = time.perf_counter()
+        backbone = load_backbone(name, cache=False)
+        assert time.perf_counter() - start < 2.0
+        assert backbone.mask_token_id != backbone.pad_token_id
+        assert backbone.vocab_size == len(build_tiny_tokenizer())
     from importlib.resources import files
 
-    data = files("commit_env.backbones") / "data" / "tiny"
-    assert sum(f.stat().st_size for f in data.iterdir() if f.is_file()) <= 20 * 2**20  # type: ignore[attr-defined]
+    for name in ("tiny", "tiny-testbed"):
+        data = files("commit_env.backbones") / "data" / name
+        assert sum(f.stat().st_size for f in data.iterdir() if f.is_file()) <= 20 * 2**20  # type: ignore[attr-defined]
 
 
 @pytest.fixture(scope="module")
 def tiny():
+    """The testbed checkpoint (the issue-10 bars)."""
+    return load_backbone("tiny-testbed")
+
+
+@pytest.fixture(scope="module")
+def tiny_default():
     return load_backbone("tiny")
+
+
+@pytest.mark.parametrize("family", OLD_FAMILIES)
+def test_default_backbone_quality_bar_on_its_families(tiny_default, family):
+    # The v0.1 bar of the default checkpoint: one token per step >= 0.85 (0.80 with the sampling
+    # slack of 60 examples) at G=16.
+    ev = evaluate_policy(
+        tiny_default,
+        get_task(family),
+        make_policy("topk"),
+        DecodeConfig(gen_length=16),
+        n=60,
+        seed=11,
+    )
+    assert ev.scores.mean() >= 0.8
+
+
+def test_default_backbone_collapses_all_at_once(tiny_default):
+    collapsed = 0
+    for family in OLD_FAMILIES:
+        task = get_task(family)
+        seq = evaluate_policy(
+            tiny_default, task, make_policy("topk"), DecodeConfig(gen_length=16), n=40, seed=12
+        ).scores.mean()
+        once = evaluate_policy(
+            tiny_default,
+            task,
+            make_policy("topk", k=16),
+            DecodeConfig(gen_length=16),
+            n=40,
+            seed=12,
+        ).scores.mean()
+        collapsed += once <= seq / 2
+    assert collapsed >= 2
 
 
 def _evaluate(backbone, family, policy, n, **kwargs):
@@ -94,7 +139,7 @@ def _evaluate(backbone, family, policy, n, **kwargs):
     )
 
 
-# The shipped checkpoint (8000 steps, about 80 minutes on one shared CPU core) misses the 0.90
+# The testbed checkpoint (8000 steps, about 80 minutes on one shared CPU core) misses the 0.90
 # bar on these families; measured on 200 fresh examples (seed SEED, greedy, default G). They stay
 # visible as xfails instead of a weakened bar; a better checkpoint turns them into XPASS.
 SEQUENTIAL_MISSED = {

@@ -4,6 +4,8 @@ import pytest
 from commit_env.evaluation.bench import BenchConfig, run_bench
 from commit_env.evaluation.io import read_jsonl
 
+from commit_env.decoding import DecodeSetting
+
 REQUIRED = {
     "task",
     "policy",
@@ -35,8 +37,9 @@ def bench(tmp_path_factory):
         collect_n=32,
         controller_epochs=1,
         ppo_timesteps=256,
-        grid_windows=("block:4",),
-        grid_budget_fractions=(1.0, 0.5),
+        window="block:4",
+        setting=DecodeSetting(16, "block:4"),
+        grid=((1, "block:4", None), (1, "block:4", 2)),
         progress=False,
     )
     summary = run_bench(cfg)
@@ -72,7 +75,7 @@ def test_images_open(bench):
 
 def test_tensorboard_logs_written(bench):
     _, out, _ = bench
-    assert list((out / "controller" / "tb").glob("events.out.tfevents.*"))
+    assert list((out / "controller").rglob("events.out.tfevents.*"))  # one per round
     assert list((out / "ppo").rglob("events.out.tfevents.*"))
 
 
@@ -119,7 +122,8 @@ def test_backbone_options_reach_the_ppo_stage(monkeypatch, tmp_path):
     cfg = captured["cfg"]
     expected = BackboneSpec("hf:some/model", kind="llada", dtype="bfloat16", trust_remote_code=True)
     assert cfg.backbone_spec == expected
-    assert cfg.setting.gen_length == 8 and cfg.setting.window == "block:4"
+    assert cfg.setting.gen_length == 8 and cfg.setting.window == "full"
+    assert cfg.gen_length == 8 and cfg.default_for("qa").gen_length == 8
 
     seen = {}
 

@@ -1,0 +1,185 @@
+"""Evaluating the supervised controller like any policy family: threshold curves and ablations.
+
+* :func:`controller_specs`: one checkpoint at several deployment thresholds, as policy specs of
+  one family (``controller``), so the sweep draws its curve and
+  :func:`~commit_env.evaluation.metrics.aup_table` gives it an AUP like a heuristic family.
+* :func:`ablation_records` / :func:`ablation_table`: every ablation variant on the same seeded
+  examples, compared with the full controller by paired bootstrap intervals
+  (:func:`~commit_env.evaluation.sweeps.paired_difference`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Container, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from commit_env.evaluation.sweeps import PolicySpec, Setting, paired_difference, run_sweep
+
+from commit_env.backbones.base import Backbone
+from commit_env.decoding import DecodeConfig
+
+__all__ = [
+    "DEFAULT_THRESHOLDS",
+    "ablation_records",
+    "ablation_table",
+    "controller_specs",
+    "learned_threshold",
+]
+
+#: Deployment thresholds of the controller's curve (plus the learned one of the checkpoint).
+DEFAULT_THRESHOLDS: tuple[float, ...] = (0.3, 0.5, 0.7, 0.85, 0.95, 0.99)
+
+
+def learned_threshold(directory: str | Path) -> float:
+    """The deployment threshold a checkpoint's training selected (its ``config.json``)."""
+    import json
+
+    return float(json.loads((Path(directory) / "config.json").read_text()).get("threshold", 0.5))
+
+
+def controller_specs(
+    directory: str | Path,
+    backbone: Backbone,
+    *,
+    thresholds: Sequence[float] | None = DEFAULT_THRESHOLDS,
+    family: str = "controller",
+    include_learned: bool = True,
+    extra_params: tuple[tuple[str, Any], ...] = (),
+) -> list[PolicySpec]:
+    """Policy specs of one checkpoint at several deployment thresholds (one family).
+
+    Args:
+        directory: Controller checkpoint.
+        backbone: The backbone (checked against the checkpoint now).
+        thresholds: Deployment thresholds (None or empty: only the learned one).
+        family: Family label of every spec.
+        include_learned: Add the checkpoint's own (training-selected) threshold.
+        extra_params: Params put before the threshold, e.g. ``(("round", 0),)``: records are
+            keyed by policy name and params, so two checkpoints in one sweep need distinct ones.
+
+    Returns:
+        Specs with params ``extra_params + (("threshold", t),)`` sharing one loaded model,
+        sorted by threshold.
+        A setting the checkpoint cannot serve raises the policy's ``ValueError`` at decode time.
+    """
+    from commit_env.supervised.policy import ControllerPolicy
+
+    base = ControllerPolicy.from_pretrained(directory, backbone=backbone)
+    values = set(thresholds or ())
+    if include_learned or not values:
+        values.add(float(base.threshold))
+    specs = []
+    for t in sorted(values):
+        policy = base.with_threshold(float(t))
+
+        def build(config: DecodeConfig, policy: Any = policy) -> Any:
+            return policy
+
+        params = (*extra_params, ("threshold", float(t)))
+        specs.append(PolicySpec(family, "controller", params, factory=build))
+    return specs
+
+
+def ablation_records(
+    backbone: Backbone,
+    tasks: Sequence[str],
+    variants: Mapping[str, str | Path],
+    settings: Sequence[Setting],
+    *,
+    threshold: float | None = None,
+    n: int = 100,
+    seed: int = 0,
+    batch_size: int = 128,
+    done: Container[tuple[Any, ...]] = frozenset(),
+    on_record: Callable[[dict[str, Any]], None] | None = None,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Evaluate every controller variant on the same seeded examples.
+
+    Args:
+        backbone: The backbone.
+        tasks: Task names.
+        variants: ``{name: checkpoint}``; include ``"full"`` (the reference of the comparison).
+        settings: Settings to evaluate.
+        threshold: Deployment threshold for every variant (None: each checkpoint's own).
+        n: Examples per task.
+        seed: Seed of the example draw (identical across variants: paired comparisons).
+        batch_size: Rows per engine batch.
+        done: Record keys to skip (resume).
+        on_record: Called with each new record.
+        progress: Progress bar.
+
+    Returns:
+        Records with family ``ablation:<name>`` (per-example scores kept).
+    """
+    specs = []
+    for name, directory in variants.items():
+        # the variant goes into the params so records of different variants never collide
+        specs += controller_specs(
+            directory,
+            backbone,
+            thresholds=None if threshold is None else (threshold,),
+            family=f"ablation:{name}",
+            include_learned=threshold is None,
+            extra_params=(("variant", name),),
+        )[:1]
+    return run_sweep(
+        backbone,
+        tasks,
+        specs,
+        settings,
+        n=n,
+        seed=seed,
+        batch_size=batch_size,
+        done=done,
+        on_record=on_record,
+        progress=progress,
+    )
+
+
+def ablation_table(records: Sequence[Mapping[str, Any]], reference: str = "full") -> str:
+    """Markdown: each ablation vs the full controller, per task and setting, paired intervals.
+
+    Args:
+        records: Records from :func:`ablation_records` (per-example ``scores`` and
+            ``nfe_per_example``).
+        reference: The variant compared against.
+
+    Returns:
+        A table: variant, task, setting, score, NFE, score difference and NFE difference with
+        95% paired bootstrap intervals (``*`` = the interval excludes 0).
+    """
+    by = {
+        (r["family"].removeprefix("ablation:"), r["task"], _setting(r)): r
+        for r in records
+        if str(r["family"]).startswith("ablation:")
+    }
+    lines = [
+        f"| variant | task | setting | score | NFE | score - {reference} [95% CI] | "
+        f"NFE - {reference} [95% CI] |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for (name, task, setting), r in sorted(by.items()):
+        ref = by.get((reference, task, setting))
+        if name == reference or ref is None:
+            diff = "-", "-"
+        else:
+            diff = (
+                _fmt(paired_difference(r["scores"], ref["scores"])),
+                _fmt(paired_difference(r["nfe_per_example"], ref["nfe_per_example"])),
+            )
+        lines.append(
+            f"| {name} | {task} | {setting} | {r['score']:.3f} | {r['nfe']:.2f} | "
+            f"{diff[0]} | {diff[1]} |"
+        )
+    return "\n".join(lines)
+
+
+def _setting(record: Mapping[str, Any]) -> str:
+    return f"G={record['gen_length']} {record['window']} S={record['step_budget'] or '-'}"
+
+
+def _fmt(d: Mapping[str, float]) -> str:
+    star = "*" if d["significant"] else ""
+    return f"{d['diff']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]{star}"

@@ -1,0 +1,133 @@
+"""Controller inputs: structure (conflict, EOS) and setting features, live and stored paths."""
+
+import numpy as np
+import torch
+from commit_env.supervised.collect import CollectConfig, collect_traces
+from commit_env.supervised.inputs import (
+    SETTING_FEATURES,
+    STRUCTURE_FEATURES,
+    batch_from_records,
+    batch_from_state,
+    setting_features,
+    structure_features,
+)
+from commit_env.supervised.model import ControllerConfig, StabilityController, sinusoid
+
+from commit_env.decoding import DecodeSetting
+from commit_env.decoding.state import WINDOW_CODES
+from commit_env.traces import TraceDataset
+
+COL = {name: i for i, name in enumerate(STRUCTURE_FEATURES)}
+
+
+def test_structure_features_flag_conflicts_and_eos():
+    EOS = 9
+    tokens = torch.tensor([[5, 0, 0, 0, 0, 0]])  # 0 = mask id here; position 0 committed
+    proposal = torch.tensor([[5, 5, 7, 7, EOS, 3]])
+    committed = torch.tensor([[True, False, False, False, False, False]])
+    visible = torch.tensor([[True, True, True, True, True, False]])  # position 5 hidden
+    prompt = torch.tensor([[5, 7, 7, 1]])
+    prompt_mask = torch.tensor([[True, True, True, False]])  # the 1 is padding
+    f = structure_features(tokens, proposal, committed, visible, prompt, prompt_mask, (EOS,))
+    assert f.shape == (1, 6, len(STRUCTURE_FEATURES))
+    # 7 is proposed at positions 2 and 3: one other proposer each; 5 only once among masked
+    assert f[0, :5, COL["dup_proposals"]].tolist() == [0.0, 0.0, 0.25, 0.25, 0.0]
+    assert f[0, 1, COL["dup_committed"]] == 1.0  # 5 is already committed at position 0
+    assert f[0, 1, COL["same_as_left"]] == 1.0 and f[0, 2, COL["same_as_right"]] == 1.0
+    # 5 occurs once in the prompt and is used once: no surplus; 7 twice, unused: surplus 2
+    assert f[0, 1, COL["prompt_surplus"]] == 0.0 and f[0, 2, COL["prompt_surplus"]] == 1.0
+    assert f[0, 4, COL["in_prompt"]] == 0.0 and f[0, 4, COL["is_eos"]] == 1.0
+    assert f[0, :5, COL["eos_left"]].tolist() == [0.0] * 5
+    assert (f[0, 5] == 0).all()  # hidden positions carry nothing
+
+
+def test_setting_features_encode_window_budget_and_steps_left():
+    f = setting_features(
+        window_kind=torch.tensor([WINDOW_CODES["block"], WINDOW_CODES["full"]]),
+        window_width=torch.tensor([4, 32]),
+        gen_len=torch.tensor([16, 32]),
+        budget=torch.tensor([8, 32]),
+        budget_limited=torch.tensor([True, False]),
+        nfe=torch.tensor([2, 5]),
+        masked=torch.tensor([12, 30]),
+    )
+    col = {n: i for i, n in enumerate(SETTING_FEATURES)}
+    assert f.shape == (2, len(SETTING_FEATURES))
+    assert f[0, col["window_block"]] == 1 and f[1, col["window_full"]] == 1
+    assert f[0, col["window_frac"]] == 0.25 and f[0, col["budget_frac"]] == 0.5
+    assert f[1, col["budget_frac"]] == 1.0 and f[1, col["budget_limited"]] == 0.0
+    assert torch.isclose(f[0, col["steps_left_frac"]], torch.tensor(6 / 16))
+    assert ((f >= 0) & (f <= 1)).all()
+
+
+def test_records_and_live_states_give_the_same_inputs(tmp_path, tiny):
+    mix = (DecodeSetting(12, "sliding:4", 6), DecodeSetting(16, "block:4", None))
+    cfg = CollectConfig(
+        out=str(tmp_path / "t"),
+        tasks=("qa",),
+        n=4,
+        seed=2,
+        batch_size=4,
+        settings=mix,
+        hidden_features=0,
+        feature_groups=("confidence", "position", "global"),
+    )
+    collect_traces(cfg, backbone=tiny, progress=False)
+    data = TraceDataset(cfg.out)
+    records = [r for r in data.iter_records() if r["nfe"] == 1]
+    stored = batch_from_records(records, data.meta)
+    # replay the first forward of the same rows with the engine
+    from commit_env.supervised.collect import draw_examples, draw_settings
+
+    from commit_env.decoding import Decoder
+
+    examples = draw_examples(cfg.tasks, cfg.n, cfg.seed)
+    settings = draw_settings(cfg.mixture, cfg.n, cfg.seed)
+    decoder = Decoder(tiny, cfg.decode_config())
+    state = decoder.start(
+        [e.prompt for _, e in examples],
+        gen_lengths=[s.gen_length for s in settings],
+        windows=[s.window for s in settings],
+        budgets=[s.step_budget for s in settings],
+    )
+    live = batch_from_state(state, cfg.feature_builder())
+    order = [int(r["trace_id"]) for r in records]
+    assert torch.allclose(live.setting[order], stored.setting)
+    assert torch.equal(live.visible_end[order], stored.visible_end)
+    assert torch.equal(live.proposal[order], stored.proposal)
+    assert torch.allclose(live.features[order], stored.features, atol=1e-3)  # float16 storage
+    assert {int(g) for g in np.array([r["gen_len"] for r in records])} <= {12, 16}
+
+
+def test_model_has_no_length_limit_and_masks_hidden_positions():
+    torch.manual_seed(0)
+    model = StabilityController(ControllerConfig(vocab_size=20, feature_dim=3, eos_token_ids=(1,)))
+    model.eval()
+
+    def batch(G, end):
+        from commit_env.supervised.inputs import ControllerBatch
+
+        g = torch.Generator().manual_seed(G)
+        return ControllerBatch(
+            prompt=torch.randint(2, 20, (2, 5), generator=g),
+            prompt_mask=torch.ones(2, 5, dtype=torch.bool),
+            tokens=torch.zeros(2, G, dtype=torch.long),
+            proposal=torch.randint(2, 20, (2, G), generator=g),
+            features=torch.rand(2, G, 3, generator=g),
+            eligible=torch.ones(2, G, dtype=torch.bool),
+            visible_end=torch.tensor([end, G]),
+            window_start=torch.zeros(2, dtype=torch.long),
+            committed=torch.zeros(2, G, dtype=torch.bool),
+            setting=torch.rand(2, len(SETTING_FEATURES), generator=g),
+        )
+
+    with torch.no_grad():
+        logits, tau, eos = model.forward_all(batch(300, 10))  # far beyond any trained G
+        assert logits.shape == eos.shape == (2, 300) and torch.isfinite(logits).all()
+        # what lies right of the visible edge cannot change the visible scores
+        b = batch(40, 10)
+        before = model(b)[0][0, :10]
+        b.proposal[0, 10:] = 3
+        b.features[0, 10:] = 0.5
+        assert torch.allclose(before, model(b)[0][0, :10], atol=1e-5)
+    assert torch.allclose(sinusoid(torch.tensor([0]), 4), torch.tensor([[0.0, 0.0, 1.0, 1.0]]))
