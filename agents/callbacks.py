@@ -120,6 +120,9 @@ class LengthCurriculumCallback(BaseCallback):
 
     def _on_training_start(self) -> None:
         self._start = time.perf_counter()
+        self.training_env.env_method(
+            "set_gen_lengths", self.lengths
+        )  # every length fits, or fail now
         self._advance(0)
 
     def _advance(self, stage: int) -> None:

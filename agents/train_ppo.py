@@ -203,7 +203,10 @@ class PPOConfig:
                 "per-position and maskable policies emit commit masks)"
             )
         if self.curriculum is not None:
-            object.__setattr__(self, "curriculum", tuple(int(g) for g in self.curriculum))
+            lengths = tuple(int(g) for g in self.curriculum)
+            if not lengths or any(b <= a for a, b in zip(lengths, lengths[1:], strict=False)):
+                raise ValueError(f"curriculum lengths must be increasing, got {list(lengths)}")
+            object.__setattr__(self, "curriculum", lengths)
         if self.algo not in ("ppo", "maskable"):
             raise ValueError(f"algo must be 'ppo' or 'maskable', got {self.algo!r}")
         if self.policy not in ("per_position", "mlp"):
