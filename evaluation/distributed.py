@@ -66,21 +66,8 @@ __all__ = [
     "merge_results",
 ]
 
+
 #: Decode state fields concatenated row-wise when shards are merged.
-_ROW_FIELDS = (
-    "tokens",
-    "nfe",
-    "steps",
-    "commit_step",
-    "forced_commits",
-    "budget_fills",
-    "early_fills",
-    "filled_without_forward",
-    "forward_tokens",
-    "gen_len",
-)
-
-
 class ShardFailedError(CommitEnvError, RuntimeError):
     """A shard failed on every attempt; the message names the shard and the last error."""
 
@@ -154,7 +141,13 @@ def merge_results(parts: Sequence[DecodeResult]) -> DecodeResult:
     """
     if len(parts) == 1:
         return parts[0]
-    rows = {name: torch.cat([getattr(p, name) for p in parts]) for name in _ROW_FIELDS}
+    # every per-row tensor field, so accounting added to DecodeResult is merged too
+    names = [
+        f.name
+        for f in dataclasses.fields(DecodeResult)
+        if isinstance(getattr(parts[0], f.name), torch.Tensor)
+    ]
+    rows = {name: torch.cat([getattr(p, name) for p in parts]) for name in names}
     return dataclasses.replace(
         parts[0],
         **rows,

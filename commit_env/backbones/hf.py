@@ -601,6 +601,12 @@ class HFBackbone:
         if "position_ids" in self._forward_params:
             positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
             kwargs["position_ids"] = positions + self._position_offset
+        return self._run_model(kwargs, hidden)
+
+    def _run_model(
+        self, kwargs: dict[str, Any], hidden: bool
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
+        """One model call: raw ``[B, L, V]`` logits and (optionally) the hidden states."""
         if "return_dict" in self._forward_params:
             kwargs["return_dict"] = True
         if hidden:
@@ -892,18 +898,7 @@ class HFBackbone:
             "position_ids": positions.gather(1, raw),
             key: store,
         }
-        if "return_dict" in self._forward_params:
-            kwargs["return_dict"] = True
-        if hidden:
-            kwargs["output_hidden_states"] = True
-        with torch.inference_mode():
-            output = self.model(**kwargs)
-        logits = _extract_logits(output)
-        if logits is None or logits.dim() != 3:
-            raise BackboneUnavailable(
-                f"{type(self.model).__name__} ({self.name!r}) did not return [B, L, V] logits"
-            )
-        return logits, _extract_hidden_states(output) if hidden else None
+        return self._run_model(kwargs, hidden)
 
     # ------------------------------------------------------------------ text
 

@@ -289,8 +289,8 @@ def test_reduced_bench_records_equal_local(tmp_path, executor):
         collect_n=16,
         controller_epochs=1,
         ppo_timesteps=0,
-        grid_windows=("full",),
-        grid_budget_fractions=(0.5,),
+        window="full",
+        grid=((1, "full", 2),),
         progress=False,
     )
     import dataclasses
