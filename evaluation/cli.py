@@ -183,6 +183,15 @@ def _add_train_backbone(sub: Any) -> None:
     tb.add_argument("--batch-size", type=_POSITIVE, default=None)
     tb.add_argument("--seed", type=_NONNEGATIVE, default=None)
     tb.add_argument("--log-dir", default="runs/train-backbone")
+    tb.add_argument(
+        "--init-from",
+        default=None,
+        help="continue from this checkpoint's weights (e.g. an annealing stage on --out itself)",
+    )
+    tb.add_argument("--mix", choices=("default", "anneal"), default=None, help="corpus mixture")
+    tb.add_argument("--lr", type=_number(0, above=True), default=None, help="peak learning rate")
+    tb.add_argument("--schedule", choices=("rsqrt", "cosine", "linear"), default=None)
+    tb.add_argument("--warmup", type=_NONNEGATIVE, default=None, help="linear warm-up steps")
 
 
 def _add_sweep(sub: Any) -> None:
@@ -749,12 +758,16 @@ def _print_eval(record: dict[str, Any], described: str, config: Any) -> None:
 def _cmd_train_backbone(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from commit_env.backbones.tiny import TinyBackboneTrainConfig, train_tiny_backbone
+    from commit_env.backbones.tiny import MIXES, TinyBackboneTrainConfig, train_tiny_backbone
     from commit_env.rundir import prepare_out_dir
 
     prepare_out_dir(args.out)  # a file or unwritable path fails now, not after training
     if args.log_dir:
         prepare_out_dir(args.log_dir, "--log-dir")
+    if args.init_from is not None and not os.path.isfile(
+        os.path.join(args.init_from, "config.json")
+    ):
+        raise ValueError(f"--init-from {args.init_from}: no checkpoint (config.json) there")
     overrides = {
         k: v
         for k, v in {
@@ -763,6 +776,11 @@ def _cmd_train_backbone(args: argparse.Namespace) -> int:
             "batch_size": args.batch_size,
             "seed": args.seed,
             "log_dir": args.log_dir,
+            "init_from": args.init_from,
+            "mix": MIXES[args.mix] if args.mix else None,
+            "lr": args.lr,
+            "schedule": args.schedule,
+            "warmup": args.warmup,
         }.items()
         if v is not None
     }

@@ -37,7 +37,9 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "ANNEAL_MIX",
     "DEFAULT_MIX",
+    "MIXES",
     "TINY_CHARS",
     "TINY_SPECIAL_TOKENS",
     "TinyBackboneTrainConfig",
@@ -101,6 +103,34 @@ DEFAULT_MIX: tuple[tuple[str, float], ...] = (
     ("sudoku", 0.165),
 )
 
+# Second-stage mixture (``--init-from`` an 8000-step ``DEFAULT_MIX`` checkpoint): weights moved
+# toward the families that stage left below the quality bar (order-free answers: ``qa``,
+# ``qa:list``, ``latin``, ``replace:any``; and ``math``), away from those it already solves.
+ANNEAL_MIX: tuple[tuple[str, float], ...] = (
+    ("qa", 0.06),
+    ("qa:hard", 0.04),
+    ("math", 0.04),
+    ("math:hard", 0.04),
+    ("code", 0.03),
+    ("code:hard", 0.03),
+    ("qa:list", 0.10),
+    ("copy", 0.01),
+    ("reverse", 0.02),
+    ("sort", 0.04),
+    ("shuffle", 0.06),
+    ("insert:index", 0.03),
+    ("insert:any", 0.03),
+    ("remove:index", 0.05),
+    ("remove:any", 0.02),
+    ("replace:index", 0.05),
+    ("replace:any", 0.07),
+    ("latin", 0.16),
+    ("sudoku", 0.07),
+)
+
+MIXES: dict[str, tuple[tuple[str, float], ...]] = {"default": DEFAULT_MIX, "anneal": ANNEAL_MIX}
+"""Named training mixtures (``commit-env train-backbone --mix NAME``)."""
+
 
 @dataclass(frozen=True)
 class TinyBackboneTrainConfig:
@@ -118,7 +148,8 @@ class TinyBackboneTrainConfig:
     """Peak learning rate (AdamW), reached after ``warmup`` steps."""
     schedule: str = "rsqrt"
     """After warm-up: ``rsqrt`` (``lr * sqrt(warmup / step)``, independent of ``steps``, so the
-    checkpoint saved at step s equals a run with ``steps=s``) or ``cosine`` (to ``lr / 10``)."""
+    checkpoint saved at step s equals a run with ``steps=s``), ``cosine`` (to ``lr / 10``) or
+    ``linear`` (to 0 at ``steps``: an annealing stage after ``init_from``)."""
     warmup: int = 200
     """Linear warm-up steps."""
     weight_decay: float = 0.01
@@ -149,6 +180,10 @@ class TinyBackboneTrainConfig:
     """Steps between checkpoint saves (the last step always saves)."""
     device: str = "cpu"
     """Training device."""
+    init_from: str | None = None
+    """Start from this checkpoint's weights (a directory written by this trainer) instead of a
+    fresh initialisation; the optimizer state restarts, the architecture fields must match it,
+    and its ``training_args.json`` is kept under ``init`` in the new one."""
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1:
@@ -171,8 +206,10 @@ class TinyBackboneTrainConfig:
             raise ValueError(
                 f"hidden_size {self.hidden_size} not divisible by {self.num_heads} heads"
             )
-        if self.schedule not in ("rsqrt", "cosine"):
-            raise ValueError(f"unknown schedule {self.schedule!r}; expected 'rsqrt' or 'cosine'")
+        if self.schedule not in ("rsqrt", "cosine", "linear"):
+            raise ValueError(
+                f"unknown schedule {self.schedule!r}; expected 'rsqrt', 'cosine' or 'linear'"
+            )
         if not self.mix or any(w <= 0 for _, w in self.mix):
             raise ValueError("mix must be a non-empty list of (task, weight > 0) pairs")
 
@@ -302,6 +339,8 @@ def _lr_at(step: int, cfg: TinyBackboneTrainConfig) -> float:
     if cfg.schedule == "rsqrt":
         return cfg.lr * math.sqrt(cfg.warmup / (step + 1))
     progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    if cfg.schedule == "linear":
+        return cfg.lr * max(0.0, 1.0 - progress)
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress))))
 
 
@@ -322,23 +361,21 @@ def _save_atomically(model: Any, tokenizer: Any, out: Path, extra: dict[str, Any
         shutil.rmtree(old)
 
 
-def train_tiny_backbone(cfg: TinyBackboneTrainConfig) -> dict[str, Any]:
-    """Train the embedded backbone from scratch and save it with ``save_pretrained``.
-
-    Args:
-        cfg: Training configuration.
-
-    Returns:
-        Summary with ``steps``, ``final_loss`` (mean of the last 50 steps), ``seconds`` and
-        ``checkpoint_bytes``.
-    """
-    from tqdm.auto import tqdm
+def _build_model(cfg: TinyBackboneTrainConfig, tokenizer: Any) -> Any:
+    """A fresh ``BertForMaskedLM`` of the configured shape, or the ``init_from`` weights."""
     from transformers import BertConfig, BertForMaskedLM
 
-    torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
-    tokenizer = build_tiny_tokenizer()
-    tasks, weights = corpus_tasks(cfg.mix)
+    if cfg.init_from is not None:
+        model = BertForMaskedLM.from_pretrained(cfg.init_from, use_safetensors=True)
+        got = model.config
+        shape = (got.hidden_size, got.num_hidden_layers, got.num_attention_heads, got.vocab_size)
+        want = (cfg.hidden_size, cfg.num_layers, cfg.num_heads, len(tokenizer))
+        if shape != want:
+            raise ValueError(
+                f"init_from {cfg.init_from} has (hidden, layers, heads, vocab) {shape}, "
+                f"the config asks for {want}"
+            )
+        return model.to(cfg.device)
     model_cfg = BertConfig(
         vocab_size=len(tokenizer),
         hidden_size=cfg.hidden_size,
@@ -353,10 +390,14 @@ def train_tiny_backbone(cfg: TinyBackboneTrainConfig) -> dict[str, Any]:
         hidden_dropout_prob=cfg.dropout,
         attention_probs_dropout_prob=cfg.dropout,
     )
-    model = BertForMaskedLM(model_cfg).to(cfg.device)
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
-    optimizer = torch.optim.AdamW(
+    return BertForMaskedLM(model_cfg).to(cfg.device)
+
+
+def _make_optimizer(model: Any, cfg: TinyBackboneTrainConfig) -> torch.optim.Optimizer:
+    """AdamW with weight decay on matrices only."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    return torch.optim.AdamW(
         [
             {"params": decay, "weight_decay": cfg.weight_decay},
             {"params": no_decay, "weight_decay": 0.0},
@@ -364,6 +405,58 @@ def train_tiny_backbone(cfg: TinyBackboneTrainConfig) -> dict[str, Any]:
         lr=cfg.lr,
         betas=(0.9, 0.98),
     )
+
+
+def _train_step(
+    model: Any, optimizer: torch.optim.Optimizer, buckets: list[dict], device: str
+) -> float:
+    """One optimizer step over length buckets (gradient accumulation); returns the mean loss."""
+    n_target = sum(int((b["labels"] != -100).sum()) for b in buckets)
+    optimizer.zero_grad(set_to_none=True)
+    loss = 0.0
+    for batch in buckets:  # the loss is the mean over all targets of the step
+        batch = {k: v.to(device) for k, v in batch.items()}
+        logits = model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            position_ids=batch["position_ids"],
+        ).logits
+        part = F.cross_entropy(
+            logits.flatten(0, 1), batch["labels"].flatten(), ignore_index=-100, reduction="sum"
+        ) / max(1, n_target)
+        part.backward()
+        loss += float(part.detach())
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    return loss
+
+
+def _previous_stage(cfg: TinyBackboneTrainConfig) -> dict[str, Any] | None:
+    if cfg.init_from is None:
+        return None
+    args = Path(cfg.init_from) / "training_args.json"
+    return json.loads(args.read_text()) if args.exists() else {}
+
+
+def train_tiny_backbone(cfg: TinyBackboneTrainConfig) -> dict[str, Any]:
+    """Train the embedded backbone (from scratch or ``init_from``) and save it.
+
+    Args:
+        cfg: Training configuration.
+
+    Returns:
+        Summary with ``steps``, ``final_loss`` (mean of the last 50 steps), ``seconds`` and
+        ``checkpoint_bytes``.
+    """
+    from tqdm.auto import tqdm
+
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    tokenizer = build_tiny_tokenizer()
+    tasks, weights = corpus_tasks(cfg.mix)
+    previous = _previous_stage(cfg)  # read before ``out`` (maybe the same dir) is replaced
+    model = _build_model(cfg, tokenizer)
+    optimizer = _make_optimizer(model, cfg)
     writer = None
     if cfg.log_dir:
         from torch.utils.tensorboard import SummaryWriter
@@ -388,38 +481,22 @@ def train_tiny_backbone(cfg: TinyBackboneTrainConfig) -> dict[str, Any]:
             p_double_gen=cfg.p_double_gen,
             micro_batches=cfg.micro_batches,
         )
-        n_target = sum(int((b["labels"] != -100).sum()) for b in buckets)
-        optimizer.zero_grad(set_to_none=True)
-        loss = torch.zeros(())
-        for batch in buckets:  # gradient accumulation; the loss is the mean over all targets
-            batch = {k: v.to(cfg.device) for k, v in batch.items()}
-            logits = model(
-                input_ids=batch["input_ids"],
-                attention_mask=batch["attention_mask"],
-                position_ids=batch["position_ids"],
-            ).logits
-            part = F.cross_entropy(
-                logits.flatten(0, 1), batch["labels"].flatten(), ignore_index=-100, reduction="sum"
-            ) / max(1, n_target)
-            part.backward()
-            loss = loss + part.detach().cpu()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        losses.append(float(loss.detach()))
+        losses.append(_train_step(model, optimizer, buckets, cfg.device))
         if step % cfg.log_every == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-cfg.log_every :]):.3f}")
             if writer is not None:
                 writer.add_scalar("train/loss", float(np.mean(losses[-cfg.log_every :])), step)
                 writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], step)
         if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
-            seconds = time.perf_counter() - start
             summary = {
                 "config": dataclasses.asdict(cfg),
                 "steps": step + 1,
                 "final_loss": float(np.mean(losses[-50:])),
-                "seconds": seconds,
+                "seconds": time.perf_counter() - start,
                 "torch_threads": torch.get_num_threads(),
             }
+            if previous is not None:
+                summary["init"] = previous
             model.eval()
             _save_atomically(model, tokenizer, out, summary)
             model.train()
