@@ -339,10 +339,22 @@ def fmt_seconds(value: float) -> str:
     return f"{value * 1e3:.2f} ms" if value < 1 else f"{value:.2f} s"
 
 
-def report(results: dict[str, Any]) -> str:
-    """The results as a markdown table with the issue's targets."""
+# One table row: (measure, value, note, target tag); the tag names a TARGETS entry or is "".
+Row = tuple[str, str, str, str]
+
+# Short row tags for the TARGETS keys, so the row tuples stay on one line each.
+TARGET_TAGS = {
+    "eo": "engine_overhead",
+    "tr": "throughput_ratio",
+    "ve": "vector_env_speedup",
+    "cc": "controller_cost",
+}
+
+
+def speed_rows(results: dict[str, Any]) -> list[Row]:
+    """Rows of the engine, policy, decode-throughput and env measurements."""
     b = results["batch"]
-    rows = [
+    return [
         (
             "bare forward",
             fmt_seconds(results["bare_forward_s"]),
@@ -364,46 +376,55 @@ def report(results: dict[str, Any]) -> str:
         (f"vector env steps/s ({b})", f"{results['vector_env_steps_per_s']:.1f}", "", ""),
         ("vector env speed-up", f"{results['vector_env_speedup']:.1f}x", "", "ve"),
     ]
-    if "controller_cost" in results:
+
+
+def controller_rows(results: dict[str, Any]) -> list[Row]:
+    """Rows of the controller measurement, or one "skipped" row when it did not run."""
+    if "controller_cost" not in results:
+        return [("controller cost", "skipped", results.get("controller_skipped", ""), "")]
+    b = results["batch"]
+    return [
+        ("controller select", fmt_seconds(results["controller_select_s"]), f"B={b}", ""),
+        ("controller cost", f"{results['controller_cost']:.2%}", "of forward", "cc"),
+    ]
+
+
+def kv_cache_rows(results: dict[str, Any]) -> list[Row]:
+    """Rows of the KV-cache comparison, or one "skipped" row when it did not run."""
+    if "kv_none_s" not in results:
+        return [("KV-cache speed-up", "skipped", results.get("kv_cache", ""), "")]
+    b, block = results["batch"], results["kv_block"]
+    rows = [("decode, no KV cache", fmt_seconds(results["kv_none_s"]), f"B={b}, block:{block}", "")]
+    for mode in ("prefix", "dual"):
         rows.append(
-            ("controller select", fmt_seconds(results["controller_select_s"]), f"B={b}", "")
-        )
-        rows.append(("controller cost", f"{results['controller_cost']:.2%}", "of forward", "cc"))
-    else:
-        rows.append(("controller cost", "skipped", results.get("controller_skipped", ""), ""))
-    if "kv_none_s" in results:
-        block = results["kv_block"]
-        rows.append(
-            ("decode, no KV cache", fmt_seconds(results["kv_none_s"]), f"B={b}, block:{block}", "")
-        )
-        for mode in ("prefix", "dual"):
-            rows.append(
-                (
-                    f"KV-cache speed-up ({mode})",
-                    f"{results[f'kv_{mode}_speedup']:.2f}x",
-                    f"{fmt_seconds(results[f'kv_{mode}_s'])}; forward tokens "
-                    f"{results[f'kv_{mode}_token_ratio']:.0%} of uncached; "
-                    f"{results[f'kv_{mode}_refreshes']:.1f} refreshes/row; tokens agreeing "
-                    f"with uncached {results[f'kv_{mode}_agreement']:.0%}",
-                    "",
-                )
+            (
+                f"KV-cache speed-up ({mode})",
+                f"{results[f'kv_{mode}_speedup']:.2f}x",
+                f"{fmt_seconds(results[f'kv_{mode}_s'])}; forward tokens "
+                f"{results[f'kv_{mode}_token_ratio']:.0%} of uncached; "
+                f"{results[f'kv_{mode}_refreshes']:.1f} refreshes/row; tokens agreeing "
+                f"with uncached {results[f'kv_{mode}_agreement']:.0%}",
+                "",
             )
-    else:
-        rows.append(("KV-cache speed-up", "skipped", results.get("kv_cache", ""), ""))
-    keys = {
-        "eo": "engine_overhead",
-        "tr": "throughput_ratio",
-        "ve": "vector_env_speedup",
-        "cc": "controller_cost",
-    }
+        )
+    return rows
+
+
+def target_cell(results: dict[str, Any], tag: str) -> str:
+    """The target column: the target's text and whether the result met it ("" if untagged)."""
+    if not tag:
+        return ""
+    key = TARGET_TAGS[tag]
+    text, check = TARGETS[key]
+    return f"{text}: {'met' if check(results[key]) else 'MISSED'}"
+
+
+def report(results: dict[str, Any]) -> str:
+    """The results as a markdown table with the issue's targets."""
+    rows = speed_rows(results) + controller_rows(results) + kv_cache_rows(results)
     lines = ["| measure | value | note | target |", "|---|---|---|---|"]
     for name, value, note, tag in rows:
-        target = ""
-        if tag:
-            key = keys[tag]
-            text, check = TARGETS[key]
-            target = f"{text}: {'met' if check(results[key]) else 'MISSED'}"
-        lines.append(f"| {name} | {value} | {note} | {target} |")
+        lines.append(f"| {name} | {value} | {note} | {target_cell(results, tag)} |")
     return "\n".join(lines)
 
 
