@@ -163,7 +163,8 @@ def threads_study(kwargs: dict, rounds: int, seconds: float, threads: list[int])
                 busy.wait()
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
+    """The command line."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backbone", default="tiny")
     parser.add_argument("--task", default="qa")
@@ -180,36 +181,54 @@ def main() -> None:
         action="store_true",
         help="single env steps/s with 1 and 2 threads, as is and with the other core busy",
     )
-    args = parser.parse_args()
-    if args.threads_study:
-        kw = {"task": args.task, "backbone": args.backbone, "gen_length": args.gen_length}
-        threads_study(kw | {"device": args.device}, args.rounds, args.seconds, [1, 2])
-        return
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    kwargs = {
+    return parser.parse_args()
+
+
+def env_kwargs(args: argparse.Namespace) -> dict:
+    """Keyword arguments shared by the single env, the vector env and the engine steppers."""
+    return {
         "task": args.task,
         "backbone": args.backbone,
         "gen_length": args.gen_length,
         "device": args.device,
         "num_threads": args.threads,  # None: the env's default (1 for a small CPU backbone)
     }
-    B = args.num_envs
+
+
+def measure_rounds(
+    kwargs: dict, num_envs: int, rounds: int, seconds: float
+) -> tuple[dict[str, list[float]], dict[str, float]]:
+    """Seconds per call of every stepper, round by round, and the engine time inside the env.
+
+    The steppers are interleaved within each round so that a change in the machine's load hits
+    all of them alike.
+
+    Returns:
+        ``(times, inside)``: per-round seconds per call by measurement name (single, vector,
+        engine, bare), and the vector env's own step time and the engine time inside it.
+    """
     single, close_single = single_env_stepper(kwargs)
-    vector, close_vector, inside = vector_env_stepper(kwargs, B)
-    engine, bare = engine_steppers(kwargs, B)
+    vector, close_vector, inside = vector_env_stepper(kwargs, num_envs)
+    engine, bare = engine_steppers(kwargs, num_envs)
     benches = {"single": single, "vector": vector, "engine": engine, "bare": bare}
     times: dict[str, list[float]] = {name: [] for name in benches}
     for step in benches.values():  # warm-up
         for _ in range(10):
             step()
     inside.update(engine=0.0, env=0.0)
-    for _ in range(args.rounds):
+    for _ in range(rounds):
         for name, step in benches.items():
-            times[name].append(time_round(step, args.seconds))
+            times[name].append(time_round(step, seconds))
     close_single()
     close_vector()
+    return times, inside
 
+
+def print_table(
+    args: argparse.Namespace, times: dict[str, list[float]], inside: dict[str, float]
+) -> None:
+    """The best and median round of every measurement and ratio, as a markdown table."""
+    B = args.num_envs
     print(
         f"backbone={args.backbone} task={args.task} G={args.gen_length} B={B} "
         f"torch_threads={torch.get_num_threads()} rounds={args.rounds}x{args.seconds}s"
@@ -232,6 +251,18 @@ def main() -> None:
     row("vector env / bare Decoder.step time", lambda t: t["vector"] / t["bare"], ".3f")
     ratio = inside["env"] / inside["engine"]
     print(f"| vector env step / engine calls inside it (all rounds) | {ratio:.3f} | |")
+
+
+def main() -> None:
+    args = parse_args()
+    if args.threads_study:
+        kw = {"task": args.task, "backbone": args.backbone, "gen_length": args.gen_length}
+        threads_study(kw | {"device": args.device}, args.rounds, args.seconds, [1, 2])
+        return
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    times, inside = measure_rounds(env_kwargs(args), args.num_envs, args.rounds, args.seconds)
+    print_table(args, times, inside)
 
 
 if __name__ == "__main__":
