@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,13 +37,14 @@ from commit_env.supervised.inputs import batch_from_state
 from commit_env.supervised.policy import ControllerPolicy
 from commit_env.supervised.rounds import (
     RoundsConfig,
+    RoundsResult,
     default_training_mixture,
     train_ablations,
     train_controller_rounds,
 )
 from commit_env.supervised.train import TrainConfig
 
-from commit_env.backbones import load_backbone
+from commit_env.backbones import Backbone, load_backbone
 from commit_env.decoding import Decoder
 from commit_env.io import write_json_atomic, write_text_atomic
 
@@ -139,7 +141,8 @@ def table(records: list[dict[str, Any]], tasks: list[str]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
+    """The command line."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/controller-study")
     parser.add_argument("--tasks", nargs="+", default=list(QUICK_TASKS))
@@ -150,15 +153,22 @@ def main() -> None:
     parser.add_argument("--grid", choices=("none", "quick", "full"), default="none")
     parser.add_argument("--ablations", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    out = Path(args.out)
-    backbone = load_backbone("tiny")
-    tasks = list(args.tasks)
-    lengths = sorted({task_gen_length(t) for t in tasks})
+    return parser.parse_args()
+
+
+def training_mixture(tasks: list[str]) -> list[Setting]:
+    """The default training mixture at every task's default G, without duplicates."""
     mixture: list[Setting] = []
-    for g in lengths:
+    for g in sorted({task_gen_length(t) for t in tasks}):
         mixture += [s for s in default_training_mixture(g) if s not in mixture]
-    cfg = RoundsConfig(
+    return mixture
+
+
+def rounds_config(
+    args: argparse.Namespace, out: Path, tasks: list[str], mixture: list[Setting]
+) -> RoundsConfig:
+    """Round 0 plus one on-policy round (half of ``--collect-n`` unless given) on the mixture."""
+    return RoundsConfig(
         out=str(out / "controller"),
         tasks=tuple(tasks),
         settings=tuple(mixture),
@@ -167,25 +177,25 @@ def main() -> None:
         train=TrainConfig(epochs=args.epochs, rollout_n=0),
         seed=args.seed,
     )
-    rounds = train_controller_rounds(cfg, backbone=backbone)
-    report: dict[str, Any] = {"rounds": rounds.rounds, "collect_train_seconds": rounds.seconds}
-    md = [f"# Controller study ({', '.join(tasks)})", ""]
-    md.append(
-        "collection + training (both rounds): "
-        + ", ".join(
-            f"round {r['round']}: collect {r['collect_seconds']:.0f} s, train "
-            f"{r['train_seconds']:.0f} s ({r['collect']['steps']} states)"
-            for r in rounds.rounds
-        )
-        + f"; total {rounds.seconds:.0f} s"
-    )
-    ratio, tc, tb = forward_cost(backbone, rounds.final, default_setting(lengths[0]), task=tasks[0])
-    report["forward_cost"] = {"ratio": ratio, "controller_s": tc, "backbone_s": tb}
-    md.append(
-        f"controller scoring {tc * 1e3:.2f} ms vs backbone forward {tb * 1e3:.2f} ms at B=64: "
-        f"ratio {ratio:.3f} (target <= 0.15)"
-    )
-    records: list[dict[str, Any]] = []
+
+
+def measure_forward_cost(
+    backbone: Backbone, rounds: RoundsResult, tasks: list[str]
+) -> dict[str, float]:
+    """:func:`forward_cost` of the final controller at the shortest G, on the first task."""
+    setting = default_setting(min(task_gen_length(t) for t in tasks))
+    ratio, tc, tb = forward_cost(backbone, rounds.final, setting, task=tasks[0])
+    return {"ratio": ratio, "controller_s": tc, "backbone_s": tb}
+
+
+def default_setting_records(
+    backbone: Backbone, rounds: RoundsResult, tasks: list[str], n: int, seed: int
+) -> tuple[list[dict[str, Any]], list[PolicySpec]]:
+    """Heuristics, oracle, round 0 and the final round's threshold curve at each task's default.
+
+    Returns:
+        ``(records, curve)``: the sweep records and the final controller's specs.
+    """
     round0 = controller_specs(
         rounds.checkpoints[0],
         backbone,
@@ -194,34 +204,109 @@ def main() -> None:
         extra_params=(("round", 0),),
     )
     curve = controller_specs(rounds.final, backbone)
+    records: list[dict[str, Any]] = []
     for t in tasks:
         setting = default_setting(task_gen_length(t))
         specs = quick_heuristics(setting.gen_length) + round0 + curve
-        records += run_sweep(backbone, [t], specs, [setting], n=args.eval_n, seed=args.seed)
+        records += run_sweep(backbone, [t], specs, [setting], n=n, seed=seed)
+    return records, curve
+
+
+def grid_study_records(
+    backbone: Backbone, tasks: list[str], grid: str, curve: list[PolicySpec], n: int
+) -> list[dict[str, Any]]:
+    """The heuristics (no oracle) and the controller at its middle threshold over the grid."""
+    grid_records = []
+    for t, settings in bench_grid(tasks, grid).items():
+        h = [s for s in quick_heuristics(task_gen_length(t)) if s.name != "oracle"]
+        learned = [s for s in curve if s.params == curve[len(curve) // 2].params]
+        grid_records += run_sweep(backbone, [t], h + learned, settings, n=n)
+    return grid_records
+
+
+def ablation_study_records(
+    backbone: Backbone, rounds: RoundsResult, cfg: RoundsConfig, tasks: list[str], n: int, seed: int
+) -> list[dict[str, Any]]:
+    """Train the ablated controllers and evaluate them with the full one at each default."""
+    variants = {"full": rounds.final, **train_ablations(rounds, cfg, backbone=backbone)}
+    abl = []
+    for t in tasks:
+        abl += ablation_records(
+            backbone,
+            [t],
+            variants,
+            [default_setting(task_gen_length(t))],
+            n=n,
+            seed=seed,
+        )
+    return abl
+
+
+def run_study(
+    args: argparse.Namespace, backbone: Backbone, cfg: RoundsConfig, rounds: RoundsResult
+) -> dict[str, Any]:
+    """Every measurement after training; the keys of ``study.json`` in their order."""
+    tasks = list(cfg.tasks)
+    report: dict[str, Any] = {"rounds": rounds.rounds, "collect_train_seconds": rounds.seconds}
+    report["forward_cost"] = measure_forward_cost(backbone, rounds, tasks)
+    records, curve = default_setting_records(backbone, rounds, tasks, args.eval_n, args.seed)
     report["default_records"] = records
-    md += ["", "## Default setting (full window, no budget)", "", table(records, tasks), ""]
-    gaps = [g for g in (gap_closure(records, t) for t in tasks) if g is not None]
-    report["gaps"] = gaps
-    md += ["## M2: NFE gap closed at matched score (within 1 point of the cell's best)", ""]
+    report["gaps"] = [g for g in (gap_closure(records, t) for t in tasks) if g is not None]
+    report["aup"] = aup_table(records)
+    if args.grid != "none":
+        report["grid_records"] = grid_study_records(backbone, tasks, args.grid, curve, args.eval_n)
+    if args.ablations:
+        report["ablations"] = ablation_study_records(
+            backbone, rounds, cfg, tasks, args.eval_n, args.seed
+        )
+    return report
+
+
+def rounds_lines(report: dict[str, Any], tasks: list[str]) -> list[str]:
+    """Title, collection + training times and the forward cost."""
+    md = [f"# Controller study ({', '.join(tasks)})", ""]
+    md.append(
+        "collection + training (both rounds): "
+        + ", ".join(
+            f"round {r['round']}: collect {r['collect_seconds']:.0f} s, train "
+            f"{r['train_seconds']:.0f} s ({r['collect']['steps']} states)"
+            for r in report["rounds"]
+        )
+        + f"; total {report['collect_train_seconds']:.0f} s"
+    )
+    cost = report["forward_cost"]
+    tc, tb = cost["controller_s"], cost["backbone_s"]
+    md.append(
+        f"controller scoring {tc * 1e3:.2f} ms vs backbone forward {tb * 1e3:.2f} ms at B=64: "
+        f"ratio {cost['ratio']:.3f} (target <= 0.15)"
+    )
+    return md
+
+
+def fmt_point(point: Sequence[Any] | None) -> str:
+    """``label / score / NFE`` of a gap row's point (floats to 3 significant digits)."""
+    if point is None:
+        return "-"
+    return " / ".join(f"{v:.3g}" if isinstance(v, float) else str(v) for v in point)
+
+
+def gap_lines(gaps: list[dict[str, Any]]) -> list[str]:
+    """The M2 table: NFE gap closed per task."""
+    md = ["## M2: NFE gap closed at matched score (within 1 point of the cell's best)", ""]
     md += ["| task | best score | best matched heuristic | controller | oracle | closed |"]
     md += ["|---|---|---|---|---|---|"]
     for g in gaps:
-
-        def f(x):
-            return (
-                "-"
-                if x is None
-                else " / ".join(f"{v:.3g}" if isinstance(v, float) else str(v) for v in x)
-            )
-
         closed = "-" if g["closed"] is None else f"{g['closed']:.2f}"
         md.append(
-            f"| {g['task']} | {g['best_score']:.3f} | {f(g['heuristic'])} | "
-            f"{f(g['controller'])} | {f(g['oracle'])} | {closed} |"
+            f"| {g['task']} | {g['best_score']:.3f} | {fmt_point(g['heuristic'])} | "
+            f"{fmt_point(g['controller'])} | {fmt_point(g['oracle'])} | {closed} |"
         )
-    aups = aup_table(records)
-    report["aup"] = aups
-    md += ["", "## AUP per family (default setting)", ""]
+    return md
+
+
+def aup_lines(aups: list[dict[str, Any]], tasks: list[str]) -> list[str]:
+    """The AUP table per family and task, and the family with the highest AUP per task."""
+    md = ["", "## AUP per family (default setting)", ""]
     fams = list(dict.fromkeys(r["family"] for r in aups))
     md += ["| family | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
     by = {(r["family"], r["task"]): r["aup"] for r in aups}
@@ -229,50 +314,58 @@ def main() -> None:
         md.append(f"| {fam} | " + " | ".join(f"{by.get((fam, t), 0.0):.3f}" for t in tasks) + " |")
     winners = {t: max(fams, key=lambda fam: by.get((fam, t), -1.0)) for t in tasks}
     md += ["", "highest AUP per task: " + ", ".join(f"{t}: {w}" for t, w in winners.items())]
-    if args.grid != "none":
-        trained = set(mixture)
-        grid_records = []
-        for t, settings in bench_grid(tasks, args.grid).items():
-            h = [s for s in quick_heuristics(task_gen_length(t)) if s.name != "oracle"]
-            learned = [s for s in curve if s.params == curve[len(curve) // 2].params]
-            grid_records += run_sweep(backbone, [t], h + learned, settings, n=args.eval_n)
-        report["grid_records"] = grid_records
-        md += ["", "## Grid (controller at one threshold vs the heuristics)", ""]
-        md += ["| task | setting | seen in training | best heuristic score / NFE | controller |"]
-        md += ["|---|---|---|---|---|"]
-        cells = {}
-        for r in grid_records:
-            cells.setdefault(
-                (r["task"], r["gen_length"], r["window"], r["step_budget"]), []
-            ).append(r)
-        for (t, g, w, b), rows in cells.items():
-            seen = Setting(g, w, b) in trained
-            heur = [r for r in rows if r["family"] != "controller"]
-            best = max(heur, key=lambda r: (r["score"], -r["nfe"]))
-            c = next((r for r in rows if r["family"] == "controller"), None)
-            cs = "-" if c is None else f"{c['score']:.3f} / {c['nfe']:.2f}"
-            md.append(
-                f"| {t} | G={g} {w} S={b or '-'} | {seen} | {best['score']:.3f} / "
-                f"{best['nfe']:.2f} ({best['params_label']}) | {cs} |"
-            )
-    if args.ablations:
-        variants = {"full": rounds.final, **train_ablations(rounds, cfg, backbone=backbone)}
-        abl = []
-        for t in tasks:
-            abl += ablation_records(
-                backbone,
-                [t],
-                variants,
-                [default_setting(task_gen_length(t))],
-                n=args.eval_n,
-                seed=args.seed,
-            )
-        report["ablations"] = abl
+    return md
+
+
+def grid_lines(grid_records: list[dict[str, Any]], trained: set[Setting]) -> list[str]:
+    """Per grid cell: whether training saw it, the best heuristic and the controller."""
+    md = ["", "## Grid (controller at one threshold vs the heuristics)", ""]
+    md += ["| task | setting | seen in training | best heuristic score / NFE | controller |"]
+    md += ["|---|---|---|---|---|"]
+    cells: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for r in grid_records:
+        cells.setdefault((r["task"], r["gen_length"], r["window"], r["step_budget"]), []).append(r)
+    for (t, g, w, b), rows in cells.items():
+        seen = Setting(g, w, b) in trained
+        heur = [r for r in rows if r["family"] != "controller"]
+        best = max(heur, key=lambda r: (r["score"], -r["nfe"]))
+        c = next((r for r in rows if r["family"] == "controller"), None)
+        cs = "-" if c is None else f"{c['score']:.3f} / {c['nfe']:.2f}"
+        md.append(
+            f"| {t} | G={g} {w} S={b or '-'} | {seen} | {best['score']:.3f} / "
+            f"{best['nfe']:.2f} ({best['params_label']}) | {cs} |"
+        )
+    return md
+
+
+def study_markdown(report: dict[str, Any], tasks: list[str], trained: set[Setting]) -> str:
+    """``study.md``: every table of the report, in the order they were measured."""
+    records = report["default_records"]
+    md = rounds_lines(report, tasks)
+    md += ["", "## Default setting (full window, no budget)", "", table(records, tasks), ""]
+    md += gap_lines(report["gaps"])
+    md += aup_lines(report["aup"], tasks)
+    if "grid_records" in report:
+        md += grid_lines(report["grid_records"], trained)
+    if "ablations" in report:
         md += ["", "## Ablations (paired 95% bootstrap intervals vs the full controller)", ""]
-        md.append(ablation_table(abl))
+        md.append(ablation_table(report["ablations"]))
+    return "\n".join(md) + "\n"
+
+
+def main() -> None:
+    args = parse_args()
+    out = Path(args.out)
+    backbone = load_backbone("tiny")
+    tasks = list(args.tasks)
+    mixture = training_mixture(tasks)
+    cfg = rounds_config(args, out, tasks, mixture)
+    rounds = train_controller_rounds(cfg, backbone=backbone)
+    report = run_study(args, backbone, cfg, rounds)
+    md = study_markdown(report, tasks, set(mixture))
     write_json_atomic(out / "study.json", report)
-    write_text_atomic(out / "study.md", "\n".join(md) + "\n")
-    print("\n".join(md))
+    write_text_atomic(out / "study.md", md)
+    print(md, end="")
 
 
 if __name__ == "__main__":
