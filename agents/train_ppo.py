@@ -538,38 +538,12 @@ def _warm_start(run: _Run, teacher: CommitPolicy) -> list[float]:
 
 def _learn(run: _Run) -> dict[str, Any]:
     """Stage 3: RL with evaluation/checkpoint/time-limit callbacks, save, final evaluation."""
-    from commit_env.agents.callbacks import (
-        DecodeStatsCallback,
-        LengthCurriculumCallback,
-        PeriodicEvalCallback,
-        WallClockLimitCallback,
-    )
     from stable_baselines3.common.callbacks import CallbackList
 
     cfg, out, model = run.cfg, run.out, run.model
-    evaluator = PeriodicEvalCallback(
-        run.evaluate,
-        max(cfg.eval_every, 1),
-        on_best=lambda m: save_model_atomic(m, out / "best.zip"),
-    )
-    callbacks: list[Any] = [DecodeStatsCallback(step_cost=cfg.step_cost)]
-    if cfg.curriculum:
-        callbacks.append(
-            LengthCurriculumCallback(
-                cfg.curriculum,
-                cfg.timesteps,
-                None if cfg.max_minutes is None else cfg.max_minutes * 60.0,
-            )
-        )
-    if cfg.eval_every:
-        callbacks.append(evaluator)
-    if cfg.checkpoint_every:
-        callbacks.append(_atomic_checkpoints(out, cfg.checkpoint_every, cfg.algo))
-    limits = []
-    if cfg.max_minutes is not None:
-        limits.append(WallClockLimitCallback(cfg.max_minutes * 60.0))
-    if cfg.max_cpu_minutes is not None:
-        limits.append(WallClockLimitCallback(cfg.max_cpu_minutes * 60.0, cpu=True))
+    evaluator = _periodic_evaluator(run)
+    callbacks = _training_callbacks(run, evaluator)
+    limits = _time_limits(cfg)
     callbacks += limits
     tick, cpu_tick = time.perf_counter(), time.process_time()
     start = int(model.num_timesteps)  # > 0 when resumed
@@ -585,12 +559,7 @@ def _learn(run: _Run) -> dict[str, Any]:
     cpu = time.process_time() - cpu_tick
     save_model_atomic(model, out / "final.zip")
     save_model_atomic(model, out / "last.zip")
-    if evaluator.history and evaluator.history[-1]["timesteps"] == model.num_timesteps:
-        final = evaluator.history[-1]  # the periodic evaluation just ran at this step
-    elif cfg.eval_every:
-        final = evaluator.run()
-    else:
-        final = run.evaluate(model)
+    final = _final_evaluation(run, evaluator)
     return {
         "timesteps": int(model.num_timesteps),
         "wall_time_s": wall,
@@ -600,6 +569,60 @@ def _learn(run: _Run) -> dict[str, Any]:
         "final_eval": final,
         "eval_history": evaluator.history,
     }
+
+
+def _periodic_evaluator(run: _Run) -> Any:
+    """The evaluation callback; it saves ``best.zip`` and keeps the history (also if unused)."""
+    from commit_env.agents.callbacks import PeriodicEvalCallback
+
+    return PeriodicEvalCallback(
+        run.evaluate,
+        max(run.cfg.eval_every, 1),
+        on_best=lambda m: save_model_atomic(m, run.out / "best.zip"),
+    )
+
+
+def _training_callbacks(run: _Run, evaluator: Any) -> list[Any]:
+    """Decode statistics, then the curriculum, evaluation and checkpoints the config asks for."""
+    from commit_env.agents.callbacks import DecodeStatsCallback, LengthCurriculumCallback
+
+    cfg = run.cfg
+    callbacks: list[Any] = [DecodeStatsCallback(step_cost=cfg.step_cost)]
+    if cfg.curriculum:
+        callbacks.append(
+            LengthCurriculumCallback(
+                cfg.curriculum,
+                cfg.timesteps,
+                None if cfg.max_minutes is None else cfg.max_minutes * 60.0,
+            )
+        )
+    if cfg.eval_every:
+        callbacks.append(evaluator)
+    if cfg.checkpoint_every:
+        callbacks.append(_atomic_checkpoints(run.out, cfg.checkpoint_every, cfg.algo))
+    return callbacks
+
+
+def _time_limits(cfg: PPOConfig) -> list[Any]:
+    """Callbacks that stop training after ``max_minutes`` of wall / ``max_cpu_minutes`` of CPU."""
+    from commit_env.agents.callbacks import WallClockLimitCallback
+
+    limits = []
+    if cfg.max_minutes is not None:
+        limits.append(WallClockLimitCallback(cfg.max_minutes * 60.0))
+    if cfg.max_cpu_minutes is not None:
+        limits.append(WallClockLimitCallback(cfg.max_cpu_minutes * 60.0, cpu=True))
+    return limits
+
+
+def _final_evaluation(run: _Run, evaluator: Any) -> dict[str, Any]:
+    """Evaluate the trained model, reusing the periodic evaluation if it just ran at this step."""
+    model = run.model
+    if evaluator.history and evaluator.history[-1]["timesteps"] == model.num_timesteps:
+        return evaluator.history[-1]
+    if run.cfg.eval_every:
+        return evaluator.run()
+    return run.evaluate(model)
 
 
 def _atomic_checkpoints(out: Path, every: int, prefix: str) -> Any:

@@ -280,6 +280,71 @@ def _record_setting(record: dict[str, Any], meta: dict[str, Any]) -> tuple[int, 
     )
 
 
+#: Per-record scalars collated by :func:`batch_from_records`, in column order.
+_RECORD_SCALARS: tuple[str, ...] = (
+    "window_kind",
+    "window_width",
+    "gen_len",
+    "budget",
+    "budget_limited",
+    "nfe",
+    "window_start",
+    "window_end",
+)
+
+
+def _record_scalars(record: dict[str, Any], meta: dict[str, Any]) -> tuple[int, ...]:
+    """The :data:`_RECORD_SCALARS` of a step record."""
+    kind, width, limited = _record_setting(record, meta)
+    return (
+        kind,
+        width,
+        int(record["gen_len"]),
+        int(record["budget"]),
+        int(limited),
+        int(record["nfe"]),
+        int(record["window_start"]),
+        int(record["window_end"]),
+    )
+
+
+def _padded_arrays(
+    records: Sequence[dict[str, Any]], meta: dict[str, Any]
+) -> dict[str, np.ndarray]:
+    """Stack step records into arrays right-padded to the longest prompt and widest G.
+
+    Returns:
+        ``prompt`` and ``prompt_mask`` ``[B, P]``; ``tokens``, ``proposal``, ``label`` (-1 on
+        padding), ``eligible`` and ``eos_label`` ``[B, G]``; ``features`` ``[B, G, F]``;
+        ``scalars`` ``[B, 8]`` (columns :data:`_RECORD_SCALARS`).
+    """
+    B = len(records)
+    P = max(len(r["prompt_ids"]) for r in records)
+    G = max(len(r["tokens"]) for r in records)
+    F = records[0]["features"].shape[-1]
+    out = {
+        "prompt": np.zeros((B, P), dtype=np.int64),
+        "prompt_mask": np.zeros((B, P), dtype=bool),
+        "tokens": np.zeros((B, G), dtype=np.int64),
+        "proposal": np.zeros((B, G), dtype=np.int64),
+        "label": np.full((B, G), -1, dtype=np.int64),
+        "eligible": np.zeros((B, G), dtype=bool),
+        "eos_label": np.zeros((B, G), dtype=np.float32),
+        "features": np.zeros((B, G, F), dtype=np.float32),
+        "scalars": np.zeros((B, len(_RECORD_SCALARS)), dtype=np.int64),
+    }
+    for b, r in enumerate(records):
+        n, g = len(r["prompt_ids"]), len(r["tokens"])
+        out["prompt"][b, :n] = r["prompt_ids"]
+        out["prompt_mask"][b, :n] = True
+        for key in ("tokens", "proposal", "label", "eligible", "features"):
+            out[key][b, :g] = r[key]
+        if "eos_label" in r:
+            out["eos_label"][b, :g] = np.frombuffer(r["eos_label"], np.int8)
+        out["scalars"][b] = _record_scalars(r, meta)
+    return out
+
+
 def batch_from_records(
     records: Sequence[dict[str, Any]], meta: dict[str, Any] | None = None
 ) -> ControllerBatch:
@@ -297,69 +362,32 @@ def batch_from_records(
         The batch on the CPU with ``labels`` (unlabelled positions are not eligible) and
         ``eos_labels`` set.
     """
-    meta = meta or {}
-    B = len(records)
-    P = max(len(r["prompt_ids"]) for r in records)
-    G = max(len(r["tokens"]) for r in records)
-    F = records[0]["features"].shape[-1]
-    prompt = np.zeros((B, P), dtype=np.int64)
-    prompt_mask = np.zeros((B, P), dtype=bool)
-    tokens = np.zeros((B, G), dtype=np.int64)
-    proposal = np.zeros((B, G), dtype=np.int64)
-    label = np.full((B, G), -1, dtype=np.int64)
-    eligible = np.zeros((B, G), dtype=bool)
-    eos_label = np.zeros((B, G), dtype=np.float32)
-    features = np.zeros((B, G, F), dtype=np.float32)
-    scalars = np.zeros((B, 8), dtype=np.int64)
-    for b, r in enumerate(records):
-        g = len(r["tokens"])
-        prompt[b, : len(r["prompt_ids"])] = r["prompt_ids"]
-        prompt_mask[b, : len(r["prompt_ids"])] = True
-        tokens[b, :g] = r["tokens"]
-        proposal[b, :g] = r["proposal"]
-        label[b, :g] = r["label"]
-        eligible[b, :g] = r["eligible"]
-        features[b, :g] = r["features"]
-        if "eos_label" in r:
-            eos_label[b, :g] = np.frombuffer(r["eos_label"], np.int8)
-        kind, width, limited = _record_setting(r, meta)
-        scalars[b] = (
-            kind,
-            width,
-            int(r["gen_len"]),
-            int(r["budget"]),
-            int(limited),
-            int(r["nfe"]),
-            int(r["window_start"]),
-            int(r["window_end"]),
-        )
-    eligible &= label >= 0
-    masked = label >= 0  # labelled = masked at that step
     t = torch.from_numpy
-    s = t(scalars)
-    committed = ~t(masked)
-    prompt_t, prompt_mask_t = t(prompt), t(prompt_mask)
-    tokens_t, proposal_t = t(tokens), t(proposal)
+    arrays = _padded_arrays(records, meta or {})
+    label = arrays["label"]
+    arrays["eligible"] &= label >= 0
+    masked = t(label >= 0)  # labelled = masked at that step
+    s = dict(zip(_RECORD_SCALARS, t(arrays["scalars"]).unbind(1), strict=True))
     setting = setting_features(
-        window_kind=s[:, 0],
-        window_width=s[:, 1],
-        gen_len=s[:, 2],
-        budget=s[:, 3],
-        budget_limited=s[:, 4].bool(),
-        nfe=s[:, 5],
-        masked=t(masked).sum(-1),
+        window_kind=s["window_kind"],
+        window_width=s["window_width"],
+        gen_len=s["gen_len"],
+        budget=s["budget"],
+        budget_limited=s["budget_limited"].bool(),
+        nfe=s["nfe"],
+        masked=masked.sum(-1),
     )
     return ControllerBatch(
-        prompt=prompt_t,
-        prompt_mask=prompt_mask_t,
-        tokens=tokens_t,
-        proposal=proposal_t,
-        features=t(features),
-        eligible=t(eligible),
-        visible_end=s[:, 7].clone(),
-        window_start=s[:, 6].clone(),
-        committed=committed,
+        prompt=t(arrays["prompt"]),
+        prompt_mask=t(arrays["prompt_mask"]),
+        tokens=t(arrays["tokens"]),
+        proposal=t(arrays["proposal"]),
+        features=t(arrays["features"]),
+        eligible=t(arrays["eligible"]),
+        visible_end=s["window_end"].clone(),
+        window_start=s["window_start"].clone(),
+        committed=~masked,
         setting=setting,
         labels=t((label == 1).astype(np.float32)),
-        eos_labels=t(eos_label),
+        eos_labels=t(arrays["eos_label"]),
     )

@@ -199,34 +199,46 @@ class DiffusionGemmaBackbone(HFBackbone):
 
     # ------------------------------------------------------------------ forward
 
-    def _raw_logits(
-        self, canvas: torch.Tensor, attention_mask: torch.Tensor, *, hidden: bool
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
-        from transformers import DynamicCache  # noqa: PLC0415 - transformers is loaded already
+    def _prefix(
+        self, canvas: torch.Tensor, attention: torch.Tensor, start: torch.Tensor, W: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Left-padded encoder input ``[B, W]``: the columns ``start - W .. start - 1`` of a row.
 
-        device = canvas.device
-        cpu_canvas = canvas.cpu()
-        cpu_att = attention_mask.cpu().bool()
-        B, L = cpu_canvas.shape
-        self._largest_batch = max(self._largest_batch, B)
-        start, C, W = self._layout(cpu_canvas, cpu_att)  # W = prefix width (left-padded)
+        Args:
+            canvas: CPU ``[B, L]`` engine canvas.
+            attention: CPU bool ``[B, L]`` attention.
+            start: ``[B]`` canvas start column of each row.
+            W: Prefix width.
 
-        # Prefix [B, W]: canvas columns start - W .. start - 1 (negative ones are padding).
+        Returns:
+            ``(prefix ids, prefix attention)``, both ``[B, W]``; a row with nothing before its
+            canvas gets the BOS token as its only real prefix token.
+        """
         cols = start[:, None] - W + torch.arange(W)[None, :]  # [B, W]
-        inside = cols >= 0
+        inside = cols >= 0  # negative columns are padding
         safe = cols.clamp(min=0)
-        prefix = torch.where(inside, cpu_canvas.gather(1, safe), self.pad_token_id)
-        prefix_att = inside & cpu_att.gather(1, safe)
+        prefix = torch.where(inside, canvas.gather(1, safe), self.pad_token_id)
+        prefix_att = inside & attention.gather(1, safe)
         empty = ~prefix_att.any(-1)  # [B] rows with nothing before their canvas: encode BOS
         prefix[empty, -1] = self._bos_id
         prefix_att[empty, -1] = True
+        return prefix, prefix_att
 
-        # Canvas [B, C]: placeholders become seeded uniform noise.
-        block_cols = start[:, None] + torch.arange(C)[None, :]  # [B, C]
-        block = cpu_canvas.gather(1, block_cols)
-        block_att = cpu_att.gather(1, block_cols)
-        holes = (block == self.mask_token_id) & block_att  # [B, C]
-        marked = torch.where(holes, -1, torch.where(block_att, block, -2))  # lineage view
+    def _seeded_noise(
+        self, prefix: torch.Tensor, prefix_att: torch.Tensor, marked: torch.Tensor
+    ) -> tuple[torch.Tensor, list[bytes]]:
+        """Per-row noise for the placeholders, and each row's lineage key.
+
+        Args:
+            prefix: ``[B, W]`` prefix ids.
+            prefix_att: Bool ``[B, W]`` real prefix tokens.
+            marked: ``[B, C]`` lineage view of the canvas (-1 placeholder, -2 padding).
+
+        Returns:
+            ``(noise [B, C], keys)``: uniform tokens seeded by a digest of the row's prefix and
+            canvas, and the digest of the row's prefix and canvas width (its lineage key).
+        """
+        B, C = marked.shape
         noise = torch.empty((B, C), dtype=torch.long)
         prefix_keys: list[bytes] = []
         for b in range(B):  # one digest and one small draw per row
@@ -236,25 +248,60 @@ class DiffusionGemmaBackbone(HFBackbone):
                 int.from_bytes(self._digest(real_prefix, marked[b])[:8], "little") >> 1
             )
             noise[b] = torch.randint(0, self.noise_vocab_size, (C,), generator=gen)
-        block = torch.where(holes, noise, block)
+        return noise, prefix_keys
 
-        # Self-conditioning signal of each row's lineage (zero signal where there is none).
+    def _sc_signal(
+        self, prefix_keys: list[bytes], marked: torch.Tensor, device: torch.device
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, list[int | None]]:
+        """Self-conditioning inputs of each row's lineage (zero signal where there is none).
+
+        Returns:
+            ``(logits [B, C, V], mask [B], parents)``, the logits and mask ``None`` when no row
+            has a stored signal; ``parents[b]`` is the index of row ``b``'s entry in its lineage.
+        """
+        B, C = marked.shape
         sc_logits = sc_mask = None
         parents: list[int | None] = [None] * B
-        if self.self_conditioning:
-            found = [self._sc_lookup(prefix_keys[b], marked[b]) for b in range(B)]
-            if any(f is not None for f in found):
-                vocab = next(f[1] for f in found if f is not None).shape[-1]
-                sc_logits = torch.zeros((B, C, vocab), dtype=self.dtype, device=device)
-                sc_mask = torch.zeros(B, dtype=torch.bool, device=device)
-                for b, f in enumerate(found):
-                    if f is not None:
-                        parents[b] = f[0]
-                        sc_logits[b] = f[1]
-                        sc_mask[b] = True
+        if not self.self_conditioning:
+            return sc_logits, sc_mask, parents
+        found = [self._sc_lookup(prefix_keys[b], marked[b]) for b in range(B)]
+        if any(f is not None for f in found):
+            vocab = next(f[1] for f in found if f is not None).shape[-1]
+            sc_logits = torch.zeros((B, C, vocab), dtype=self.dtype, device=device)
+            sc_mask = torch.zeros(B, dtype=torch.bool, device=device)
+            for b, f in enumerate(found):
+                if f is not None:
+                    parents[b] = f[0]
+                    sc_logits[b] = f[1]
+                    sc_mask[b] = True
+        return sc_logits, sc_mask, parents
 
+    def _model_inputs(
+        self,
+        prefix: torch.Tensor,
+        prefix_att: torch.Tensor,
+        block: torch.Tensor,
+        block_att: torch.Tensor,
+        sc_logits: torch.Tensor | None,
+        sc_mask: torch.Tensor | None,
+        device: torch.device,
+    ) -> dict[str, Any]:
+        """Keyword arguments of the model: the prefix to encode, the canvas block to decode.
+
+        Args:
+            prefix: ``[B, W]`` left-padded prefix ids.
+            prefix_att: Bool ``[B, W]`` real prefix tokens.
+            block: ``[B, C]`` canvas block, placeholders already replaced by noise.
+            block_att: Bool ``[B, C]`` real canvas positions.
+            sc_logits: Self-conditioning logits (see :meth:`_sc_signal`).
+            sc_mask: Self-conditioning mask.
+            device: The model's device.
+        """
+        from transformers import DynamicCache  # noqa: PLC0415 - transformers is loaded already
+
+        C = block.shape[1]
         n_prefix = prefix_att.long().sum(-1, keepdim=True)  # [B, 1]
-        kwargs: dict[str, Any] = {
+        return {
             "input_ids": prefix.to(device),
             "attention_mask": prefix_att.long().to(device),
             "position_ids": (prefix_att.long().cumsum(-1) - 1).clamp(min=0).to(device),
@@ -265,34 +312,57 @@ class DiffusionGemmaBackbone(HFBackbone):
             "self_conditioning_logits": sc_logits,
             "self_conditioning_mask": sc_mask,
         }
+
+    @staticmethod
+    def _to_canvas(block: torch.Tensor, index: torch.Tensor, L: int) -> torch.Tensor:
+        """Scatter block values ``[B, C, D]`` into a zero ``[B, L, D]`` canvas at ``index``."""
+        B, _, D = block.shape
+        canvas = torch.zeros((B, L, D), dtype=block.dtype, device=index.device)
+        return canvas.scatter_(1, index.expand(-1, -1, D), block)
+
+    def _raw_logits(
+        self, canvas: torch.Tensor, attention_mask: torch.Tensor, *, hidden: bool
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
+        """Decoder logits (and hidden states) of each row's canvas, placed on the whole canvas."""
+        device = canvas.device
+        cpu_canvas = canvas.cpu()
+        cpu_att = attention_mask.cpu().bool()
+        B, L = cpu_canvas.shape
+        self._largest_batch = max(self._largest_batch, B)
+        start, C, W = self._layout(cpu_canvas, cpu_att)  # W = prefix width (left-padded)
+        prefix, prefix_att = self._prefix(cpu_canvas, cpu_att, start, W)
+
+        # Canvas [B, C]: placeholders become seeded uniform noise.
+        block_cols = start[:, None] + torch.arange(C)[None, :]  # [B, C]
+        block = cpu_canvas.gather(1, block_cols)
+        block_att = cpu_att.gather(1, block_cols)
+        holes = (block == self.mask_token_id) & block_att  # [B, C]
+        marked = torch.where(holes, -1, torch.where(block_att, block, -2))  # lineage view
+        noise, prefix_keys = self._seeded_noise(prefix, prefix_att, marked)
+        block = torch.where(holes, noise, block)
+
+        sc_logits, sc_mask, parents = self._sc_signal(prefix_keys, marked, device)
+        kwargs = self._model_inputs(
+            prefix, prefix_att, block, block_att, sc_logits, sc_mask, device
+        )
         if hidden:
             kwargs["output_hidden_states"] = True
         with torch.inference_mode():
             output = self.model(**kwargs)
         block_logits = output.logits.float()  # [B, C, V]
-
         if self.self_conditioning:
             stored = block_logits.to(self.dtype)
             for b in range(B):
                 self._sc_store(prefix_keys[b], marked[b].clone(), stored[b], parents[b])
 
-        V = block_logits.shape[-1]
-        logits = torch.full((B, L, V), 0.0, dtype=torch.float32, device=device)
         index = block_cols.to(device)[..., None]  # [B, C, 1]
-        logits.scatter_(1, index.expand(-1, -1, V), block_logits)
-        if 0 <= self.mask_token_id < V:
+        logits = self._to_canvas(block_logits, index, L)  # zero (uniform) outside the canvas
+        if 0 <= self.mask_token_id < logits.shape[-1]:
             logits[..., self.mask_token_id] = _EXCLUDED_LOGIT
-
         hidden_states = None
         if hidden:
             states = output.hidden_states or ()
-            full: list[torch.Tensor] = []
-            for state in states:
-                H = state.shape[-1]
-                canvas_state = torch.zeros((B, L, H), dtype=state.dtype, device=device)
-                canvas_state.scatter_(1, index.expand(-1, -1, H), state)
-                full.append(canvas_state)
-            hidden_states = tuple(full)
+            hidden_states = tuple(self._to_canvas(state, index, L) for state in states)
         return logits, hidden_states
 
     def forward(

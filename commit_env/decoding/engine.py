@@ -180,7 +180,8 @@ class Decoder:
     ) -> TraceState:
         """The state before the first forward: left-padded prompts, masked generation region.
 
-        Long only because it names every :class:`TraceState` field once (one line each).
+        Long: it names every :class:`TraceState` field once (one line each); split, the list
+        of fields would only be scattered.
         """
         B, G, dev = len(ids), self.config.gen_length, self.device
         canvas = torch.full((B, P + G), self.backbone.pad_token_id, dtype=torch.long)
@@ -415,6 +416,37 @@ class Decoder:
     def _step_drafts(self, state: TraceState, decision: DraftDecision) -> TraceState:
         """Draft-and-verify: K copies per row, one batched forward, keep the accepted copy."""
         B, G = state.batch_size, state.gen_length
+        drafts, used = self._checked_drafts(state, decision)
+        K = int(drafts.shape[1])
+        active = ~state.done & (state.nfe > 0)  # [B]
+        out_of_budget = active & state.budget_limited & (state.nfe >= state.budget)  # [B]
+        drafted, index, d_active = self._draft_copies(state, used, active, K)
+        d_fill = out_of_budget[index] & d_active  # [B*K]
+        commit = self._commit_drafts(state, drafted, drafts, index, d_active, d_fill)
+        if decision.remask is not None:
+            remask = decision.remask.to(self.device).reshape(B * K, G)
+            self._remask(drafted, remask, d_active, d_active & ~d_fill)
+        self._finish_rows(drafted)
+        self._forward(drafted)
+        self._update_window(drafted)
+        choice = self._accepted_copy(state, drafted, decision, used, active)
+        self._keep_copies(state, drafted, choice)
+        if self.config.record_trace:
+            state.trace.append({"commit": commit.view(B, K, G)[torch.arange(B), choice].cpu()})
+            state.trace.append(
+                {"proposal": state.proposal.cpu(), "confidence": state.confidence.cpu()}
+            )
+        return state
+
+    def _checked_drafts(
+        self, state: TraceState, decision: DraftDecision
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Validate a draft decision; return its drafts ``[B, K, G]`` and used copies ``[B, K]``.
+
+        Raises:
+            ValueError: On a malformed commit, remask or used tensor, or sampled proposals.
+        """
+        B, G = state.batch_size, state.gen_length
         drafts = decision.commit
         if not isinstance(drafts, torch.Tensor) or drafts.dtype != torch.bool or drafts.dim() != 3:
             raise ValueError(f"DraftDecision.commit must be a bool tensor [B, K, G], G = {G}")
@@ -427,15 +459,23 @@ class Decoder:
             self._check_remask(decision.remask, (B, K, G))
         if self.config.temperature > 0:
             raise ValueError("draft-and-verify needs greedy proposals (temperature=0)")
-        active = ~state.done & (state.nfe > 0)  # [B]
-        out_of_budget = active & state.budget_limited & (state.nfe >= state.budget)  # [B]
-        masked = ~state.committed  # [B, G]
         used = decision.used
         if used is None:
             used = torch.ones((B, K), dtype=torch.bool, device=self.device)
         elif tuple(used.shape) != (B, K) or used.dtype != torch.bool:
             raise ValueError(f"DraftDecision.used must be a bool tensor [B, K] = [{B}, {K}]")
-        used = used.to(self.device)
+        return drafts, used.to(self.device)
+
+    def _draft_copies(
+        self, state: TraceState, used: torch.Tensor, active: torch.Tensor, K: int
+    ) -> tuple[TraceState, torch.Tensor, torch.Tensor]:
+        """K copies of every row (copy ``k`` of row ``b`` is row ``b * K + k``), without trace.
+
+        Returns:
+            ``(drafted, index, d_active)``: the copies, the source row of each copy ``[B*K]``
+            and the copies that commit this step ``[B*K]``.
+        """
+        B = state.batch_size
         index = torch.arange(B, device=self.device).repeat_interleave(K)  # [B*K]
         drafted = select_rows(state, index)
         drafted.trace = None
@@ -444,8 +484,32 @@ class Decoder:
         first = torch.arange(K, device=self.device).repeat(B) == 0  # [B*K]
         live = (active[index] & used.reshape(-1)) | (~active[index] & first)
         drafted.done |= ~live
-        d_active = active[index] & live  # [B*K]
-        d_fill = out_of_budget[index] & d_active
+        return drafted, index, active[index] & live
+
+    def _commit_drafts(
+        self,
+        state: TraceState,
+        drafted: TraceState,
+        drafts: torch.Tensor,
+        index: torch.Tensor,
+        d_active: torch.Tensor,
+        d_fill: torch.Tensor,
+    ) -> torch.Tensor:
+        """Commit each copy's draft (plus progress and budget fills); return the commits.
+
+        Args:
+            state: The state the copies were made from.
+            drafted: The copies ``[B*K]``, updated in place.
+            drafts: bool ``[B, K, G]`` drafted commits.
+            index: ``[B*K]`` source row of each copy.
+            d_active: ``[B*K]`` copies that commit this step.
+            d_fill: ``[B*K]`` active copies whose row is out of step budget (fill every mask).
+
+        Returns:
+            bool ``[B*K, G]``, the positions committed in each copy.
+        """
+        B, K, G = drafts.shape
+        masked = ~state.committed  # [B, G]
         mask = drafts.to(self.device).reshape(B * K, G) & masked[index] & d_active[:, None]
         # Progress guarantee per copy: a copy that commits nothing gets the best eligible position.
         idle = d_active & ~d_fill & ~mask.any(-1)  # [B*K]
@@ -462,12 +526,22 @@ class Decoder:
         drafted.commit_step = torch.where(commit, drafted.step[:, None], drafted.commit_step)
         drafted.step += d_active.long()
         self._note_recommits(drafted, commit)
-        if decision.remask is not None:
-            remask = decision.remask.to(self.device).reshape(B * K, G)
-            self._remask(drafted, remask, d_active, d_active & ~d_fill)
-        self._finish_rows(drafted)
-        self._forward(drafted)
-        self._update_window(drafted)
+        return commit
+
+    def _accepted_copy(
+        self,
+        state: TraceState,
+        drafted: TraceState,
+        decision: DraftDecision,
+        used: torch.Tensor,
+        active: torch.Tensor,
+    ) -> torch.Tensor:
+        """The copy each row keeps ``[B]``, as chosen by ``decision.accept`` (0 for idle rows).
+
+        Raises:
+            ValueError: If the choice is not ``[B]`` in ``[0, K)`` or picks an unused copy.
+        """
+        B, K = used.shape
         choice = decision.accept(state, drafted)
         if (
             not isinstance(choice, torch.Tensor)
@@ -478,6 +552,16 @@ class Decoder:
         choice = torch.where(active, choice.to(self.device).long(), 0)  # idle rows keep copy 0
         if not bool((used[torch.arange(B, device=self.device), choice] | ~active).all()):
             raise ValueError("DraftDecision.accept picked a copy marked unused")
+        return choice
+
+    def _keep_copies(self, state: TraceState, drafted: TraceState, choice: torch.Tensor) -> None:
+        """Replace each row of ``state`` by its chosen copy, counting every copy's forward work.
+
+        A row's NFE grows by one if any of its copies was forwarded (they share one batched
+        forward); its ``forward_tokens`` by the tokens of all its copies.
+        """
+        B = state.batch_size
+        K = drafted.batch_size // B
         rows = torch.arange(B, device=self.device) * K + choice  # [B]
         ran = drafted.nfe.view(B, K) > state.nfe[:, None]  # [B, K] copies that were forwarded
         tokens = (drafted.forward_tokens.view(B, K) - state.forward_tokens[:, None]).sum(-1)
@@ -486,12 +570,6 @@ class Decoder:
         for name in state.tensor_fields():
             setattr(state, name, getattr(kept, name))
         state.nfe, state.forward_tokens = nfe, forward_tokens
-        if self.config.record_trace:
-            state.trace.append({"commit": commit.view(B, K, G)[torch.arange(B), choice].cpu()})
-            state.trace.append(
-                {"proposal": state.proposal.cpu(), "confidence": state.confidence.cpu()}
-            )
-        return state
 
     # ----------------------------------------------------------------------------- internals
     def _finish_rows(self, state: TraceState) -> None:

@@ -49,6 +49,7 @@ sandbox's tmpfs; stdin and stderr are unnamed temporary files). Without it each 
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import json
 import math
@@ -63,11 +64,11 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from commit_env.errors import CommitEnvError
 
@@ -496,6 +497,178 @@ def _run_tag() -> str:
         return f"{os.getpid()}-{_run_counter[0]}-{secrets.token_hex(4)}"
 
 
+@dataclass(frozen=True)
+class _Pipes:
+    """The four pipes of one run, as file descriptors (``_r`` read end, ``_w`` write end).
+
+    Requests go from the judge to the worker (``req``), responses back (``resp``), the judge writes
+    its verdict to ``verdict``, and only this process holds ``alive_w``: the worker exits when it
+    closes (this process was killed, or is done).
+    """
+
+    req_r: int
+    req_w: int
+    resp_r: int
+    resp_w: int
+    verdict_r: int
+    verdict_w: int
+    alive_r: int
+    alive_w: int
+
+    @classmethod
+    def open(cls) -> _Pipes:
+        """Open the four pipes."""
+        pipes = [os.pipe() for _ in range(4)]
+        (req_r, req_w), (resp_r, resp_w), (verdict_r, verdict_w), (alive_r, alive_w) = pipes
+        return cls(req_r, req_w, resp_r, resp_w, verdict_r, verdict_w, alive_r, alive_w)
+
+    def close_child_ends(self) -> None:
+        """Close the ends the worker and judge inherited (once they run, or failed to start)."""
+        for fd in (self.req_r, self.resp_w, self.req_w, self.resp_r, self.verdict_w, self.alive_r):
+            os.close(fd)
+
+    def close_own_ends(self) -> None:
+        """Close the ends this process keeps; closing ``alive_w`` tells the worker to exit."""
+        os.close(self.verdict_r)
+        os.close(self.alive_w)
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    """What a finished run left behind, read before its pipes and temporary files were closed.
+
+    Attributes:
+        finished: The judge exited within the timeout.
+        wall_time: Seconds from start until both processes were reaped.
+        verdict_text: What the judge wrote to its verdict pipe.
+        worker_stderr: The worker's stderr (head and tail kept).
+        judge_stderr: The judge's stderr (head and tail kept).
+        worker_returncode: Exit status of the worker.
+        judge_returncode: Exit status of the judge.
+    """
+
+    finished: bool
+    wall_time: float
+    verdict_text: bytes
+    worker_stderr: str
+    judge_stderr: str
+    worker_returncode: int | None
+    judge_returncode: int | None
+
+
+def _limit_args(timeout: float, memory_mb: int, max_processes: int, max_file_mb: int) -> list[str]:
+    """The worker's rlimits as runner arguments: CPU s, address-space B, processes, file B."""
+    return [
+        str(max(1, math.ceil(timeout))),
+        str(memory_mb * 2**20),
+        str(max_processes),
+        str(max_file_mb * 2**20),
+    ]
+
+
+class _RunFiles(NamedTuple):
+    """Unnamed temporary files of one run (closing one deletes it)."""
+
+    stdin: Any  # the program's source, read by the worker
+    stderr: Any  # the worker's stderr
+    job: Any  # the judge's job (token, tests), read by the judge
+    judge_err: Any  # the judge's stderr
+
+
+@contextlib.contextmanager
+def _run_files() -> Iterator[_RunFiles]:
+    """Open the temporary files of one run; closed when the block exits."""
+    with (
+        tempfile.TemporaryFile() as stdin,
+        tempfile.TemporaryFile() as stderr,
+        tempfile.TemporaryFile() as job,
+        tempfile.TemporaryFile() as judge_err,
+    ):
+        yield _RunFiles(stdin, stderr, job, judge_err)
+
+
+def _write_input(stream: Any, text: str) -> None:
+    """Write ``text`` (lone surrogates kept) to a temporary file and rewind it for a child."""
+    stream.write(text.encode("utf-8", errors="surrogatepass"))
+    stream.seek(0)
+
+
+def _spawn_worker(
+    backend: _Bwrap | None,
+    args: list[str],
+    *,
+    workdir: str | None,
+    tag: str,
+    max_file_mb: int,
+    pipes: _Pipes,
+    files: _RunFiles,
+) -> Any:
+    """Start the worker: under bwrap with a private tmpfs, else in ``workdir`` with guards only."""
+    pass_fds = (pipes.req_r, pipes.resp_w, pipes.alive_r)
+    common = {"stdin": files.stdin, "stdout": subprocess.DEVNULL, "stderr": files.stderr}
+    if backend is not None:
+        size = max(4 * max_file_mb, 16) * 2**20  # the tmpfs holds 4x the largest file
+        return _spawn_bwrap(
+            backend,
+            args,
+            size,
+            pass_fds=pass_fds,
+            env=_minimal_env("/tmp", tag),
+            start_new_session=True,
+            **common,
+        )
+    assert workdir is not None
+    return subprocess.Popen(
+        [sys.executable, "-I", "-S", str(RUNNER), *args],
+        pass_fds=pass_fds,
+        cwd=workdir,
+        env=_minimal_env(workdir, tag),
+        start_new_session=True,
+        **common,
+    )
+
+
+def _spawn_judge(
+    pipes: _Pipes, isolation: str, tag: str, files: _RunFiles
+) -> subprocess.Popen[bytes]:
+    """Start the trusted judge, which reads its job (token, tests) from ``files.job``."""
+    return subprocess.Popen(
+        [sys.executable, "-I", "-S", str(RUNNER), "judge", str(pipes.req_w), str(pipes.resp_r)]
+        + [str(pipes.verdict_w), isolation],
+        stdin=files.job,
+        stdout=subprocess.DEVNULL,
+        stderr=files.judge_err,
+        pass_fds=(pipes.req_w, pipes.resp_r, pipes.verdict_w),
+        env={**_minimal_env(tempfile.gettempdir(), tag)},
+        start_new_session=True,
+    )
+
+
+def _wait_then_kill(
+    worker: Any, judge: subprocess.Popen[bytes], timeout: float, *, namespace: bool
+) -> bool:
+    """Wait up to ``timeout`` s for the judge, then kill and reap both processes.
+
+    Args:
+        worker: The worker process (bwrap itself when ``namespace``).
+        judge: The judge process.
+        timeout: Seconds to wait for the judge.
+        namespace: The worker runs in a PID namespace of its own, whose processes are killed too.
+
+    Returns:
+        True if the judge exited in time.
+    """
+    try:
+        return _wait(judge, timeout)
+    finally:  # also on KeyboardInterrupt: leave no program running behind us
+        if namespace:
+            _kill_namespace(worker.pid)
+        _kill_group(worker.pid)
+        _kill_group(judge.pid)
+        worker.wait()
+        judge.wait()
+
+
 def _execute(
     source: str,
     *,
@@ -509,71 +682,40 @@ def _execute(
     max_file_mb: int,
     sandbox: str | None,
 ) -> SandboxResult:
+    """Run ``source`` in a fresh worker, let a fresh judge decide, and report its verdict.
+
+    The arguments are those of :func:`run_tests` / :func:`run_sandboxed` (already validated);
+    ``mode`` is ``"function"`` or ``"program"``.
+    """
     if os.name != "posix":
         raise OSError("the commit_env sandbox needs a POSIX system (resource limits, pipes)")
     backend = _backend(resolve_sandbox_mode(sandbox))
     isolation = "bwrap" if backend is not None else "guards"
     token = secrets.token_hex(32)
     tag = _run_tag()
-    limits = [
-        str(max(1, math.ceil(timeout))),
-        str(memory_mb * 2**20),
-        str(max_processes),
-        str(max_file_mb * 2**20),
-    ]
+    limits = _limit_args(timeout, memory_mb, max_processes, max_file_mb)
     job = {"token": token, "mode": mode, "tests": tests, "setup": setup, "entry_point": entry_point}
     workdir = _make_workdir() if backend is None else None
-    # Requests (judge -> worker), responses, the verdict, and a pipe whose write end only this
-    # process holds: the worker exits when it closes (this process was killed, or is done).
-    pipes = [os.pipe() for _ in range(4)]
-    (req_r, req_w), (resp_r, resp_w), (verdict_r, verdict_w), (alive_r, alive_w) = pipes
-    worker = judge = None
+    pipes = _Pipes.open()
+    worker = None  # set once started, so that a failed judge start can kill it
     start = time.monotonic()
     try:
-        with (
-            tempfile.TemporaryFile() as stdin,
-            tempfile.TemporaryFile() as stderr,
-            tempfile.TemporaryFile() as job_file,
-            tempfile.TemporaryFile() as judge_err,
-        ):
-            stdin.write(source.encode("utf-8", errors="surrogatepass"))
-            stdin.seek(0)
-            job_file.write(json.dumps(job).encode("utf-8", errors="surrogatepass"))
-            job_file.seek(0)
-            tail = ["worker", mode, entry_point, str(req_r), str(resp_w), *limits, str(alive_r)]
-            common = {"stdin": stdin, "stdout": subprocess.DEVNULL, "stderr": stderr}
+        with _run_files() as files:
+            _write_input(files.stdin, source)
+            _write_input(files.job, json.dumps(job))
+            fds = (str(pipes.req_r), str(pipes.resp_w))
+            args = ["worker", mode, entry_point, *fds, *limits, str(pipes.alive_r)]
             try:
-                if backend is not None:
-                    size = max(4 * max_file_mb, 16) * 2**20
-                    worker = _spawn_bwrap(
-                        backend,
-                        tail,
-                        size,
-                        pass_fds=(req_r, resp_w, alive_r),
-                        env=_minimal_env("/tmp", tag),
-                        start_new_session=True,
-                        **common,
-                    )
-                else:
-                    assert workdir is not None
-                    worker = subprocess.Popen(
-                        [sys.executable, "-I", "-S", str(RUNNER), *tail],
-                        pass_fds=(req_r, resp_w, alive_r),
-                        cwd=workdir,
-                        env=_minimal_env(workdir, tag),
-                        start_new_session=True,
-                        **common,
-                    )
-                judge = subprocess.Popen(
-                    [sys.executable, "-I", "-S", str(RUNNER), "judge", str(req_w), str(resp_r)]
-                    + [str(verdict_w), isolation],
-                    stdin=job_file,
-                    stdout=subprocess.DEVNULL,
-                    stderr=judge_err,
-                    pass_fds=(req_w, resp_r, verdict_w),
-                    env={**_minimal_env(tempfile.gettempdir(), tag)},
-                    start_new_session=True,
+                worker = _spawn_worker(
+                    backend,
+                    args,
+                    workdir=workdir,
+                    tag=tag,
+                    max_file_mb=max_file_mb,
+                    pipes=pipes,
+                    files=files,
                 )
+                judge = _spawn_judge(pipes, isolation, tag, files)
             except OSError as exc:
                 if worker is not None:
                     _kill_group(worker.pid)
@@ -582,45 +724,57 @@ def _execute(
                     False, "error", None, f"cannot start sandbox: {exc}", 0.0, isolation
                 )
             finally:
-                for fd in (req_r, resp_w, req_w, resp_r, verdict_w, alive_r):
-                    os.close(fd)
-            try:
-                finished = _wait(judge, timeout)
-            finally:  # also on KeyboardInterrupt: leave no program running behind us
-                if backend is not None:
-                    _kill_namespace(worker.pid)
-                _kill_group(worker.pid)
-                _kill_group(judge.pid)
-                worker.wait()
-                judge.wait()
-            wall_time = time.monotonic() - start
-            verdict_text = _read_all(verdict_r)
-            err = _read_stderr(stderr)
-            judge_text = _read_stderr(judge_err)
+                pipes.close_child_ends()
+            finished = _wait_then_kill(worker, judge, timeout, namespace=backend is not None)
+            outcome = _Outcome(
+                finished=finished,
+                wall_time=time.monotonic() - start,
+                verdict_text=_read_all(pipes.verdict_r),
+                worker_stderr=_read_stderr(files.stderr),
+                judge_stderr=_read_stderr(files.judge_err),
+                worker_returncode=worker.returncode,
+                judge_returncode=judge.returncode,
+            )
     finally:
-        os.close(verdict_r)
-        os.close(alive_w)
+        pipes.close_own_ends()
         if workdir is not None:
             shutil.rmtree(workdir, ignore_errors=True)
-    returncode = worker.returncode
-    verdict = _parse_verdict(verdict_text, token)
-    if not finished:
+    return _judged_result(outcome, token, isolation)
+
+
+def _judged_result(outcome: _Outcome, token: str, isolation: str) -> SandboxResult:
+    """The :class:`SandboxResult` of a run: only a verdict carrying ``token`` can pass."""
+    verdict = _parse_verdict(outcome.verdict_text, token)
+    returncode, err, wall_time = outcome.worker_returncode, outcome.worker_stderr, outcome.wall_time
+    if not outcome.finished:
         return SandboxResult(False, "timeout", None, err, wall_time, isolation)
     if verdict is None:
-        detail = f"\n[judge] no verdict (exit status {judge.returncode}): {judge_text}"
+        detail = f"\n[judge] no verdict (exit status {outcome.judge_returncode}): "
+        detail += outcome.judge_stderr
         return SandboxResult(False, "error", returncode, err + detail, wall_time, isolation)
     if verdict.get("passed") is True:
         return SandboxResult(True, "passed", returncode, err, wall_time, isolation)
     detail = str(verdict.get("detail", ""))
-    status: Status = "failed"
+    stderr_text = _clip_stderr(err + (f"\n[judge] {detail}" if detail else ""))
+    return SandboxResult(
+        False, _failure_status(returncode), returncode, stderr_text, wall_time, isolation
+    )
+
+
+def _failure_status(returncode: int | None) -> Status:
+    """Status of a run the judge failed: out of CPU time, a broken setup, or a plain failure."""
     if returncode in (-signal.SIGXCPU, 128 + signal.SIGXCPU):
-        status = "timeout"
-    elif returncode == _SETUP_ERROR_EXIT:
-        status = "error"
-    stderr_text = err + (f"\n[judge] {detail}" if detail else "")
-    if len(stderr_text) > _STDERR_HEAD + _STDERR_TAIL + 200:
-        stderr_text = stderr_text[:_STDERR_HEAD] + "\n[...]\n" + stderr_text[-_STDERR_TAIL:]
-    return SandboxResult(False, status, returncode, stderr_text, wall_time, isolation)
+        return "timeout"
+    if returncode == _SETUP_ERROR_EXIT:
+        return "error"
+    return "failed"
+
+
+def _clip_stderr(text: str) -> str:
+    """``text``, cut to its head and tail when it is much longer than both together."""
+    if len(text) > _STDERR_HEAD + _STDERR_TAIL + 200:
+        return text[:_STDERR_HEAD] + "\n[...]\n" + text[-_STDERR_TAIL:]
+    return text
 
 
 def _read_all(fd: int) -> bytes:
