@@ -188,7 +188,9 @@ def _add_train_backbone(sub: Any) -> None:
         default=None,
         help="continue from this checkpoint's weights (e.g. an annealing stage on --out itself)",
     )
-    tb.add_argument("--mix", choices=("default", "anneal"), default=None, help="corpus mixture")
+    tb.add_argument(
+        "--mix", choices=("default", "anneal", "focus"), default=None, help="corpus mixture"
+    )
     tb.add_argument("--lr", type=_number(0, above=True), default=None, help="peak learning rate")
     tb.add_argument("--schedule", choices=("rsqrt", "cosine", "linear"), default=None)
     tb.add_argument("--warmup", type=_NONNEGATIVE, default=None, help="linear warm-up steps")
@@ -212,8 +214,14 @@ def _add_bench(sub: Any) -> None:
     be.set_defaults(mode="quick")
     be.add_argument("--out", default="bench-out")
     _add_backbone_args(be)
+    be.set_defaults(backbone=None)  # the preset's: BENCH_BACKBONE
     be.add_argument("--task", action="append", default=None, help="task (repeatable)")
-    be.add_argument("--tasks", default=None, help="comma-separated tasks (default: qa,math,code)")
+    be.add_argument(
+        "--tasks",
+        default=None,
+        help="comma-separated tasks (default: QUICK_TASKS, --full: every testbed family; "
+        "the original families: --backbone tiny --tasks qa,math,code)",
+    )
     be.add_argument("--gen-length", type=_POSITIVE, default=None)
     be.add_argument("--window", default=None)
     be.add_argument("--n", type=_POSITIVE, default=None, help="examples per task and setting")
@@ -463,12 +471,6 @@ def _bench_tasks(args: argparse.Namespace) -> tuple[str, ...] | None:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from commit_env.evaluation.bench import BenchConfig, run_bench
 
-    base = BenchConfig.preset(args.mode)
-    setting = None
-    if args.gen_length is not None or args.window is not None:
-        setting = type(base.setting)(
-            args.gen_length or base.setting.gen_length, args.window or base.setting.window
-        )
     overrides = {
         "window": args.window,
         "gen_length": args.gen_length,
@@ -479,7 +481,6 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         "dtype": args.dtype,
         "trust_remote_code": args.trust_remote_code,
         "tasks": _bench_tasks(args),
-        "setting": setting,
         "n": args.n,
         "collect_n": args.collect_n,
         "ppo_timesteps": args.ppo_timesteps,

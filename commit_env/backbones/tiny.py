@@ -39,6 +39,7 @@ import torch.nn.functional as F
 __all__ = [
     "ANNEAL_MIX",
     "DEFAULT_MIX",
+    "FOCUS_MIX",
     "MIXES",
     "TINY_CHARS",
     "TINY_SPECIAL_TOKENS",
@@ -128,7 +129,34 @@ ANNEAL_MIX: tuple[tuple[str, float], ...] = (
     ("sudoku", 0.07),
 )
 
-MIXES: dict[str, tuple[tuple[str, float], ...]] = {"default": DEFAULT_MIX, "anneal": ANNEAL_MIX}
+# A second-stage alternative that puts most weight on the puzzles and order-free lists.
+FOCUS_MIX: tuple[tuple[str, float], ...] = (
+    ("qa", 0.04),
+    ("qa:hard", 0.03),
+    ("math", 0.06),
+    ("math:hard", 0.05),
+    ("code", 0.02),
+    ("code:hard", 0.02),
+    ("qa:list", 0.13),
+    ("copy", 0.005),
+    ("reverse", 0.01),
+    ("sort", 0.05),
+    ("shuffle", 0.03),
+    ("insert:index", 0.02),
+    ("insert:any", 0.02),
+    ("remove:index", 0.04),
+    ("remove:any", 0.01),
+    ("replace:index", 0.04),
+    ("replace:any", 0.07),
+    ("latin", 0.30),
+    ("sudoku", 0.05),
+)
+
+MIXES: dict[str, tuple[tuple[str, float], ...]] = {
+    "default": DEFAULT_MIX,
+    "anneal": ANNEAL_MIX,
+    "focus": FOCUS_MIX,
+}
 """Named training mixtures (``commit-env train-backbone --mix NAME``)."""
 
 

@@ -617,7 +617,7 @@ class Decoder:
             tokens = state.attention_mask.sum(-1) * active.long()
         state.nfe += active.long()
         state.forward_tokens += tokens
-        if self.config.record_trace:
+        if self.config.record_trace and state.trace is not None:  # draft copies keep no trace
             state.trace.append(
                 {"proposal": state.proposal.cpu(), "confidence": state.confidence.cpu()}
             )

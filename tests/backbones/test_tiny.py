@@ -316,7 +316,7 @@ def test_bad_train_config():
     with pytest.raises(ValueError, match="divisible"):
         TinyBackboneTrainConfig(hidden_size=30, num_heads=4)
     with pytest.raises(ValueError, match="schedule"):
-        TinyBackboneTrainConfig(schedule="linear")
+        TinyBackboneTrainConfig(schedule="nope")
     with pytest.raises(ValueError, match="micro_batches"):
         TinyBackboneTrainConfig(batch_size=4, micro_batches=5)
     with pytest.raises(ValueError, match="unknown task"):

@@ -177,3 +177,17 @@ def test_new_policies_are_registered_and_build_from_strings():
     assert make_policy("freedave", draft_steps="6").draft_steps == 6
     assert make_policy("wino", verify_threshold="0.8").verify_threshold == 0.8
     assert make_policy("remdm", steps="none").steps is None
+
+
+def test_freedave_records_a_trace_of_every_verify_step():
+    # Drafted copies keep no trace of their own; the step records the accepted commit and the
+    # proposals its one forward produced.
+    prompts = distinct_prompts(3)
+    config = DecodeConfig(gen_length=8, record_trace=True)
+    result = decode(FakeBackbone(scale=6.0), prompts, FreeDavePolicy(draft_steps=3), config)
+    (chunk,) = result.trace
+    commits = [r["commit"] for r in chunk if "commit" in r]
+    # one record per step after the first forward (the last may commit without a forward)
+    assert int(result.nfe.max()) - 1 <= len(commits) <= int(result.nfe.max())
+    assert all(c.shape == (3, 8) and c.dtype == torch.bool for c in commits)
+    assert sum(int(c.sum()) for c in commits) == 3 * 8  # each position committed once
