@@ -330,6 +330,7 @@ def frontier_cells(
     tolerance: float = TOLERANCE,
     exclude: Collection[str] = NOT_DEPLOYABLE,
     trained_settings: Mapping[str, Collection[Any]] | None = None,
+    deployed: Mapping[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """Did each learned policy win its cell? One row per learned record.
 
@@ -347,6 +348,9 @@ def frontier_cells(
             ``"G=16 block:4 S=-"``, ``Setting`` objects or ``(G, window[, budget])`` tuples). A
             family absent here falls back to its records' ``"trained_settings"`` key; without
             either, ``seen`` is None (unknown).
+        deployed: Optional ``{family: params_label}``: judge only that member of the family
+            (e.g. the controller at its learned threshold, not every point of its deployment
+            threshold sweep, which would count one cell many times).
 
     Returns:
         Rows ``{"family", "params_label", "setting", "gen_length", "window", "step_budget",
@@ -376,6 +380,9 @@ def frontier_cells(
         for r in rows:
             if r["family"] not in learned_families:
                 continue
+            if deployed and r["family"] in deployed:
+                if r.get("params_label", r["family"]) != deployed[r["family"]]:
+                    continue
             score, nfe = float(r["score"]), float(r["nfe"])
             reaching = [h for h in heur if float(h["score"]) >= score - _EPS]
             cheaper = [h for h in reaching if float(h["nfe"]) < nfe - _EPS]

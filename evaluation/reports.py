@@ -105,6 +105,7 @@ def cross_setting_cells(
     tolerance: float = TOLERANCE,
     trained_settings: Mapping[str, Collection[Any]] | None = None,
     default: DefaultSpec | None = None,
+    deployed: Mapping[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """Frontier verdicts per (learned family, setting, task), plus per-setting summaries.
 
@@ -117,6 +118,8 @@ def cross_setting_cells(
         default: The default setting per task (:data:`DefaultSpec`). When given, the summaries
             group settings by :func:`relative_setting_label` (``2G block:8 S=G/4``), so tasks
             with different default G share a column; otherwise by the absolute label.
+        deployed: ``{family: params_label}`` of the member judged per family (see
+            :func:`commit_env.evaluation.metrics.frontier_cells`).
 
     Returns:
         One ``task == "mean"`` row per (family, setting) with ``wins``, ``n`` (tasks),
@@ -124,7 +127,11 @@ def cross_setting_cells(
         the rows of :func:`commit_env.evaluation.metrics.frontier_cells`.
     """
     cells = frontier_cells(
-        records, learned_families, tolerance=tolerance, trained_settings=trained_settings
+        records,
+        learned_families,
+        tolerance=tolerance,
+        trained_settings=trained_settings,
+        deployed=deployed,
     )
 
     def column(c: dict[str, Any]) -> str:

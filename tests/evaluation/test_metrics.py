@@ -220,6 +220,21 @@ def test_frontier_counts_overall_and_on_unseen_settings():
     assert plain["unseen_wins"] is None and plain["unseen_cells"] is None
 
 
+def test_only_the_deployed_member_of_a_family_is_judged():
+    # The controller's deployment-threshold sweep adds members at the default setting; the count
+    # judges the deployed one (its learned threshold), once per cell.
+    sweep = [
+        rec("code", "controller", 0.39, 2.0, label="controller(threshold=0.3)"),
+        rec("code", "controller", 0.95, 5.0, label="controller(threshold=0.6)"),
+    ]
+    records = _cell(0.95, 6.0)[:-1] + sweep
+    assert len(frontier_cells(records)) == 2  # every member, without ``deployed``
+    (cell,) = frontier_cells(records, deployed={"controller": "controller(threshold=0.6)"})
+    assert cell["params_label"] == "controller(threshold=0.6)" and cell["win"]
+    (lost,) = frontier_cells(records, deployed={"controller": "controller(threshold=0.3)"})
+    assert lost["verdict"] == "below best"
+
+
 def test_frontier_edge_cases():
     assert frontier_cells([]) == [] and frontier_counts([]) == []
     only_learned = [rec("t", "controller", 0.9, 4.0)]
