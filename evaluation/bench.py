@@ -524,6 +524,9 @@ def report_stage(
     trained["controller"] = [
         (s.gen_length, s.window, s.step_budget) for s in _rounds_config(cfg, out).mixture
     ]
+    if any(r["family"] == "controller-round0" for r in records):  # learned: judged, not a rival
+        families.append("controller-round0")
+        trained["controller-round0"] = trained["controller"]
     cells = reports.cross_setting_cells(
         records,
         learned_families=families,
