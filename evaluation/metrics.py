@@ -323,6 +323,15 @@ def family_speedups(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
 # ------------------------------------------------------------------------- frontier count
 
 
+def _seen(record: Mapping[str, Any], setting: str, trained: Mapping[str, set[str]]) -> bool | None:
+    """Was ``setting`` among the record's family's training settings (None: unknown)?"""
+    if record["family"] in trained:
+        return setting in trained[record["family"]]
+    if record.get("trained_settings") is not None:
+        return setting in {_label_of(s) for s in record["trained_settings"]}
+    return None
+
+
 def frontier_cells(
     records: Iterable[Mapping[str, Any]],
     learned_families: Collection[str] = LEARNED,
@@ -398,12 +407,7 @@ def frontier_cells(
                 if reaching
                 else max(heur, key=lambda h: (float(h["score"]), -float(h["nfe"])))
             )
-            if r["family"] in trained:
-                seen: bool | None = setting in trained[r["family"]]
-            elif r.get("trained_settings") is not None:
-                seen = setting in {_label_of(s) for s in r["trained_settings"]}
-            else:
-                seen = None
+            seen = _seen(r, setting, trained)
             out.append(
                 {
                     "family": r["family"],
