@@ -122,7 +122,8 @@ def test_backbone_options_reach_the_ppo_stage(monkeypatch, tmp_path):
     cfg = captured["cfg"]
     expected = BackboneSpec("hf:some/model", kind="llada", dtype="bfloat16", trust_remote_code=True)
     assert cfg.backbone_spec == expected
-    assert cfg.setting.gen_length == 8 and cfg.setting.window == "full"
+    assert cfg.setting is None  # PPO trains on the first task's default setting
+    assert cfg.training_setting.gen_length == 8 and cfg.training_setting.window == "full"
     assert cfg.gen_length == 8 and cfg.default_for("qa").gen_length == 8
 
     seen = {}
@@ -137,4 +138,4 @@ def test_backbone_options_reach_the_ppo_stage(monkeypatch, tmp_path):
         bench_module._train_ppo(cfg, tmp_path, loaded, teacher=None)
     assert seen["backbone"] is loaded  # the loaded backbone itself, not a re-load of the name
     assert seen["cfg"].backbone == expected  # and the full spec is recorded in config.json
-    assert seen["cfg"].setting == cfg.setting
+    assert seen["cfg"].setting == cfg.training_setting

@@ -283,6 +283,7 @@ def test_reduced_bench_records_equal_local(tmp_path, executor):
 
     cfg = BenchConfig.preset(
         "quick",
+        backbone="tiny",  # the executor's backbone
         tasks=("qa",),
         n=8,
         batch_size=BATCH,
