@@ -416,20 +416,22 @@ def controller_stage(bench: _Bench) -> PolicySpec:
     """Stage 2: the supervised controller, round 0 and on-policy rounds, reused when trained.
 
     One controller is trained over a mixture of settings (``default_training_mixture`` of every
-    task's default G). Both rounds are measured on the default setting: round 0 at its learned
-    threshold (family ``controller-round0``), the final round at a sweep of deployment
-    thresholds (family ``controller``: its curve and AUP). ``--full`` adds the ablations
+    task's default G); the final round's deployment thresholds are calibrated on held-out
+    decodes over that mixture (:mod:`commit_env.supervised.calibrate`). Both rounds are measured
+    on the default setting: round 0 at its label-selected threshold (family
+    ``controller-round0``), the final round at its calibrated thresholds and a sweep of
+    deployment thresholds (family ``controller``: its curve and AUP). ``--full`` adds the ablations
     (``OUT/controller/ablations.jsonl`` and ``ablations.md``, paired bootstrap intervals).
     ``cfg.extra["controller_on_policy_rounds"]`` (default 1) sets the number of on-policy rounds.
 
     Returns:
-        The final round at its learned threshold (evaluated on the whole grid).
+        The final round at its calibrated thresholds (evaluated on the whole grid).
     """
     from commit_env.evaluation.controller import (
         ablation_records,
         ablation_table,
         controller_specs,
-        learned_threshold,
+        deployed_params,
     )
     from commit_env.supervised.rounds import train_ablations, train_controller_rounds
 
@@ -468,8 +470,8 @@ def controller_stage(bench: _Bench) -> PolicySpec:
             )
         table = ablation_table(read_jsonl(path))
         write_text_atomic(bench.out / "controller" / "ablations.md", table + "\n")
-    tau = learned_threshold(rounds.final)
-    return next(s for s in curve if dict(s.params)["threshold"] == tau)
+    deployed = deployed_params(rounds.final)
+    return next(s for s in curve if s.params == deployed)
 
 
 def ppo_stage(bench: _Bench) -> PolicySpec:

@@ -24,18 +24,35 @@ __all__ = [
     "ablation_records",
     "ablation_table",
     "controller_specs",
+    "deployed_params",
     "learned_threshold",
 ]
 
 #: Deployment thresholds of the controller's curve (plus the learned one of the checkpoint).
-DEFAULT_THRESHOLDS: tuple[float, ...] = (0.3, 0.5, 0.7, 0.85, 0.95, 0.99)
+DEFAULT_THRESHOLDS: tuple[float, ...] = (0.3, 0.5, 0.7, 0.85, 0.95, 0.99, 0.995)
 
 
 def learned_threshold(directory: str | Path) -> float:
-    """The deployment threshold a checkpoint's training selected (its ``config.json``)."""
+    """The deployment threshold of a checkpoint (its ``config.json``: calibrated or trained)."""
     import json
 
     return float(json.loads((Path(directory) / "config.json").read_text()).get("threshold", 0.5))
+
+
+def deployed_params(directory: str | Path) -> tuple[tuple[str, float], ...]:
+    """The params of a checkpoint's deployed member in :func:`controller_specs`.
+
+    ``(("threshold", t),)``, plus ``("budget_threshold", b)`` when calibration chose another
+    threshold for budget-limited rows.
+    """
+    import json
+
+    meta = json.loads((Path(directory) / "config.json").read_text())
+    t = float(meta.get("threshold", 0.5))
+    b = meta.get("budget_threshold")
+    if b is None or float(b) == t:
+        return (("threshold", t),)
+    return (("threshold", t), ("budget_threshold", float(b)))
 
 
 def controller_specs(
@@ -54,30 +71,30 @@ def controller_specs(
         backbone: The backbone (checked against the checkpoint now).
         thresholds: Deployment thresholds (None or empty: only the learned one).
         family: Family label of every spec.
-        include_learned: Add the checkpoint's own (training-selected) threshold.
+        include_learned: Add the checkpoint's deployed member (its calibrated or
+            training-selected thresholds, params :func:`deployed_params`).
         extra_params: Params put before the threshold, e.g. ``(("round", 0),)``: records are
             keyed by policy name and params, so two checkpoints in one sweep need distinct ones.
 
     Returns:
         Specs with params ``extra_params + (("threshold", t),)`` sharing one loaded model,
-        sorted by threshold.
+        sorted by threshold (the deployed member, when it has a separate budget threshold,
+        right after its free threshold's member).
         A setting the checkpoint cannot serve raises the policy's ``ValueError`` at decode time.
     """
     from commit_env.supervised.policy import ControllerPolicy
 
     base = ControllerPolicy.from_pretrained(directory, backbone=backbone)
-    values = set(thresholds or ())
-    if include_learned or not values:
-        values.add(float(base.threshold))
+    members = {(("threshold", float(t)),): base.with_threshold(float(t)) for t in thresholds or ()}
+    if include_learned or not members:
+        members[deployed_params(directory)] = base
     specs = []
-    for t in sorted(values):
-        policy = base.with_threshold(float(t))
+    for own, policy in sorted(members.items()):
 
         def build(config: DecodeConfig, policy: Any = policy) -> Any:
             return policy
 
-        params = (*extra_params, ("threshold", float(t)))
-        specs.append(PolicySpec(family, "controller", params, factory=build))
+        specs.append(PolicySpec(family, "controller", (*extra_params, *own), factory=build))
     return specs
 
 

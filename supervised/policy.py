@@ -31,6 +31,8 @@ __all__ = [
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+#: ``ControllerPolicy.fallback`` values: what a row commits when nothing clears the threshold.
+FALLBACKS: tuple[str, ...] = ("confidence", "top1", "none")
 
 
 def save_controller(
@@ -185,15 +187,22 @@ def _controller_config(path: Path, fields: dict[str, Any]) -> ControllerConfig:
 class ControllerPolicy(CommitPolicy):
     """Commit eligible positions whose predicted stability clears the learned threshold.
 
-    A position is committed when ``sigmoid(logit - tau) >= threshold``; ``max_per_step`` caps the
+    A position is committed when ``sigmoid(logit - tau) >= threshold`` (``budget_threshold`` on
+    rows decoded under a step budget, when set: calibration picks both on held-out decodes, see
+    :mod:`commit_env.supervised.calibrate`); ``max_per_step`` caps the
     commits per step (highest first); rows where nothing clears it fall back to their single most
-    stable eligible position (``fallback="top1"``) or leave it to the engine's forced commit
-    (``fallback="none"``, counted in ``forced_commits``). Sweeping ``threshold`` at deployment
-    trades quality for speed: each value is one point of the controller's curve.
+    stable eligible position (``fallback="top1"``), to the backbone's most confident one
+    (``fallback="confidence"``, the default: as the threshold rises the controller becomes
+    exactly sequential decoding, the quality anchor every heuristic shares) or leave it to the
+    engine's forced commit (``fallback="none"``, counted in ``forced_commits``). Sweeping
+    ``threshold`` at deployment trades quality for speed: each value is one point of the
+    controller's curve.
 
     End-of-answer tail (Learn2PD): eligible positions that propose an EOS, whose EOS head says
-    ``>= eos_threshold`` and that are followed only by such positions (or committed EOS) up to the
-    row's end are committed together (``eos_threshold=None`` turns this off).
+    ``>= max(eos_threshold, threshold)`` and that are followed only by such positions (or
+    committed EOS) up to the row's end are committed together (``eos_threshold=None`` turns this
+    off). Tying the tail to the deployment threshold keeps one knob: a stricter deployment is
+    stricter about the tail too.
 
     Every :meth:`select` checks that the state is one the checkpoint can serve (vocabulary,
     hidden width, window kinds and budgets seen in training, G up to ``max_extrapolation`` times
@@ -204,8 +213,9 @@ class ControllerPolicy(CommitPolicy):
 
     name: ClassVar[str] = "controller"
     threshold: float = 0.5
+    budget_threshold: float | None = None
     max_per_step: int | None = None
-    fallback: Literal["top1", "none"] = "top1"
+    fallback: Literal["top1", "confidence", "none"] = "confidence"
     eos_threshold: float | None = 0.9
     max_extrapolation: float = 4.0
     model: Any = field(default=None, repr=False)
@@ -214,10 +224,12 @@ class ControllerPolicy(CommitPolicy):
     def __post_init__(self) -> None:
         if not 0.0 < self.threshold < 1.0:
             raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
+        if self.budget_threshold is not None and not 0.0 < self.budget_threshold < 1.0:
+            raise ValueError(f"budget_threshold must be in (0, 1), got {self.budget_threshold}")
         if self.max_per_step is not None and self.max_per_step < 1:
             raise ValueError(f"max_per_step must be >= 1 or None, got {self.max_per_step}")
-        if self.fallback not in ("top1", "none"):
-            raise ValueError(f"fallback must be 'top1' or 'none', got {self.fallback!r}")
+        if self.fallback not in FALLBACKS:
+            raise ValueError(f"fallback must be one of {FALLBACKS}, got {self.fallback!r}")
         if self.eos_threshold is not None and not 0.0 < self.eos_threshold < 1.0:
             raise ValueError(f"eos_threshold must be in (0, 1) or None, got {self.eos_threshold}")
         if not self.max_extrapolation >= 1.0:
@@ -258,7 +270,7 @@ class ControllerPolicy(CommitPolicy):
         *,
         threshold: float | None = None,
         max_per_step: int | None = None,
-        fallback: Literal["top1", "none"] = "top1",
+        fallback: Literal["top1", "confidence", "none"] = "confidence",
         eos_threshold: float | None = 0.9,
         max_extrapolation: float = 4.0,
         device: str | torch.device | None = None,
@@ -268,9 +280,11 @@ class ControllerPolicy(CommitPolicy):
 
         Args:
             directory: Checkpoint directory (``model.safetensors`` + ``config.json``).
-            threshold: Deployment threshold (default: the one selected in training).
+            threshold: Deployment threshold for every row (default: the checkpoint's: its
+                calibrated ``threshold`` and ``budget_threshold`` when calibrated, see
+                :mod:`commit_env.supervised.calibrate`, else the one training selected).
             max_per_step: Optional cap on commits per step.
-            fallback: What to do when nothing clears the threshold.
+            fallback: What a row commits when nothing clears the threshold (:data:`FALLBACKS`).
             eos_threshold: EOS-head probability that commits an EOS tail (None: off).
             max_extrapolation: Largest deployable G as a multiple of the largest trained G.
             device: Where to run the controller (default: the backbone's, else CPU).
@@ -288,8 +302,10 @@ class ControllerPolicy(CommitPolicy):
         if backbone is not None:
             check_backbone(meta, backbone)
         thr = meta.get("threshold", 0.5) if threshold is None else threshold
+        budget_thr = meta.get("budget_threshold") if threshold is None else None
         return cls(
             threshold=thr,
+            budget_threshold=budget_thr,
             max_per_step=max_per_step,
             fallback=fallback,
             eos_threshold=eos_threshold,
@@ -299,8 +315,16 @@ class ControllerPolicy(CommitPolicy):
         )
 
     def with_threshold(self, threshold: float) -> ControllerPolicy:
-        """The same checkpoint (shared weights) at another deployment threshold."""
-        return dataclasses.replace(self, threshold=threshold)
+        """The same checkpoint (shared weights) at one deployment threshold for every row."""
+        return dataclasses.replace(self, threshold=threshold, budget_threshold=None)
+
+    def row_thresholds(self, state: TraceState) -> torch.Tensor:
+        """float32 ``[B, 1]``: ``budget_threshold`` on budget-limited rows, else ``threshold``."""
+        free = torch.full((state.batch_size, 1), float(self.threshold), device=state.canvas.device)
+        if self.budget_threshold is None:
+            return free
+        limited = state.budget_limited.to(state.canvas.device)[:, None]
+        return torch.where(limited, torch.full_like(free, float(self.budget_threshold)), free)
 
     def decode_options(self) -> dict[str, Any]:
         """The checkpoint's hidden-feature width (see :meth:`CommitPolicy.decode_config`)."""
@@ -339,24 +363,32 @@ class ControllerPolicy(CommitPolicy):
     def select(self, state: TraceState) -> torch.Tensor:
         """Threshold the predicted stability; see :class:`CommitPolicy`."""
         prob, eos_prob = self.scores(state)  # [B, G]
-        commit = state.eligible & (prob >= self.threshold)
+        bar = self.row_thresholds(state)  # [B, 1]
+        commit = state.eligible & (prob >= bar)
         if self.eos_threshold is not None:
-            commit |= state.eligible & self._eos_tail(state, eos_prob)
+            commit |= state.eligible & self._eos_tail(state, eos_prob, bar)
         if self.max_per_step is not None:
             commit &= top_k_mask(prob, state.eligible, self.max_per_step)
-        if self.fallback == "top1":
+        if self.fallback != "none":
             none = ~commit.any(-1, keepdim=True)  # [B, 1]
-            commit |= none & top_k_mask(prob, state.eligible, 1)
+            ranking = prob if self.fallback == "top1" else state.confidence
+            commit |= none & top_k_mask(ranking, state.eligible, 1)
         return commit
 
-    def _eos_tail(self, state: TraceState, eos_prob: torch.Tensor) -> torch.Tensor:
-        """Bool ``[B, G]``: the suffix where every position is (or confidently proposes) EOS."""
+    def _eos_tail(
+        self, state: TraceState, eos_prob: torch.Tensor, bar: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Bool ``[B, G]``: the suffix where every position is (or confidently proposes) EOS.
+
+        ``bar`` (``[B, 1]``, default :meth:`row_thresholds`) raises ``eos_threshold`` per row.
+        """
+        bar = self.row_thresholds(state) if bar is None else bar
         eos_ids = torch.tensor(
             [int(i) for i in self.meta.get("eos_token_ids", ())] or [-1], device=eos_prob.device
         )
         tokens = torch.where(state.committed, state.gen_tokens, state.proposal)
         is_eos = torch.isin(tokens, eos_ids) & state.valid
-        ok = is_eos & (state.committed | (eos_prob >= self.eos_threshold))
+        ok = is_eos & (state.committed | (eos_prob >= bar.clamp(min=float(self.eos_threshold))))
         ok |= ~state.valid  # padding beyond the row's length does not break the tail
         # suffix-all: position i is in the tail if ok at every j >= i
         return ok.flip(-1).long().cumprod(-1).flip(-1).bool() & state.valid

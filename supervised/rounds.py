@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from commit_env.supervised.calibrate import CalibrationConfig, calibrate_checkpoint
 from commit_env.supervised.collect import (
     DEFAULT_TASKS,
     CollectConfig,
@@ -88,6 +89,9 @@ class RoundsConfig:
         beta: Probability that a row follows the learner at a step in on-policy rounds.
         reference: Reference policy name.
         train: Training settings template (``traces``/``out``/``seed`` are set per round).
+        calibration: Calibrate the final round's deployment thresholds on held-out decodes over
+            the mixture (:mod:`commit_env.supervised.calibrate`); None keeps the threshold
+            training selected on labels.
         hidden_features: D, hidden-state projection width recorded.
         seed: Seed of the example draws (round k uses ``seed + k``), training and coin flips.
         batch_size: Rows per engine batch.
@@ -105,6 +109,7 @@ class RoundsConfig:
     beta: float = 0.5
     reference: str = "topk"
     train: TrainConfig = field(default_factory=lambda: TrainConfig(rollout_n=0))
+    calibration: CalibrationConfig | None = field(default_factory=CalibrationConfig)
     hidden_features: int = 16
     seed: int = 0
     batch_size: int = 128
@@ -163,8 +168,11 @@ class RoundsResult:
 
     @property
     def seconds(self) -> float:
-        """Collection plus training time of all rounds."""
-        return sum(r["collect_seconds"] + r["train_seconds"] for r in self.rounds)
+        """Collection, training and calibration time of all rounds."""
+        return sum(
+            r["collect_seconds"] + r["train_seconds"] + r.get("calibrate_seconds", 0.0)
+            for r in self.rounds
+        )
 
 
 def train_controller_rounds(
@@ -172,7 +180,8 @@ def train_controller_rounds(
 ) -> RoundsResult:
     """Round 0 (reference-policy traces) and ``cfg.on_policy_rounds`` relabelled DAgger rounds.
 
-    Finished rounds (``OUT/roundK/round.json``) are reused, so an interrupted run resumes.
+    Finished rounds (``OUT/roundK/round.json``) are reused, so an interrupted run resumes. The
+    final round's checkpoint is then calibrated (``cfg.calibration``), once.
 
     Args:
         cfg: The rounds.
@@ -237,7 +246,23 @@ def train_controller_rounds(
         }
         write_json_atomic(marker, record, indent=2, sort_keys=False)
         rounds.append(record)
+    if cfg.calibration is not None and "calibration" not in rounds[-1]:
+        _calibrate_final(cfg, rounds[-1], backbone)
     return RoundsResult(rounds)
+
+
+def _calibrate_final(cfg: RoundsConfig, record: dict[str, Any], backbone: Backbone) -> None:
+    """Calibrate the final round's checkpoint and note it in that round's ``round.json``."""
+    assert cfg.calibration is not None
+    tick = time.perf_counter()
+    calibration = dataclasses.replace(cfg.calibration, progress=cfg.progress)
+    result = calibrate_checkpoint(
+        record["checkpoint"], backbone, cfg.tasks, cfg.mixture, calibration
+    )
+    record["calibration"] = result["groups"]
+    record["calibrate_seconds"] = time.perf_counter() - tick
+    marker = Path(cfg.out) / f"round{record['round']}" / "round.json"
+    write_json_atomic(marker, record, indent=2, sort_keys=False)
 
 
 def train_ablations(

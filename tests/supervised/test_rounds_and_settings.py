@@ -14,6 +14,7 @@ from commit_env.evaluation.controller import (
 )
 from commit_env.evaluation.metrics import aup_table
 from commit_env.evaluation.sweeps import Setting, run_sweep
+from commit_env.supervised.calibrate import CalibrationConfig
 from commit_env.supervised.collect import draw_settings, setting_mixture
 from commit_env.supervised.policy import ControllerPolicy
 from commit_env.supervised.rounds import (
@@ -43,6 +44,7 @@ def rounds(tmp_path_factory, tiny):
         on_policy_rounds=1,
         train=TrainConfig(epochs=1, batch_size=64, rollout_n=0, val_every_n_traces=4),
         batch_size=24,
+        calibration=CalibrationConfig(n=6, thresholds=(0.5, 0.9, 0.99), progress=False),
         progress=False,
     )
     return cfg, train_controller_rounds(cfg, backbone=tiny)
@@ -199,7 +201,9 @@ def test_ablations_train_and_compare_paired(rounds, tiny):
 
 def test_eos_tail_commits_only_a_confident_suffix(rounds, tiny):
     _, result = rounds
-    policy = ControllerPolicy.from_pretrained(result.final, backbone=tiny, eos_threshold=0.5)
+    policy = ControllerPolicy.from_pretrained(
+        result.final, backbone=tiny, threshold=0.5, eos_threshold=0.5
+    )
     state = Decoder(tiny, policy.decode_config(DecodeConfig(gen_length=8))).start(["name a:"])
     eos = tiny.eos_token_ids[0]
     other = next(t for t in range(tiny.vocab_size) if t not in tiny.eos_token_ids)
@@ -209,6 +213,11 @@ def test_eos_tail_commits_only_a_confident_suffix(rounds, tiny):
     assert policy._eos_tail(state, prob)[0].tolist() == [False] * 7 + [True]
     prob[0, 6] = 0.9
     assert policy._eos_tail(state, prob)[0].tolist() == [False] * 5 + [True] * 3
+    # a strict deployment threshold is strict about the tail too
+    strict = policy.with_threshold(0.95)
+    assert not strict._eos_tail(state, prob)[0].any()
+    prob[0, 5:] = 0.97
+    assert strict._eos_tail(state, prob)[0].tolist() == [False] * 5 + [True] * 3
 
 
 def test_decode_with_budget_mixture_matches_policy_params(rounds, tiny):

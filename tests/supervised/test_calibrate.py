@@ -1,0 +1,132 @@
+"""Deployment calibration: thresholds chosen on held-out decodes, per budget group."""
+
+import dataclasses
+import json
+
+import pytest
+import torch
+from commit_env.evaluation.controller import controller_specs, deployed_params
+from commit_env.supervised.calibrate import CalibrationConfig, select_thresholds
+from commit_env.supervised.policy import ControllerPolicy
+from commit_env.supervised.rounds import (
+    RoundsConfig,
+    default_training_mixture,
+    train_controller_rounds,
+)
+from commit_env.supervised.train import TrainConfig
+
+from commit_env.decoding import DecodeConfig, Decoder
+
+
+def _cell(group, threshold, score, nfe):
+    return {"group": group, "threshold": threshold, "score": score, "nfe": nfe}
+
+
+def test_select_takes_the_cheapest_threshold_within_tolerance():
+    cells = [
+        _cell("free", 0.5, 0.80, 3.0),
+        _cell("free", 0.9, 0.955, 5.0),
+        _cell("free", 0.99, 0.96, 8.0),
+        _cell("budget", 0.5, 0.50, 2.0),
+        _cell("budget", 0.9, 0.70, 3.0),
+        _cell("budget", 0.99, 0.60, 4.0),
+    ]
+    groups = select_thresholds(cells, tolerance=0.005)
+    assert groups["free"]["threshold"] == 0.9 and groups["free"]["reached"]
+    assert select_thresholds(cells, tolerance=0.0)["free"]["threshold"] == 0.99
+    # under a budget the best candidate is the bar, not the strictest one
+    assert groups["budget"]["threshold"] == 0.9 and groups["budget"]["target"] == 0.70
+
+
+def test_a_reference_above_every_candidate_is_reported_not_reached():
+    cells = [_cell("free", None, 1.0, 24.0), _cell("free", 0.9, 0.9, 5.0)]
+    cells.append(_cell("free", 0.99, 0.95, 9.0))
+    group = select_thresholds(cells, tolerance=0.01)["free"]
+    assert group["reference_score"] == 1.0 and not group["reached"]
+    assert group["threshold"] == 0.99  # the best-scoring candidate is kept
+
+
+def test_calibration_config_rejects_bad_values():
+    with pytest.raises(ValueError, match="n must be"):
+        CalibrationConfig(n=0)
+    with pytest.raises(ValueError, match="thresholds"):
+        CalibrationConfig(thresholds=(0.5, 1.0))
+    with pytest.raises(ValueError, match="tolerance"):
+        CalibrationConfig(tolerance=-0.1)
+
+
+@pytest.fixture(scope="module")
+def calibrated(tmp_path_factory, tiny):
+    cfg = RoundsConfig(
+        out=str(tmp_path_factory.mktemp("calibrated")),
+        tasks=("qa",),
+        settings=default_training_mixture(16)[::4],
+        n=16,
+        on_policy_rounds=0,
+        train=TrainConfig(epochs=1, batch_size=64, rollout_n=0, val_every_n_traces=4),
+        batch_size=16,
+        calibration=CalibrationConfig(n=5, thresholds=(0.3, 0.8, 0.99), progress=False),
+        progress=False,
+    )
+    return cfg, train_controller_rounds(cfg, backbone=tiny)
+
+
+def test_final_round_is_calibrated_once_and_the_checkpoint_deploys_it(calibrated, tiny):
+    cfg, result = calibrated
+    ckpt = result.final
+    cal = json.loads((ckpt / "calibration.json").read_text())
+    meta = json.loads((ckpt / "config.json").read_text())
+    assert len(cal["cells"]) == len(cfg.mixture) * 3  # one task, 3 thresholds, no reference
+    assert meta["threshold"] == cal["groups"]["free"]["threshold"]
+    assert meta["budget_threshold"] == cal["groups"]["budget"]["threshold"]
+    assert "label_threshold" in meta and result.rounds[-1]["calibration"] == cal["groups"]
+    policy = ControllerPolicy.from_pretrained(ckpt, backbone=tiny)
+    assert (policy.threshold, policy.budget_threshold) == (
+        meta["threshold"],
+        meta["budget_threshold"],
+    )
+    stamp = (ckpt / "calibration.json").stat().st_mtime_ns
+    train_controller_rounds(cfg, backbone=tiny)  # resumed: nothing recalibrated
+    assert (ckpt / "calibration.json").stat().st_mtime_ns == stamp
+
+
+def test_row_thresholds_follow_the_budget_and_with_threshold_overrides_both(calibrated, tiny):
+    _, result = calibrated
+    policy = ControllerPolicy.from_pretrained(result.final, backbone=tiny)
+    policy = policy.with_threshold(0.9)
+    both = dataclasses.replace(policy, budget_threshold=0.4)
+    free = Decoder(tiny, both.decode_config(DecodeConfig(gen_length=8))).start(["a", "b"])
+    tight = Decoder(tiny, both.decode_config(DecodeConfig(gen_length=8, step_budget=2)))
+    tight_state = tight.start(["a", "b"])
+    assert both.row_thresholds(free).flatten().tolist() == pytest.approx([0.9, 0.9])
+    assert both.row_thresholds(tight_state).flatten().tolist() == pytest.approx([0.4, 0.4])
+    assert both.with_threshold(0.7).row_thresholds(tight_state).flatten().tolist() == (
+        pytest.approx([0.7, 0.7])
+    )
+    with pytest.raises(ValueError, match="budget_threshold"):
+        dataclasses.replace(policy, budget_threshold=1.5)
+
+
+def test_confidence_fallback_commits_the_most_confident_position(calibrated, tiny):
+    _, result = calibrated
+    policy = ControllerPolicy.from_pretrained(result.final, backbone=tiny, threshold=0.5)
+    state = Decoder(tiny, policy.decode_config(DecodeConfig(gen_length=8))).start(["a", "b"])
+    state.confidence[:] = torch.linspace(0.1, 0.8, 8)
+    state.confidence[1, 2] = 0.99
+    low = torch.full(state.confidence.shape, 0.1)
+    policy.scores = lambda s: (low, torch.zeros_like(low))  # nothing clears the threshold
+    commit = policy.select(state)
+    assert commit.sum(-1).tolist() == [1, 1]
+    assert commit[0].nonzero().item() == 7 and commit[1].nonzero().item() == 2
+
+
+def test_controller_specs_hold_the_deployed_member(calibrated, tiny):
+    _, result = calibrated
+    specs = controller_specs(result.final, tiny, thresholds=(0.5,))
+    deployed = deployed_params(result.final)
+    assert [s.params for s in specs].count(deployed) == 1
+    (member,) = [s for s in specs if s.params == deployed]
+    policy = member.factory(DecodeConfig(gen_length=8))
+    meta = json.loads((result.final / "config.json").read_text())
+    assert policy.threshold == meta["threshold"]
+    assert policy.budget_threshold == meta["budget_threshold"]
