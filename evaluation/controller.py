@@ -39,20 +39,23 @@ def learned_threshold(directory: str | Path) -> float:
     return float(json.loads((Path(directory) / "config.json").read_text()).get("threshold", 0.5))
 
 
-def deployed_params(directory: str | Path) -> tuple[tuple[str, float], ...]:
+def deployed_params(directory: str | Path) -> tuple[tuple[str, Any], ...]:
     """The params of a checkpoint's deployed member in :func:`controller_specs`.
 
-    ``(("threshold", t),)``, plus ``("budget_threshold", b)`` when calibration chose another
-    threshold for budget-limited rows.
+    ``(("threshold", t),)``, plus ``("budget_thresholds", "0.125:0.95,0.25:0.99")`` when
+    calibration chose thresholds per step-budget fraction.
     """
     import json
 
+    from commit_env.supervised.policy import budget_label
+
     meta = json.loads((Path(directory) / "config.json").read_text())
     t = float(meta.get("threshold", 0.5))
-    b = meta.get("budget_threshold")
-    if b is None or float(b) == t:
+    per_budget = meta.get("budget_thresholds")
+    if not per_budget:
         return (("threshold", t),)
-    return (("threshold", t), ("budget_threshold", float(b)))
+    pairs = tuple((float(f), float(v)) for f, v in per_budget.items())
+    return (("threshold", t), ("budget_thresholds", budget_label(pairs)))
 
 
 def controller_specs(

@@ -10,11 +10,11 @@ controller's confidence fallback), and keeps per setting group
     the candidate with the fewest forwards whose mean score is within ``tolerance`` of the best
     mean score of the candidates (and of an optional reference policy).
 
-Groups are ``free`` (no step budget) and ``budget`` (a step budget binds), so the deployed
-controller is stricter where forwards are free and looser where a budget forces parallel commits
-(:attr:`ControllerPolicy.budget_threshold`). The result is written into the checkpoint's
-``config.json`` (``threshold``, ``budget_threshold``, ``calibration``) and every cell's numbers
-into ``calibration.json`` next to it.
+Groups are ``free`` (no step budget) and one per step-budget fraction ``budget / G`` of the
+mixture (``budget:0.25``: a budget of G/4), so the deployed controller picks its threshold per
+budget (:attr:`ControllerPolicy.budget_thresholds`; a row takes the nearest fraction). The
+result is written into the checkpoint's ``config.json`` (``threshold``, ``budget_thresholds``,
+``calibration``) and every cell's numbers into ``calibration.json`` next to it.
 
 Usage::
 
@@ -43,6 +43,7 @@ from commit_env.tasks import get_task
 __all__ = [
     "CALIBRATION_THRESHOLDS",
     "CalibrationConfig",
+    "budget_group",
     "calibrate_checkpoint",
     "select_thresholds",
 ]
@@ -84,6 +85,13 @@ class CalibrationConfig:
             raise ValueError(f"thresholds must be non-empty, each in (0, 1), got {self.thresholds}")
         if self.tolerance < 0:
             raise ValueError(f"tolerance must be >= 0, got {self.tolerance}")
+
+
+def budget_group(setting: DecodeSetting) -> str:
+    """``"free"`` without a step budget, else ``"budget:F"`` with ``F = budget / G``."""
+    if setting.step_budget is None:
+        return "free"
+    return f"budget:{setting.step_budget / setting.gen_length:g}"
 
 
 def select_thresholds(
@@ -151,7 +159,8 @@ def calibrate_checkpoint(
         cfg: Calibration options.
 
     Returns:
-        ``{"threshold", "budget_threshold", "groups", "cells", "config"}``.
+        ``{"threshold", "budget_thresholds", "groups", "cells", "config"}``; the free threshold
+        is the highest budget-group threshold when the mixture has no free setting.
 
     Raises:
         ValueError: On empty ``tasks`` or ``settings``, or a checkpoint that cannot serve them.
@@ -163,12 +172,13 @@ def calibrate_checkpoint(
     base = ControllerPolicy.from_pretrained(directory, backbone=backbone)
     cells = _decode_cells(base, backbone, tasks, settings, cfg)
     groups = select_thresholds(cells, cfg.tolerance)
-    free = groups.get("free", groups.get("budget"))
-    budget = groups.get("budget", free)
-    assert free is not None and budget is not None
+    per_budget = {
+        name.split(":", 1)[1]: g["threshold"] for name, g in groups.items() if name != "free"
+    }
+    free = groups["free"]["threshold"] if "free" in groups else max(per_budget.values())
     result = {
-        "threshold": free["threshold"],
-        "budget_threshold": budget["threshold"],
+        "threshold": free,
+        "budget_thresholds": per_budget,
         "groups": groups,
         "cells": cells,
         "config": asdict(cfg),
@@ -176,8 +186,8 @@ def calibrate_checkpoint(
     write_json_atomic(directory / "calibration.json", result, indent=2)
     meta = json.loads((directory / CONFIG_FILE).read_text())
     meta.setdefault("label_threshold", meta.get("threshold"))
-    meta["threshold"] = free["threshold"]
-    meta["budget_threshold"] = budget["threshold"]
+    meta["threshold"] = free
+    meta["budget_thresholds"] = per_budget
     meta["calibration"] = {"groups": groups, "tolerance": cfg.tolerance, "n": cfg.n}
     write_json_atomic(directory / CONFIG_FILE, meta, indent=2)
     return result
@@ -219,7 +229,7 @@ def _decode_cells(
                 {
                     "task": name,
                     "setting": setting.label,
-                    "group": "free" if setting.step_budget is None else "budget",
+                    "group": budget_group(setting),
                     "threshold": t,
                     "score": float(scores.mean()),
                     "nfe": float(nfe[rows].mean()),

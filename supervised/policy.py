@@ -23,6 +23,7 @@ from commit_env.policies import CommitPolicy, top_k_mask
 
 __all__ = [
     "ControllerPolicy",
+    "budget_label",
     "check_backbone",
     "check_setting",
     "load_controller",
@@ -187,9 +188,10 @@ def _controller_config(path: Path, fields: dict[str, Any]) -> ControllerConfig:
 class ControllerPolicy(CommitPolicy):
     """Commit eligible positions whose predicted stability clears the learned threshold.
 
-    A position is committed when ``sigmoid(logit - tau) >= threshold`` (``budget_threshold`` on
-    rows decoded under a step budget, when set: calibration picks both on held-out decodes, see
-    :mod:`commit_env.supervised.calibrate`); ``max_per_step`` caps the
+    A position is committed when ``sigmoid(logit - tau) >= threshold``; on a row decoded under a
+    step budget, ``budget_thresholds`` (``(budget / G, threshold)`` pairs), when set, gives the
+    threshold of the nearest budget fraction (calibration picks all of them on held-out decodes,
+    see :mod:`commit_env.supervised.calibrate`); ``max_per_step`` caps the
     commits per step (highest first); rows where nothing clears it fall back to their single most
     stable eligible position (``fallback="top1"``), to the backbone's most confident one
     (``fallback="confidence"``, the default: as the threshold rises the controller becomes
@@ -213,7 +215,7 @@ class ControllerPolicy(CommitPolicy):
 
     name: ClassVar[str] = "controller"
     threshold: float = 0.5
-    budget_threshold: float | None = None
+    budget_thresholds: tuple[tuple[float, float], ...] | None = None
     max_per_step: int | None = None
     fallback: Literal["top1", "confidence", "none"] = "confidence"
     eos_threshold: float | None = 0.9
@@ -224,8 +226,12 @@ class ControllerPolicy(CommitPolicy):
     def __post_init__(self) -> None:
         if not 0.0 < self.threshold < 1.0:
             raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
-        if self.budget_threshold is not None and not 0.0 < self.budget_threshold < 1.0:
-            raise ValueError(f"budget_threshold must be in (0, 1), got {self.budget_threshold}")
+        for fraction, value in self.budget_thresholds or ():
+            if not (fraction > 0.0 and 0.0 < value < 1.0):
+                raise ValueError(
+                    "budget_thresholds must be (budget / G > 0, threshold in (0, 1)) pairs, got "
+                    f"{self.budget_thresholds}"
+                )
         if self.max_per_step is not None and self.max_per_step < 1:
             raise ValueError(f"max_per_step must be >= 1 or None, got {self.max_per_step}")
         if self.fallback not in FALLBACKS:
@@ -281,7 +287,7 @@ class ControllerPolicy(CommitPolicy):
         Args:
             directory: Checkpoint directory (``model.safetensors`` + ``config.json``).
             threshold: Deployment threshold for every row (default: the checkpoint's: its
-                calibrated ``threshold`` and ``budget_threshold`` when calibrated, see
+                calibrated ``threshold`` and ``budget_thresholds`` when calibrated, see
                 :mod:`commit_env.supervised.calibrate`, else the one training selected).
             max_per_step: Optional cap on commits per step.
             fallback: What a row commits when nothing clears the threshold (:data:`FALLBACKS`).
@@ -302,10 +308,15 @@ class ControllerPolicy(CommitPolicy):
         if backbone is not None:
             check_backbone(meta, backbone)
         thr = meta.get("threshold", 0.5) if threshold is None else threshold
-        budget_thr = meta.get("budget_threshold") if threshold is None else None
+        per_budget = meta.get("budget_thresholds") if threshold is None else None
+        budget_thr = (
+            tuple(sorted((float(f), float(t)) for f, t in per_budget.items()))
+            if per_budget
+            else None
+        )
         return cls(
             threshold=thr,
-            budget_threshold=budget_thr,
+            budget_thresholds=budget_thr,
             max_per_step=max_per_step,
             fallback=fallback,
             eos_threshold=eos_threshold,
@@ -316,15 +327,24 @@ class ControllerPolicy(CommitPolicy):
 
     def with_threshold(self, threshold: float) -> ControllerPolicy:
         """The same checkpoint (shared weights) at one deployment threshold for every row."""
-        return dataclasses.replace(self, threshold=threshold, budget_threshold=None)
+        return dataclasses.replace(self, threshold=threshold, budget_thresholds=None)
 
     def row_thresholds(self, state: TraceState) -> torch.Tensor:
-        """float32 ``[B, 1]``: ``budget_threshold`` on budget-limited rows, else ``threshold``."""
-        free = torch.full((state.batch_size, 1), float(self.threshold), device=state.canvas.device)
-        if self.budget_threshold is None:
+        """float32 ``[B, 1]``: each row's threshold.
+
+        ``threshold`` on rows without a step budget; with ``budget_thresholds``, a budget-limited
+        row takes the threshold of the budget fraction nearest its ``budget / G`` (in log space).
+        """
+        dev = state.canvas.device
+        free = torch.full((state.batch_size, 1), float(self.threshold), device=dev)
+        if not self.budget_thresholds:
             return free
-        limited = state.budget_limited.to(state.canvas.device)[:, None]
-        return torch.where(limited, torch.full_like(free, float(self.budget_threshold)), free)
+        fractions = torch.tensor([f for f, _ in self.budget_thresholds], device=dev)
+        values = torch.tensor([t for _, t in self.budget_thresholds], device=dev)
+        row = state.budget.to(dev).float() / state.gen_len.to(dev).float().clamp(min=1)  # [B]
+        nearest = (row[:, None].log() - fractions[None, :].log()).abs().argmin(-1)  # [B]
+        limited = state.budget_limited.to(dev)[:, None]
+        return torch.where(limited, values[nearest][:, None], free)
 
     def decode_options(self) -> dict[str, Any]:
         """The checkpoint's hidden-feature width (see :meth:`CommitPolicy.decode_config`)."""
@@ -392,6 +412,11 @@ class ControllerPolicy(CommitPolicy):
         ok |= ~state.valid  # padding beyond the row's length does not break the tail
         # suffix-all: position i is in the tail if ok at every j >= i
         return ok.flip(-1).long().cumprod(-1).flip(-1).bool() & state.valid
+
+
+def budget_label(pairs: tuple[tuple[float, float], ...]) -> str:
+    """``"0.125:0.95,0.25:0.99"``: ``budget_thresholds`` as one record/label value."""
+    return ",".join(f"{f:g}:{t:g}" for f, t in sorted(pairs))
 
 
 def check_backbone(meta: dict[str, Any], backbone: Backbone) -> None:

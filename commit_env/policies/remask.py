@@ -80,18 +80,26 @@ class WINOPolicy(CommitPolicy):
         """Forget the previous decode's verification results."""
         self._q, self._last_accept = None, None
 
+    def draft(self, state: TraceState) -> torch.Tensor:
+        """Wide-in: bool ``[B, G]`` drafts (the top-1 is added where this is empty).
+
+        Eligible positions with confidence ``> draft_threshold``, at most the cap per row. A
+        subclass may draft otherwise and keep WINO's verification.
+        """
+        eligible, conf = state.eligible, state.confidence
+        ranks = rank_within_eligible(conf, eligible)  # [B, G]
+        cap = (eligible.sum(-1).float() * self.cap_fraction).floor().long()
+        cap = cap.clamp(min=self.cap_min, max=self.cap_max)  # [B]
+        return eligible & (conf > self.draft_threshold) & (ranks < cap[:, None])
+
     def select(self, state: TraceState) -> CommitDecision | DraftDecision:
         """Wide-in commits, narrow-out remasks, and leave-one-out copies for the next step."""
         B, G = state.batch_size, state.gen_length
         dev = state.canvas.device
-        eligible, conf = state.eligible, state.confidence
-        ranks = rank_within_eligible(conf, eligible)  # [B, G]
-        n_masked = eligible.sum(-1)  # [B]
-        cap = (n_masked.float() * self.cap_fraction).floor().long()
-        cap = cap.clamp(min=self.cap_min, max=self.cap_max)  # [B]
-        wide = eligible & (conf > self.draft_threshold) & (ranks < cap[:, None])
+        eligible = state.eligible
+        wide = self.draft(state)
         none = ~wide.any(-1)
-        wide |= eligible & (ranks == 0) & none[:, None]
+        wide |= eligible & (rank_within_eligible(state.confidence, eligible) == 0) & none[:, None]
 
         remask = torch.zeros_like(wide)
         remaskable = state.remaskable if state.remaskable is not None else remask

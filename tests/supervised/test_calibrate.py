@@ -6,16 +6,17 @@ import json
 import pytest
 import torch
 from commit_env.evaluation.controller import controller_specs, deployed_params
-from commit_env.supervised.calibrate import CalibrationConfig, select_thresholds
-from commit_env.supervised.policy import ControllerPolicy
+from commit_env.supervised.calibrate import CalibrationConfig, budget_group, select_thresholds
+from commit_env.supervised.policy import ControllerPolicy, budget_label
 from commit_env.supervised.rounds import (
     RoundsConfig,
     default_training_mixture,
     train_controller_rounds,
 )
 from commit_env.supervised.train import TrainConfig
+from commit_env.supervised.verify import VerifiedControllerPolicy
 
-from commit_env.decoding import DecodeConfig, Decoder
+from commit_env.decoding import DecodeConfig, Decoder, decode
 
 
 def _cell(group, threshold, score, nfe):
@@ -27,15 +28,15 @@ def test_select_takes_the_cheapest_threshold_within_tolerance():
         _cell("free", 0.5, 0.80, 3.0),
         _cell("free", 0.9, 0.955, 5.0),
         _cell("free", 0.99, 0.96, 8.0),
-        _cell("budget", 0.5, 0.50, 2.0),
-        _cell("budget", 0.9, 0.70, 3.0),
-        _cell("budget", 0.99, 0.60, 4.0),
+        _cell("budget:0.25", 0.5, 0.50, 2.0),
+        _cell("budget:0.25", 0.9, 0.70, 3.0),
+        _cell("budget:0.25", 0.99, 0.60, 4.0),
     ]
     groups = select_thresholds(cells, tolerance=0.005)
     assert groups["free"]["threshold"] == 0.9 and groups["free"]["reached"]
     assert select_thresholds(cells, tolerance=0.0)["free"]["threshold"] == 0.99
     # under a budget the best candidate is the bar, not the strictest one
-    assert groups["budget"]["threshold"] == 0.9 and groups["budget"]["target"] == 0.70
+    assert groups["budget:0.25"]["threshold"] == 0.9 and groups["budget:0.25"]["target"] == 0.70
 
 
 def test_a_reference_above_every_candidate_is_reported_not_reached():
@@ -77,34 +78,42 @@ def test_final_round_is_calibrated_once_and_the_checkpoint_deploys_it(calibrated
     cal = json.loads((ckpt / "calibration.json").read_text())
     meta = json.loads((ckpt / "config.json").read_text())
     assert len(cal["cells"]) == len(cfg.mixture) * 3  # one task, 3 thresholds, no reference
+    budgets = {budget_group(s) for s in cfg.mixture} - {"free"}
+    assert set(cal["groups"]) == budgets | {"free"} and len(budgets) >= 1
     assert meta["threshold"] == cal["groups"]["free"]["threshold"]
-    assert meta["budget_threshold"] == cal["groups"]["budget"]["threshold"]
+    assert meta["budget_thresholds"] == {
+        g.split(":")[1]: cal["groups"][g]["threshold"] for g in budgets
+    }
     assert "label_threshold" in meta and result.rounds[-1]["calibration"] == cal["groups"]
     policy = ControllerPolicy.from_pretrained(ckpt, backbone=tiny)
-    assert (policy.threshold, policy.budget_threshold) == (
-        meta["threshold"],
-        meta["budget_threshold"],
-    )
+    assert policy.threshold == meta["threshold"]
+    assert dict(policy.budget_thresholds) == {
+        float(f): t for f, t in meta["budget_thresholds"].items()
+    }
     stamp = (ckpt / "calibration.json").stat().st_mtime_ns
     train_controller_rounds(cfg, backbone=tiny)  # resumed: nothing recalibrated
     assert (ckpt / "calibration.json").stat().st_mtime_ns == stamp
 
 
-def test_row_thresholds_follow_the_budget_and_with_threshold_overrides_both(calibrated, tiny):
+def test_row_thresholds_take_the_nearest_budget_fraction(calibrated, tiny):
     _, result = calibrated
     policy = ControllerPolicy.from_pretrained(result.final, backbone=tiny)
     policy = policy.with_threshold(0.9)
-    both = dataclasses.replace(policy, budget_threshold=0.4)
-    free = Decoder(tiny, both.decode_config(DecodeConfig(gen_length=8))).start(["a", "b"])
-    tight = Decoder(tiny, both.decode_config(DecodeConfig(gen_length=8, step_budget=2)))
-    tight_state = tight.start(["a", "b"])
-    assert both.row_thresholds(free).flatten().tolist() == pytest.approx([0.9, 0.9])
-    assert both.row_thresholds(tight_state).flatten().tolist() == pytest.approx([0.4, 0.4])
-    assert both.with_threshold(0.7).row_thresholds(tight_state).flatten().tolist() == (
-        pytest.approx([0.7, 0.7])
-    )
-    with pytest.raises(ValueError, match="budget_threshold"):
-        dataclasses.replace(policy, budget_threshold=1.5)
+    both = dataclasses.replace(policy, budget_thresholds=((0.125, 0.4), (0.5, 0.8)))
+
+    def thresholds(budget):
+        config = both.decode_config(DecodeConfig(gen_length=16, step_budget=budget))
+        return both.row_thresholds(Decoder(tiny, config).start(["a", "b"])).flatten().tolist()
+
+    assert thresholds(None) == pytest.approx([0.9, 0.9])
+    assert thresholds(2) == pytest.approx([0.4, 0.4])  # 2/16 = 0.125
+    assert thresholds(3) == pytest.approx([0.4, 0.4])  # 0.1875: nearer 0.125 in log space
+    assert thresholds(8) == pytest.approx([0.8, 0.8])
+    tight = Decoder(tiny, both.decode_config(DecodeConfig(gen_length=16, step_budget=2)))
+    again = both.with_threshold(0.7).row_thresholds(tight.start(["a"]))
+    assert again.flatten().tolist() == pytest.approx([0.7])
+    with pytest.raises(ValueError, match="budget_thresholds"):
+        dataclasses.replace(policy, budget_thresholds=((0.25, 1.5),))
 
 
 def test_confidence_fallback_commits_the_most_confident_position(calibrated, tiny):
@@ -129,4 +138,36 @@ def test_controller_specs_hold_the_deployed_member(calibrated, tiny):
     policy = member.factory(DecodeConfig(gen_length=8))
     meta = json.loads((result.final / "config.json").read_text())
     assert policy.threshold == meta["threshold"]
-    assert policy.budget_threshold == meta["budget_threshold"]
+    assert dict(policy.budget_thresholds) == {
+        float(f): t for f, t in meta["budget_thresholds"].items()
+    }
+    assert dict(deployed)["budget_thresholds"] == budget_label(policy.budget_thresholds)
+
+
+def test_verified_controller_equals_the_controller_when_nothing_fails(calibrated, tiny):
+    _, result = calibrated
+    plain = ControllerPolicy.from_pretrained(result.final, backbone=tiny, threshold=0.7)
+    never = VerifiedControllerPolicy.wrap(plain, verify_threshold=0.0)  # q < 0 never happens
+    prompts = ["name a fruit:", "what is 2+3?", "name a colour:"]
+    config = never.decode_config(DecodeConfig(gen_length=12))
+    assert (
+        config.remask_cap == never.remask_cap
+        and config.hidden_features == plain.meta["hidden_features"]
+    )
+    a = decode(tiny, prompts, plain, plain.decode_config(DecodeConfig(gen_length=12)))
+    b = decode(tiny, prompts, never, config)
+    assert torch.equal(a.tokens, b.tokens) and int(b.remasks.sum()) == 0
+    # leave-one-out copies of a row that then finishes by EOS stop still cost that forward
+    assert bool((b.nfe >= a.nfe).all())
+    always = VerifiedControllerPolicy.wrap(plain, verify_threshold=1.0)
+    c = decode(tiny, prompts, always, config)
+    assert int(c.remasks.sum()) > 0  # every verified token fails: something is taken back
+    assert not (c.tokens == tiny.mask_token_id).any()
+    assert always.params == {
+        "threshold": 0.7,
+        "verify_threshold": 1.0,
+        "remask_cap": always.remask_cap,
+    }
+    assert always.with_threshold(0.8).drafter.threshold == 0.8
+    with pytest.raises(ValueError, match="wrap"):
+        VerifiedControllerPolicy()
