@@ -1,0 +1,86 @@
+"""Does taking commits back help the controller? Plain vs verified controller at matched NFE.
+
+For each family and deployment threshold, decodes the same seeded examples with the plain
+:class:`~commit_env.supervised.policy.ControllerPolicy` and with
+:class:`~commit_env.supervised.verify.VerifiedControllerPolicy` (the controller drafts, WINO's
+verification remasks), then compares every verified point with the plain curve interpolated at
+the same NFE (``plain@NFE``; past either end of the plain curve it holds the end's score, so
+read a verified point beyond the plain curve's NFE range with care). Prints score, NFE, forward
+tokens and remasks per point: verification costs one leave-one-out copy per committed window
+token in the same forward, so forward tokens grow while NFE does not.
+
+A checkpoint from the bench (``OUT/controller/round1/best``) or ``train_controller_rounds``::
+
+    python benchmarks/bench_verified_controller.py --checkpoint bench-out/controller/round1/best \
+        --tasks insert:any remove:any sudoku --n 64
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+from commit_env.supervised.policy import ControllerPolicy
+from commit_env.supervised.verify import VerifiedControllerPolicy
+
+from commit_env.backbones.spec import resolve_backbone
+from commit_env.decoding import DecodeSetting
+from commit_env.envs.threads import configure_threads
+from commit_env.evaluate import evaluate_policy, sample_examples
+from commit_env.tasks import get_task
+
+THRESHOLDS = (0.3, 0.5, 0.7, 0.85, 0.95, 0.99, 0.995)
+
+
+def measure(base, backbone, task_name, args):
+    """Rows ``(threshold, kind, score, nfe, forward_tokens, remasks)`` for one family."""
+    task = get_task(task_name)
+    examples = sample_examples(task, args.n, args.seed)
+    setting = DecodeSetting(task.default_gen_length, args.window)
+    rows = []
+    for t in args.thresholds:
+        plain = base.with_threshold(t)
+        verified = VerifiedControllerPolicy.wrap(plain, verify_threshold=args.verify_threshold)
+        for kind, policy in (("plain", plain), ("verified", verified)):
+            config = policy.decode_config(setting.config())
+            s = evaluate_policy(backbone, task, policy, config, examples=examples).summary()
+            rows.append((t, kind, s["score"], s["nfe"], s["forward_tokens"], s["remasks"]))
+    return rows
+
+
+def report(task_name, rows):
+    """Print the rows and each verified point against the plain curve at its NFE."""
+    plain = sorted((r[3], r[2]) for r in rows if r[1] == "plain")
+    xs, ys = np.array([p[0] for p in plain]), np.array([p[1] for p in plain])
+    print(f"\n{task_name}")
+    print("| threshold | policy | score | NFE | forward tokens | remasks | plain@NFE | diff |")
+    print("|---|---|---|---|---|---|---|---|")
+    for t, kind, score, nfe, tokens, remasks in rows:
+        extra = "| |"
+        if kind == "verified":
+            at = float(np.interp(nfe, xs, ys))  # the plain curve's score at the same NFE
+            extra = f"| {at:.3f} | {score - at:+.3f} |"
+        print(f"| {t:g} | {kind} | {score:.3f} | {nfe:.2f} | {tokens:.0f} | {remasks:.2f} {extra}")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--backbone", default="tiny-testbed")
+    p.add_argument("--tasks", nargs="+", default=["insert:any", "remove:any", "sudoku"])
+    p.add_argument("--thresholds", type=float, nargs="+", default=list(THRESHOLDS))
+    p.add_argument("--verify-threshold", type=float, default=0.9)
+    p.add_argument("--window", default="full")
+    p.add_argument("--n", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None)
+    args = p.parse_args(argv)
+    backbone = resolve_backbone(args.backbone)
+    configure_threads(args.threads, backbone)
+    base = ControllerPolicy.from_pretrained(args.checkpoint, backbone=backbone)
+    for name in args.tasks:
+        report(name, measure(base, backbone, name, args))
+
+
+if __name__ == "__main__":
+    main()
