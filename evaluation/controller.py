@@ -42,20 +42,17 @@ def learned_threshold(directory: str | Path) -> float:
 def deployed_params(directory: str | Path) -> tuple[tuple[str, Any], ...]:
     """The params of a checkpoint's deployed member in :func:`controller_specs`.
 
-    ``(("threshold", t),)``, plus ``("budget_thresholds", "0.125:0.95,0.25:0.99")`` when
-    calibration chose thresholds per step-budget fraction.
+    ``(("threshold", t),)``, plus ``("thresholds", "per setting")`` when calibration chose
+    thresholds per window kind and step-budget fraction (they are in the checkpoint's
+    ``config.json`` and ``calibration.json``).
     """
     import json
 
-    from commit_env.supervised.policy import budget_label
-
     meta = json.loads((Path(directory) / "config.json").read_text())
     t = float(meta.get("threshold", 0.5))
-    per_budget = meta.get("budget_thresholds")
-    if not per_budget:
+    if not meta.get("setting_thresholds"):
         return (("threshold", t),)
-    pairs = tuple((float(f), float(v)) for f, v in per_budget.items())
-    return (("threshold", t), ("budget_thresholds", budget_label(pairs)))
+    return (("threshold", t), ("thresholds", "per setting"))
 
 
 def controller_specs(

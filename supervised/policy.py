@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,10 +24,10 @@ from commit_env.policies import CommitPolicy, top_k_mask
 
 __all__ = [
     "ControllerPolicy",
-    "budget_label",
     "check_backbone",
     "check_setting",
     "load_controller",
+    "parse_setting_thresholds",
     "save_controller",
 ]
 
@@ -188,10 +189,11 @@ def _controller_config(path: Path, fields: dict[str, Any]) -> ControllerConfig:
 class ControllerPolicy(CommitPolicy):
     """Commit eligible positions whose predicted stability clears the learned threshold.
 
-    A position is committed when ``sigmoid(logit - tau) >= threshold``; on a row decoded under a
-    step budget, ``budget_thresholds`` (``(budget / G, threshold)`` pairs), when set, gives the
-    threshold of the nearest budget fraction (calibration picks all of them on held-out decodes,
-    see :mod:`commit_env.supervised.calibrate`); ``max_per_step`` caps the
+    A position is committed when ``sigmoid(logit - tau) >= threshold``, or, when
+    ``setting_thresholds`` (``(window kind, budget / G, threshold)`` triples; a row without a
+    budget has ``budget / G = 1``) is set, the threshold of the row's window kind at the nearest
+    budget fraction (calibration picks them on held-out decodes, see
+    :mod:`commit_env.supervised.calibrate`); ``max_per_step`` caps the
     commits per step (highest first); rows where nothing clears it fall back to their single most
     stable eligible position (``fallback="top1"``), to the backbone's most confident one
     (``fallback="confidence"``, the default: as the threshold rises the controller becomes
@@ -215,7 +217,7 @@ class ControllerPolicy(CommitPolicy):
 
     name: ClassVar[str] = "controller"
     threshold: float = 0.5
-    budget_thresholds: tuple[tuple[float, float], ...] | None = None
+    setting_thresholds: tuple[tuple[str, float, float], ...] | None = None
     max_per_step: int | None = None
     fallback: Literal["top1", "confidence", "none"] = "confidence"
     eos_threshold: float | None = 0.9
@@ -226,11 +228,12 @@ class ControllerPolicy(CommitPolicy):
     def __post_init__(self) -> None:
         if not 0.0 < self.threshold < 1.0:
             raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
-        for fraction, value in self.budget_thresholds or ():
-            if not (fraction > 0.0 and 0.0 < value < 1.0):
+        for kind, fraction, value in self.setting_thresholds or ():
+            if not (kind in WINDOW_CODES and fraction > 0.0 and 0.0 < value < 1.0):
                 raise ValueError(
-                    "budget_thresholds must be (budget / G > 0, threshold in (0, 1)) pairs, got "
-                    f"{self.budget_thresholds}"
+                    "setting_thresholds must be (window kind in "
+                    f"{sorted(WINDOW_CODES)}, budget / G > 0, threshold in (0, 1)) triples, got "
+                    f"{self.setting_thresholds}"
                 )
         if self.max_per_step is not None and self.max_per_step < 1:
             raise ValueError(f"max_per_step must be >= 1 or None, got {self.max_per_step}")
@@ -287,7 +290,7 @@ class ControllerPolicy(CommitPolicy):
         Args:
             directory: Checkpoint directory (``model.safetensors`` + ``config.json``).
             threshold: Deployment threshold for every row (default: the checkpoint's: its
-                calibrated ``threshold`` and ``budget_thresholds`` when calibrated, see
+                calibrated ``threshold`` and ``setting_thresholds`` when calibrated, see
                 :mod:`commit_env.supervised.calibrate`, else the one training selected).
             max_per_step: Optional cap on commits per step.
             fallback: What a row commits when nothing clears the threshold (:data:`FALLBACKS`).
@@ -308,15 +311,10 @@ class ControllerPolicy(CommitPolicy):
         if backbone is not None:
             check_backbone(meta, backbone)
         thr = meta.get("threshold", 0.5) if threshold is None else threshold
-        per_budget = meta.get("budget_thresholds") if threshold is None else None
-        budget_thr = (
-            tuple(sorted((float(f), float(t)) for f, t in per_budget.items()))
-            if per_budget
-            else None
-        )
+        table = meta.get("setting_thresholds") if threshold is None else None
         return cls(
             threshold=thr,
-            budget_thresholds=budget_thr,
+            setting_thresholds=parse_setting_thresholds(table) if table else None,
             max_per_step=max_per_step,
             fallback=fallback,
             eos_threshold=eos_threshold,
@@ -327,24 +325,28 @@ class ControllerPolicy(CommitPolicy):
 
     def with_threshold(self, threshold: float) -> ControllerPolicy:
         """The same checkpoint (shared weights) at one deployment threshold for every row."""
-        return dataclasses.replace(self, threshold=threshold, budget_thresholds=None)
+        return dataclasses.replace(self, threshold=threshold, setting_thresholds=None)
 
     def row_thresholds(self, state: TraceState) -> torch.Tensor:
         """float32 ``[B, 1]``: each row's threshold.
 
-        ``threshold`` on rows without a step budget; with ``budget_thresholds``, a budget-limited
-        row takes the threshold of the budget fraction nearest its ``budget / G`` (in log space).
+        ``threshold``, or with ``setting_thresholds`` the entry of the row's window kind whose
+        budget fraction is nearest the row's ``budget / G`` in log space (``threshold`` for a
+        window kind the table lacks). The loop runs over table entries, not positions.
         """
         dev = state.canvas.device
-        free = torch.full((state.batch_size, 1), float(self.threshold), device=dev)
-        if not self.budget_thresholds:
-            return free
-        fractions = torch.tensor([f for f, _ in self.budget_thresholds], device=dev)
-        values = torch.tensor([t for _, t in self.budget_thresholds], device=dev)
-        row = state.budget.to(dev).float() / state.gen_len.to(dev).float().clamp(min=1)  # [B]
-        nearest = (row[:, None].log() - fractions[None, :].log()).abs().argmin(-1)  # [B]
-        limited = state.budget_limited.to(dev)[:, None]
-        return torch.where(limited, values[nearest][:, None], free)
+        out = torch.full((state.batch_size,), float(self.threshold), device=dev)
+        if not self.setting_thresholds:
+            return out[:, None]
+        row = (state.budget.to(dev).float() / state.gen_len.to(dev).float().clamp(min=1)).log()
+        kinds = state.window_kind.to(dev)
+        for kind in {k for k, _, _ in self.setting_thresholds}:
+            entries = [(f, t) for k, f, t in self.setting_thresholds if k == kind]
+            fractions = torch.tensor([math.log(f) for f, _ in entries], device=dev)
+            values = torch.tensor([t for _, t in entries], device=dev)
+            nearest = (row[:, None] - fractions[None, :]).abs().argmin(-1)  # [B]
+            out = torch.where(kinds == WINDOW_CODES[kind], values[nearest], out)
+        return out[:, None]
 
     def decode_options(self) -> dict[str, Any]:
         """The checkpoint's hidden-feature width (see :meth:`CommitPolicy.decode_config`)."""
@@ -414,9 +416,13 @@ class ControllerPolicy(CommitPolicy):
         return ok.flip(-1).long().cumprod(-1).flip(-1).bool() & state.valid
 
 
-def budget_label(pairs: tuple[tuple[float, float], ...]) -> str:
-    """``"0.125:0.95,0.25:0.99"``: ``budget_thresholds`` as one record/label value."""
-    return ",".join(f"{f:g}:{t:g}" for f, t in sorted(pairs))
+def parse_setting_thresholds(table: dict[str, float]) -> tuple[tuple[str, float, float], ...]:
+    """``{"full@0.25": 0.95, ...}`` (a checkpoint's ``setting_thresholds``) as sorted triples."""
+    out = []
+    for key, value in table.items():
+        kind, _, fraction = key.partition("@")
+        out.append((kind, float(fraction or 1.0), float(value)))
+    return tuple(sorted(out))
 
 
 def check_backbone(meta: dict[str, Any], backbone: Backbone) -> None:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
-from commit_env.supervised.policy import ControllerPolicy, budget_label
+from commit_env.supervised.policy import ControllerPolicy
 
 from commit_env.decoding.state import TraceState
 from commit_env.policies import WINOPolicy
@@ -69,8 +69,8 @@ class VerifiedControllerPolicy(WINOPolicy):
     def params(self) -> dict[str, Any]:
         """The controller's thresholds plus ``verify_threshold`` and ``remask_cap``."""
         out: dict[str, Any] = {"threshold": self.drafter.threshold}
-        if self.drafter.budget_thresholds:
-            out["budget_thresholds"] = budget_label(self.drafter.budget_thresholds)
+        if self.drafter.setting_thresholds:
+            out["thresholds"] = "per setting"
         out.update(verify_threshold=self.verify_threshold, remask_cap=self.remask_cap)
         return out
 

@@ -6,8 +6,9 @@ import json
 import pytest
 import torch
 from commit_env.evaluation.controller import controller_specs, deployed_params
-from commit_env.supervised.calibrate import CalibrationConfig, budget_group, select_thresholds
-from commit_env.supervised.policy import ControllerPolicy, budget_label
+from commit_env.evaluation.sweeps import Setting
+from commit_env.supervised.calibrate import CalibrationConfig, select_thresholds, setting_group
+from commit_env.supervised.policy import ControllerPolicy, parse_setting_thresholds
 from commit_env.supervised.rounds import (
     RoundsConfig,
     default_training_mixture,
@@ -28,15 +29,15 @@ def test_select_takes_the_cheapest_threshold_within_tolerance():
         _cell("free", 0.5, 0.80, 3.0),
         _cell("free", 0.9, 0.955, 5.0),
         _cell("free", 0.99, 0.96, 8.0),
-        _cell("budget:0.25", 0.5, 0.50, 2.0),
-        _cell("budget:0.25", 0.9, 0.70, 3.0),
-        _cell("budget:0.25", 0.99, 0.60, 4.0),
+        _cell("full@0.25", 0.5, 0.50, 2.0),
+        _cell("full@0.25", 0.9, 0.70, 3.0),
+        _cell("full@0.25", 0.99, 0.60, 4.0),
     ]
     groups = select_thresholds(cells, tolerance=0.005)
     assert groups["free"]["threshold"] == 0.9 and groups["free"]["reached"]
     assert select_thresholds(cells, tolerance=0.0)["free"]["threshold"] == 0.99
     # under a budget the best candidate is the bar, not the strictest one
-    assert groups["budget:0.25"]["threshold"] == 0.9 and groups["budget:0.25"]["target"] == 0.70
+    assert groups["full@0.25"]["threshold"] == 0.9 and groups["full@0.25"]["target"] == 0.70
 
 
 def test_a_reference_above_every_candidate_is_reported_not_reached():
@@ -78,42 +79,53 @@ def test_final_round_is_calibrated_once_and_the_checkpoint_deploys_it(calibrated
     cal = json.loads((ckpt / "calibration.json").read_text())
     meta = json.loads((ckpt / "config.json").read_text())
     assert len(cal["cells"]) == len(cfg.mixture) * 3  # one task, 3 thresholds, no reference
-    budgets = {budget_group(s) for s in cfg.mixture} - {"free"}
-    assert set(cal["groups"]) == budgets | {"free"} and len(budgets) >= 1
-    assert meta["threshold"] == cal["groups"]["free"]["threshold"]
-    assert meta["budget_thresholds"] == {
-        g.split(":")[1]: cal["groups"][g]["threshold"] for g in budgets
-    }
+    groups = {setting_group(s) for s in cfg.mixture}
+    assert set(cal["groups"]) == groups and any("@1" not in g for g in groups)
+    assert meta["setting_thresholds"] == {g: cal["groups"][g]["threshold"] for g in groups}
+    assert meta["threshold"] == meta["setting_thresholds"].get(
+        "full@1", max(meta["setting_thresholds"].values())
+    )
     assert "label_threshold" in meta and result.rounds[-1]["calibration"] == cal["groups"]
     policy = ControllerPolicy.from_pretrained(ckpt, backbone=tiny)
     assert policy.threshold == meta["threshold"]
-    assert dict(policy.budget_thresholds) == {
-        float(f): t for f, t in meta["budget_thresholds"].items()
-    }
+    assert policy.setting_thresholds == parse_setting_thresholds(meta["setting_thresholds"])
     stamp = (ckpt / "calibration.json").stat().st_mtime_ns
     train_controller_rounds(cfg, backbone=tiny)  # resumed: nothing recalibrated
     assert (ckpt / "calibration.json").stat().st_mtime_ns == stamp
 
 
-def test_row_thresholds_take_the_nearest_budget_fraction(calibrated, tiny):
+def test_setting_groups_and_their_parse():
+    assert setting_group(Setting(24, "full")) == "full@1"
+    assert setting_group(Setting(24, "block:8", 6)) == "block@0.25"
+    assert parse_setting_thresholds({"sliding@0.125": 0.9, "full@1": 0.99}) == (
+        ("full", 1.0, 0.99),
+        ("sliding", 0.125, 0.9),
+    )
+
+
+def test_row_thresholds_follow_window_kind_and_nearest_budget(calibrated, tiny):
     _, result = calibrated
     policy = ControllerPolicy.from_pretrained(result.final, backbone=tiny)
     policy = policy.with_threshold(0.9)
-    both = dataclasses.replace(policy, budget_thresholds=((0.125, 0.4), (0.5, 0.8)))
+    table = (("full", 1.0, 0.99), ("full", 0.125, 0.4), ("full", 0.5, 0.8), ("block", 0.25, 0.6))
+    both = dataclasses.replace(policy, setting_thresholds=table)
 
-    def thresholds(budget):
-        config = both.decode_config(DecodeConfig(gen_length=16, step_budget=budget))
+    def thresholds(window, budget):
+        config = both.decode_config(DecodeConfig(16, window, budget))
         return both.row_thresholds(Decoder(tiny, config).start(["a", "b"])).flatten().tolist()
 
-    assert thresholds(None) == pytest.approx([0.9, 0.9])
-    assert thresholds(2) == pytest.approx([0.4, 0.4])  # 2/16 = 0.125
-    assert thresholds(3) == pytest.approx([0.4, 0.4])  # 0.1875: nearer 0.125 in log space
-    assert thresholds(8) == pytest.approx([0.8, 0.8])
+    assert thresholds("full", None) == pytest.approx([0.99, 0.99])
+    assert thresholds("full", 2) == pytest.approx([0.4, 0.4])  # 2/16 = 0.125
+    assert thresholds("full", 3) == pytest.approx([0.4, 0.4])  # 0.1875: nearer 0.125 (log)
+    assert thresholds("full", 8) == pytest.approx([0.8, 0.8])
+    assert thresholds("block:8", None) == pytest.approx([0.6, 0.6])  # the only block entry
+    assert thresholds("sliding:4", 4) == pytest.approx([0.9, 0.9])  # no sliding entry
     tight = Decoder(tiny, both.decode_config(DecodeConfig(gen_length=16, step_budget=2)))
     again = both.with_threshold(0.7).row_thresholds(tight.start(["a"]))
     assert again.flatten().tolist() == pytest.approx([0.7])
-    with pytest.raises(ValueError, match="budget_thresholds"):
-        dataclasses.replace(policy, budget_thresholds=((0.25, 1.5),))
+    for bad in ((("full", 0.25, 1.5),), (("diagonal", 1.0, 0.5),)):
+        with pytest.raises(ValueError, match="setting_thresholds"):
+            dataclasses.replace(policy, setting_thresholds=bad)
 
 
 def test_confidence_fallback_commits_the_most_confident_position(calibrated, tiny):
@@ -138,10 +150,8 @@ def test_controller_specs_hold_the_deployed_member(calibrated, tiny):
     policy = member.factory(DecodeConfig(gen_length=8))
     meta = json.loads((result.final / "config.json").read_text())
     assert policy.threshold == meta["threshold"]
-    assert dict(policy.budget_thresholds) == {
-        float(f): t for f, t in meta["budget_thresholds"].items()
-    }
-    assert dict(deployed)["budget_thresholds"] == budget_label(policy.budget_thresholds)
+    assert policy.setting_thresholds == parse_setting_thresholds(meta["setting_thresholds"])
+    assert dict(deployed)["thresholds"] == "per setting"
 
 
 def test_verified_controller_equals_the_controller_when_nothing_fails(calibrated, tiny):
