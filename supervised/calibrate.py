@@ -63,7 +63,8 @@ class CalibrationConfig:
         n: Held-out examples per task and setting.
         seed: Seed of their draw (disjoint from collection seeds and the bench's seed 0).
         thresholds: Candidate thresholds.
-        tolerance: Allowed mean score deficit against the group's best mean score.
+        tolerance: Allowed mean score deficit against the group's best mean score (default one
+            point: the bench's own "matched score", ``evaluation.metrics.TOLERANCE``).
         reference: Optional reference policy whose score joins the target (``"topk"`` =
             sequential decoding). Off by default: it costs G forwards per row, and with the
             controller's confidence fallback the strictest candidate is nearly sequential
@@ -75,7 +76,7 @@ class CalibrationConfig:
     n: int = 32
     seed: int = 20_000
     thresholds: tuple[float, ...] = CALIBRATION_THRESHOLDS
-    tolerance: float = 0.005
+    tolerance: float = 0.01
     reference: str | None = None
     batch_size: int = 128
     progress: bool = True
