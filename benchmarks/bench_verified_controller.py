@@ -3,11 +3,11 @@
 For each family and deployment threshold, decodes the same seeded examples with the plain
 :class:`~commit_env.supervised.policy.ControllerPolicy` and with
 :class:`~commit_env.supervised.verify.VerifiedControllerPolicy` (the controller drafts, WINO's
-verification remasks), then compares every verified point with the plain curve interpolated at
-the same NFE (``plain@NFE``; past either end of the plain curve it holds the end's score, so
-read a verified point beyond the plain curve's NFE range with care). Prints score, NFE, forward
-tokens and remasks per point: verification costs one leave-one-out copy per committed window
-token in the same forward, so forward tokens grow while NFE does not.
+verification remasks), then compares every verified point with the plain curve at the same NFE
+(``plain@NFE``: the best score of any plain point with at most that NFE, i.e. what the plain
+controller's threshold sweep offers at that cost; ``-`` when none is that cheap). Prints score,
+NFE, forward tokens and remasks per point: verification costs one leave-one-out copy per
+committed window token in the same forward, so forward tokens grow while NFE does not.
 
 A checkpoint from the bench (``OUT/controller/round1/best``) or ``train_controller_rounds``::
 
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 
-import numpy as np
 from commit_env.supervised.policy import ControllerPolicy
 from commit_env.supervised.verify import VerifiedControllerPolicy
 
@@ -50,16 +49,18 @@ def measure(base, backbone, task_name, args):
 
 def report(task_name, rows):
     """Print the rows and each verified point against the plain curve at its NFE."""
-    plain = sorted((r[3], r[2]) for r in rows if r[1] == "plain")
-    xs, ys = np.array([p[0] for p in plain]), np.array([p[1] for p in plain])
+    plain = [(r[3], r[2]) for r in rows if r[1] == "plain"]
     print(f"\n{task_name}")
     print("| threshold | policy | score | NFE | forward tokens | remasks | plain@NFE | diff |")
     print("|---|---|---|---|---|---|---|---|")
     for t, kind, score, nfe, tokens, remasks in rows:
         extra = "| |"
-        if kind == "verified":
-            at = float(np.interp(nfe, xs, ys))  # the plain curve's score at the same NFE
+        cheaper = [s for n, s in plain if n <= nfe + 1e-9]
+        if kind == "verified" and cheaper:
+            at = max(cheaper)  # the best the plain sweep offers at no more NFE
             extra = f"| {at:.3f} | {score - at:+.3f} |"
+        elif kind == "verified":
+            extra = "| - | |"
         print(f"| {t:g} | {kind} | {score:.3f} | {nfe:.2f} | {tokens:.0f} | {remasks:.2f} {extra}")
 
 
