@@ -10,6 +10,7 @@ from commit_env.evaluation.controller import (
     ablation_records,
     ablation_table,
     controller_specs,
+    deployed_params,
     learned_threshold,
 )
 from commit_env.evaluation.metrics import aup_table
@@ -161,8 +162,11 @@ def test_backbone_and_version_mismatch_are_clear_errors(rounds, tiny, tmp_path):
 def test_threshold_sweep_draws_a_curve_with_an_aup(rounds, tiny):
     _, result = rounds
     specs = controller_specs(result.final, tiny, thresholds=(0.3, 0.9))
-    thresholds = [dict(s.params)["threshold"] for s in specs]
-    assert thresholds == sorted({0.3, 0.9, learned_threshold(result.final)})
+    sweep = [dict(s.params)["threshold"] for s in specs if len(s.params) == 1]
+    assert sweep == [0.3, 0.9]
+    # plus the calibrated member (its per-setting thresholds), deployed as the checkpoint says
+    (deployed,) = [s for s in specs if s.params == deployed_params(result.final)]
+    assert dict(deployed.params)["threshold"] == learned_threshold(result.final)
     assert {s.family for s in specs} == {"controller"}
     policies = [s.factory(DecodeConfig(gen_length=24)) for s in specs]
     assert policies[0].model is policies[-1].model  # one model, several thresholds
