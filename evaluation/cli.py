@@ -312,6 +312,34 @@ def _add_train_controller(sub: Any) -> None:
     )
 
 
+def _add_train_remask_head(sub: Any) -> None:
+    from commit_env.supervised.remask_train import RemaskTrainConfig
+
+    d = RemaskTrainConfig()
+    p = sub.add_parser(
+        "train-remask-head",
+        help="train a learned remask head for a controller (counterfactual rollouts)",
+    )
+    _add_backbone_args(p)
+    p.set_defaults(backbone="tiny-testbed")
+    p.add_argument("--controller", required=True, help="controller checkpoint directory")
+    p.add_argument("--out", default="runs/remask-head")
+    p.add_argument("--tasks", default=",".join(d.tasks), help="comma-separated task families")
+    p.add_argument("--n", type=_POSITIVE, default=d.n, help="prompts per task and threshold")
+    p.add_argument("--seed", type=_NONNEGATIVE, default=d.seed)
+    p.add_argument(
+        "--thresholds",
+        type=_number(0.0, above=True, below=1.0),
+        nargs="+",
+        default=list(d.thresholds),
+        help="controller thresholds the states are visited at",
+    )
+    p.add_argument("--margin", type=_number(-1.0, below=1.0), default=d.margin)
+    p.add_argument("--epochs", type=_POSITIVE, default=d.epochs)
+    p.add_argument("--threads", type=_POSITIVE, default=None, help="torch intra-op threads")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+
+
 def _add_ppo_args(p: argparse.ArgumentParser) -> None:
     """Options shared by ``train-ppo`` and ``ppo-sweep``."""
     _add_backbone_args(p)
@@ -423,6 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_bench,
         _add_collect,
         _add_train_controller,
+        _add_train_remask_head,
     ):
         add(sub)
     return parser
@@ -675,6 +704,27 @@ def _cmd_train_controller(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train_remask_head(args: argparse.Namespace) -> int:
+    from commit_env.supervised.remask_train import RemaskTrainConfig, train_remask_head
+
+    from commit_env.envs.threads import configure_threads
+
+    cfg = RemaskTrainConfig(
+        tasks=tuple(t for t in args.tasks.split(",") if t),
+        n=args.n,
+        seed=args.seed,
+        thresholds=tuple(args.thresholds),
+        margin=args.margin,
+        epochs=args.epochs,
+        progress=args.progress,
+    )
+    backbone = _backbone_spec(args).load()
+    configure_threads(args.threads, backbone)
+    meta = train_remask_head(args.controller, backbone, cfg, args.out)
+    print(dumps_json(meta, indent=2))
+    return 0
+
+
 def _cmd_list(_: argparse.Namespace) -> int:
     from commit_env.backbones import list_backbones
     from commit_env.policies import POLICIES
@@ -801,6 +851,7 @@ _COMMANDS = {
     "ppo-sweep": _cmd_ppo_sweep,
     "collect": _cmd_collect,
     "train-controller": _cmd_train_controller,
+    "train-remask-head": _cmd_train_remask_head,
 }
 
 

@@ -60,6 +60,7 @@ class WINOPolicy(CommitPolicy):
     remask_cap: int = 8
     _q: torch.Tensor | None = field(default=None, init=False, repr=False)
     _last_accept: torch.Tensor | None = field(default=None, init=False, repr=False)
+    _q_top: torch.Tensor | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         for key in ("draft_threshold", "verify_threshold", "cap_fraction"):
@@ -78,7 +79,7 @@ class WINOPolicy(CommitPolicy):
 
     def reset(self, state: TraceState) -> None:
         """Forget the previous decode's verification results."""
-        self._q, self._last_accept = None, None
+        self._q, self._q_top, self._last_accept = None, None, None
 
     def draft(self, state: TraceState) -> torch.Tensor:
         """Wide-in: bool ``[B, G]`` drafts (the top-1 is added where this is empty).
@@ -91,6 +92,44 @@ class WINOPolicy(CommitPolicy):
         cap = (eligible.sum(-1).float() * self.cap_fraction).floor().long()
         cap = cap.clamp(min=self.cap_min, max=self.cap_max)  # [B]
         return eligible & (conf > self.draft_threshold) & (ranks < cap[:, None])
+
+    def failed_verification(
+        self, state: TraceState, remaskable: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Which committed tokens failed the last verification, and which to remask first.
+
+        WINO's rule: a remaskable token whose leave-one-out probability ``q`` is below
+        ``verify_threshold`` fails; the lowest ``q`` goes first. A subclass may judge otherwise
+        (a learned remask head); :meth:`select` keeps the ``accepted - 1`` limit either way.
+
+        Args:
+            state: The state after the verified step.
+            remaskable: bool ``[B, G]`` positions a remask may hit now.
+
+        Returns:
+            ``(fail, priority)``: bool ``[B, G]`` and float ``[B, G]`` (higher = remasked first).
+        """
+        q = self.verify_probs.to(state.canvas.device)
+        fail = remaskable & torch.isfinite(q) & (q < self.verify_threshold)
+        return fail, -q.nan_to_num(1.0)
+
+    @property
+    def verify_probs(self) -> torch.Tensor:
+        """Leave-one-out probabilities of the last verification.
+
+        Float ``[B, G]``: the probability of each committed token with it masked (NaN where it was
+        not verified). Valid inside :meth:`select` after a verification.
+        """
+        assert self._q is not None, "no verification yet"
+        return self._q
+
+    @property
+    def verify_top(self) -> torch.Tensor | None:
+        """Top leave-one-out probabilities of the last verification.
+
+        Float ``[B, G]`` per position (NaN where not verified); ``None`` before the first one.
+        """
+        return self._q_top
 
     def select(self, state: TraceState) -> CommitDecision | DraftDecision:
         """Wide-in commits, narrow-out remasks, and leave-one-out copies for the next step."""
@@ -105,10 +144,9 @@ class WINOPolicy(CommitPolicy):
         remaskable = state.remaskable if state.remaskable is not None else remask
         if self._q is not None and self._q.shape == (B, G):
             assert self._last_accept is not None
-            q = self._q.to(dev)
-            fail = remaskable & torch.isfinite(q) & (q < self.verify_threshold)
+            fail, priority = self.failed_verification(state, remaskable)
             limit = (self._last_accept.to(dev) - 1).clamp(min=0)  # [B] only when a > 1
-            remask = fail & (rank_within_eligible(-q.nan_to_num(1.0), fail) < limit[:, None])
+            remask = fail & (rank_within_eligible(priority, fail) < limit[:, None])
 
         # Leave-one-out copies for the next narrow-out: the window's committed tokens after this
         # step, needed only where more than one token is accepted and the window stays open.
@@ -119,7 +157,7 @@ class WINOPolicy(CommitPolicy):
         self._last_accept = accepted
         K = 1 + int(n_verify.max()) if B else 1
         if K == 1:
-            self._q = None
+            self._q = self._q_top = None
             return CommitDecision(wide, remask=remask)
         # Copy j (1..n_verify) leaves the j-th verified position masked.
         order = rank_within_eligible(-torch.arange(G, device=dev).float().expand(B, G), verify)
@@ -135,13 +173,16 @@ class WINOPolicy(CommitPolicy):
 
         def accept(before: TraceState, drafted: TraceState) -> torch.Tensor:
             q = torch.full((B, G), math.nan, device=dev)
+            top = q.clone()
             if drafted.prev_logp.shape[-1] == before.vocab_size:
                 logp = drafted.prev_logp.view(B, K, G, -1)[:, 1:]  # [B, K-1, G, V]
                 tok = held[:, None, :, None].expand(B, K - 1, G, 1)
                 loo = logp.gather(-1, tok).squeeze(-1).exp()  # [B, K-1, G]
                 mine = target & used[:, 1:, None]
-                q = torch.where(mine.any(1), (loo * mine).sum(1), q)
-            self._q = q
+                hit = mine.any(1)
+                q = torch.where(hit, (loo * mine).sum(1), q)
+                top = torch.where(hit, (logp.amax(-1).exp() * mine).sum(1), top)
+            self._q, self._q_top = q, top
             return torch.zeros(B, dtype=torch.long, device=dev)
 
         return DraftDecision(commits, accept, remask=remasks, used=used)

@@ -28,14 +28,23 @@ def tiny():
     return load_backbone("tiny")
 
 
+@pytest.fixture(scope="module")
+def testbed():
+    from commit_env.backbones import load_backbone
+
+    return load_backbone("tiny-testbed")
+
+
 @pytest.mark.parametrize("family", EMBEDDED_TASKS + TESTBED_TASKS)
-def test_freedave_reproduces_sequential_top1_on_every_family(tiny, family):
+@pytest.mark.parametrize("which", ["tiny", "testbed"])
+def test_freedave_reproduces_sequential_top1_on_every_family(request, family, which):
+    backbone = request.getfixturevalue(which)  # the testbed checkpoint is trained on every family
     task = get_task(family)
     prompts = [e.prompt for e in sample_examples(task, 4, seed=1)]
     window = "full" if family in EMBEDDED_TASKS else "block:8"
     config = DecodeConfig(gen_length=task.default_gen_length, window=window)
-    sequential = decode(tiny, prompts, TopKPolicy(k=1), config)
-    drafted = decode(tiny, prompts, FreeDavePolicy(draft_steps=4), config)
+    sequential = decode(backbone, prompts, TopKPolicy(k=1), config)
+    drafted = decode(backbone, prompts, FreeDavePolicy(draft_steps=4), config)
     assert torch.equal(drafted.tokens, sequential.tokens)
     assert (drafted.nfe <= sequential.nfe).all()
     assert int(drafted.nfe.sum()) < int(sequential.nfe.sum())

@@ -10,11 +10,8 @@ from commit_env.evaluation.sweeps import Setting
 from commit_env.supervised.calibrate import CalibrationConfig, select_thresholds, setting_group
 from commit_env.supervised.policy import ControllerPolicy, parse_setting_thresholds
 from commit_env.supervised.rounds import (
-    RoundsConfig,
-    default_training_mixture,
     train_controller_rounds,
 )
-from commit_env.supervised.train import TrainConfig
 from commit_env.supervised.verify import VerifiedControllerPolicy
 
 from commit_env.decoding import DecodeConfig, Decoder, decode
@@ -55,22 +52,6 @@ def test_calibration_config_rejects_bad_values():
         CalibrationConfig(thresholds=(0.5, 1.0))
     with pytest.raises(ValueError, match="tolerance"):
         CalibrationConfig(tolerance=-0.1)
-
-
-@pytest.fixture(scope="module")
-def calibrated(tmp_path_factory, tiny):
-    cfg = RoundsConfig(
-        out=str(tmp_path_factory.mktemp("calibrated")),
-        tasks=("qa",),
-        settings=default_training_mixture(16)[::4],
-        n=16,
-        on_policy_rounds=0,
-        train=TrainConfig(epochs=1, batch_size=64, rollout_n=0, val_every_n_traces=4),
-        batch_size=16,
-        calibration=CalibrationConfig(n=5, thresholds=(0.3, 0.8, 0.99), progress=False),
-        progress=False,
-    )
-    return cfg, train_controller_rounds(cfg, backbone=tiny)
 
 
 def test_final_round_is_calibrated_once_and_the_checkpoint_deploys_it(calibrated, tiny):
