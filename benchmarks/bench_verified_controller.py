@@ -6,7 +6,8 @@ For each family and deployment threshold, decodes the same seeded examples with 
 verification remasks), then compares every verified point with the plain curve at the same NFE
 (``plain@NFE``: the best score of any plain point with at most that NFE, i.e. what the plain
 controller's threshold sweep offers at that cost; ``-`` when none is that cheap), with a paired
-95% bootstrap interval of the per-example difference (same examples; ``*`` when it excludes 0).
+95% bootstrap interval of the per-example difference (same examples; ``*`` when it excludes 0) and
+the plain curve linearly interpolated at that NFE.
 Prints score, NFE, forward tokens and remasks per point: verification costs one leave-one-out
 copy per committed window token in the same forward, so forward tokens grow while NFE does not.
 
@@ -55,23 +56,36 @@ def measure(base, backbone, task_name, args):
     return rows
 
 
+def interpolated(curve, nfe):
+    """The plain curve's score at ``nfe`` by linear interpolation between its points (sorted by
+    NFE; the end points outside their range): a stricter bar than any single plain point."""
+    pts = sorted((n, s) for n, s, _ in curve)
+    if nfe <= pts[0][0]:
+        return pts[0][1]
+    for (n0, s0), (n1, s1) in zip(pts, pts[1:], strict=False):
+        if nfe <= n1:
+            return s0 + (s1 - s0) * (nfe - n0) / max(n1 - n0, 1e-9)
+    return pts[-1][1]
+
+
 def report(task_name, rows):
-    """Print the rows and each verified point against the plain curve at its NFE."""
+    """Print the rows and each remasking point against the plain curve at its NFE."""
     plain = [(r[3], r[2], r[6]) for r in rows if r[1] == "plain"]
     print(f"\n{task_name}")
     cols = ("threshold", "policy", "score", "NFE", "forward tokens", "remasks", "plain@NFE")
-    print("| " + " | ".join(cols) + " | diff | 95% CI |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| " + " | ".join(cols) + " | diff | 95% CI | plain interpolated |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for t, kind, score, nfe, tokens, remasks, scores in rows:
-        extra = "| | |"
+        extra = "| | | |"
         cheaper = [(s, -n, x) for n, s, x in plain if n <= nfe + 1e-9]
         if kind != "plain" and cheaper:
             at, _, at_scores = max(cheaper, key=lambda c: c[:2])  # best plain score, then cheapest
             low, high = bootstrap_ci(scores - at_scores)
             star = "*" if low > 0 or high < 0 else ""
             extra = f"| {at:.3f} | {score - at:+.3f}{star} | {low:+.3f}..{high:+.3f} |"
+            extra += f" {interpolated(plain, nfe):.3f} |"
         elif kind != "plain":
-            extra = "| - | | |"
+            extra = "| - | | | |"
         print(f"| {t:g} | {kind} | {score:.3f} | {nfe:.2f} | {tokens:.0f} | {remasks:.2f} {extra}")
 
 

@@ -75,10 +75,10 @@ class RemaskTrainConfig:
         progress: Progress bar over decode batches.
     """
 
-    tasks: tuple[str, ...] = ("insert:any", "remove:any", "sudoku")
-    n: int = 192
+    tasks: tuple[str, ...] = ("insert:any", "remove:any", "sudoku", "latin", "shuffle")
+    n: int = 256
     seed: int = 30000
-    thresholds: tuple[float, ...] = (0.7, 0.85, 0.95, 0.99)
+    thresholds: tuple[float, ...] = (0.7, 0.85, 0.95)
     window: str = "full"
     candidate_q: float = 0.99
     batch_size: int = 64
