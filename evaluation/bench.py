@@ -109,6 +109,8 @@ class BenchConfig:
         controller_epochs: Controller training epochs.
         ppo_timesteps: PPO environment steps on the first task, warm-started by cloning the
             threshold rule (0 = skip the PPO run).
+        remask_n: Prompts per task and controller threshold whose counterfactual rollouts train
+            the learned remask head (family ``controller-remask``; 0 = skip that stage).
         grid: The cross-setting grid: ``"quick"``, ``"full"`` or an explicit
             :data:`commit_env.evaluation.grid.GridSpec`, applied to each task's default G.
         progress: Progress bars.
@@ -131,6 +133,7 @@ class BenchConfig:
     collect_n: int = 768
     controller_epochs: int = 6
     ppo_timesteps: int = 8192
+    remask_n: int = 64
     grid: str | GridSpec = "quick"
     progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
@@ -157,6 +160,7 @@ class BenchConfig:
                 n=200,
                 collect_n=1536,
                 ppo_timesteps=30_000,
+                remask_n=256,
                 controller_epochs=8,
                 grid="full",
                 tasks=FULL_TASKS,
@@ -252,6 +256,8 @@ class _Bench:
     done: set[tuple[Any, ...]]
     timings: dict[str, float] = field(default_factory=dict)
     executor: Any = None  # where sweeps and collection run (None: this process)
+    controller_dir: Path | None = None  # the final controller checkpoint (controller_stage)
+    remask_deployed: str | None = None  # label of the remask head's deployed member
 
     @property
     def defaults(self) -> dict[str, Setting]:
@@ -343,6 +349,8 @@ def _run_bench(cfg: BenchConfig, executor: Any, force: bool) -> dict[str, Any]:
 
     timed("heuristic_sweep", heuristics_stage)
     controller = timed("controller", controller_stage)
+    if cfg.remask_n > 0:
+        timed("remask", remask_stage)
     learned = LearnedPolicies(controller)
     if cfg.ppo_timesteps > 0:
         learned = LearnedPolicies(controller, timed("ppo", ppo_stage))
@@ -470,8 +478,58 @@ def controller_stage(bench: _Bench) -> PolicySpec:
             )
         table = ablation_table(read_jsonl(path))
         write_text_atomic(bench.out / "controller" / "ablations.md", table + "\n")
+    bench.controller_dir = Path(rounds.final)
     deployed = deployed_params(rounds.final)
     return next(s for s in curve if s.params == deployed)
+
+
+#: The controller thresholds the learned remask head is swept at (family ``controller-remask``).
+REMASK_THRESHOLDS: tuple[float, ...] = (0.3, 0.5, 0.7, 0.85, 0.95, 0.99)
+
+
+def remask_stage(bench: _Bench) -> None:
+    """Stage 2b: the final controller with a learned remask head, reused when trained.
+
+    Trains :class:`~commit_env.supervised.remask_head.RemaskHead` on counterfactual rollouts of
+    ``cfg.remask_n`` held-out prompts per task and threshold
+    (:func:`~commit_env.supervised.remask_train.train_remask_head`, ``OUT/controller/remask-head``)
+    and sweeps :class:`~commit_env.supervised.remask_head.LearnedRemaskPolicy` over
+    :data:`REMASK_THRESHOLDS` on every task's default setting (family ``controller-remask``:
+    its curve and AUP next to the plain controller's), plus the head around the controller's
+    calibrated thresholds (the member the cross-setting section judges).
+    """
+    from commit_env.supervised.policy import ControllerPolicy
+    from commit_env.supervised.remask_head import LearnedRemaskPolicy
+    from commit_env.supervised.remask_train import (
+        NoRemaskCandidates,
+        RemaskTrainConfig,
+        train_remask_head,
+    )
+
+    cfg, bb = bench.cfg, bench.backbone
+    assert bench.controller_dir is not None, "remask_stage runs after controller_stage"
+    head_dir = bench.out / "controller" / "remask-head"
+    if not (head_dir / "remask_head.json").is_file():
+        train_cfg = RemaskTrainConfig(tasks=cfg.tasks, n=cfg.remask_n, progress=cfg.progress)
+        try:
+            train_remask_head(bench.controller_dir, bb, train_cfg, head_dir)
+        except NoRemaskCandidates as err:  # nothing to learn from: the family is left out
+            logger.warning("remask head skipped: %s", err)
+            return
+    deployed = ControllerPolicy.from_pretrained(bench.controller_dir, backbone=bb)
+    drafters = [deployed.with_threshold(t) for t in REMASK_THRESHOLDS] + [deployed]
+    specs = []
+    for drafter in drafters:
+        policy = LearnedRemaskPolicy.from_pretrained(head_dir, drafter)
+
+        def build(config: DecodeConfig, policy: Any = policy) -> Any:
+            return policy
+
+        params = tuple(policy.params.items())
+        specs.append(PolicySpec("controller-remask", "controller-remask", params, factory=build))
+    bench.remask_deployed = specs[-1].label  # the calibrated thresholds: judged on the grid
+    for task, default in bench.defaults.items():
+        bench.sweep(specs, [default], tasks=[task])
 
 
 def ppo_stage(bench: _Bench) -> PolicySpec:
@@ -526,15 +584,19 @@ def report_stage(
     trained["controller"] = [
         (s.gen_length, s.window, s.step_budget) for s in _rounds_config(cfg, out).mixture
     ]
-    if any(r["family"] == "controller-round0" for r in records):  # learned: judged, not a rival
-        families.append("controller-round0")
-        trained["controller-round0"] = trained["controller"]
+    for family in ("controller-round0", "controller-remask"):  # learned: judged, not rivals
+        if any(r["family"] == family for r in records):
+            families.append(family)
+            trained[family] = trained["controller"]
     cells = reports.cross_setting_cells(
         records,
         learned_families=families,
         trained_settings=trained,
         default=defaults,
-        deployed={s.family: s.label for s in learned.specs},  # not the threshold sweep
+        deployed={  # not the threshold sweeps
+            **{s.family: s.label for s in learned.specs},
+            **({"controller-remask": bench.remask_deployed} if bench.remask_deployed else {}),
+        },
     )
     base = reports.default_records(records, defaults)
     plots.pareto_plot(base, out / "pareto.png", aup=metrics.aup_table(base))

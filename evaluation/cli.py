@@ -227,6 +227,12 @@ def _add_bench(sub: Any) -> None:
     be.add_argument("--n", type=_POSITIVE, default=None, help="examples per task and setting")
     be.add_argument("--collect-n", type=_POSITIVE, default=None)
     be.add_argument("--ppo-timesteps", type=_NONNEGATIVE, default=None)
+    be.add_argument(
+        "--remask-n",
+        type=_NONNEGATIVE,
+        default=None,
+        help="prompts per task and threshold for the learned remask head (0: skip it)",
+    )
     be.add_argument("--batch-size", type=_POSITIVE, default=None)
     be.add_argument("--seed", type=_NONNEGATIVE, default=None)
     be.add_argument("--no-progress", action="store_true")
@@ -513,6 +519,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         "n": args.n,
         "collect_n": args.collect_n,
         "ppo_timesteps": args.ppo_timesteps,
+        "remask_n": args.remask_n,
         "batch_size": args.batch_size,
         "seed": args.seed,
         "progress": not args.no_progress,

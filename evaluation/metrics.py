@@ -51,7 +51,7 @@ AUP_ALPHA = 3.0
 """d3LLM's penalty factor of the AUP quality weight."""
 AUP_DROP = 0.05
 """AUP ignores points more than this far (5 points) below the cell's best score."""
-LEARNED: tuple[str, ...] = ("controller", "controller-round0", "ppo")
+LEARNED: tuple[str, ...] = ("controller", "controller-round0", "controller-remask", "ppo")
 """Families of learned policies (everything else but the oracle counts as a heuristic)."""
 NOT_DEPLOYABLE: tuple[str, ...] = ("oracle",)
 """Families that read the reference: reported, never the bar, never a rival."""

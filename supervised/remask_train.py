@@ -51,9 +51,19 @@ from commit_env.decoding import (
 from commit_env.evaluate import sample_examples
 from commit_env.tasks import Example, get_task
 
-__all__ = ["RemaskTrainConfig", "collect_remask_data", "fit_head", "train_remask_head"]
+__all__ = [
+    "NoRemaskCandidates",
+    "RemaskTrainConfig",
+    "collect_remask_data",
+    "fit_head",
+    "train_remask_head",
+]
 
 logger = logging.getLogger(__name__)
+
+
+class NoRemaskCandidates(ValueError):
+    """No decode step offered a token to take back (every step committed one token)."""
 
 
 @dataclass(frozen=True)
@@ -180,6 +190,9 @@ def collect_remask_data(
 ) -> dict[str, np.ndarray]:
     """Candidates' features and counterfactual score gains over tasks x thresholds.
 
+    Raises:
+        NoRemaskCandidates: If no step offered a candidate.
+
     Returns:
         ``{"features": [N, F] float32, "gains": [N] float32, "task": [N] int (index into
         cfg.tasks), "threshold": [N] float32}``.
@@ -203,7 +216,10 @@ def collect_remask_data(
             out["task"].append(np.full(len(g), ti))
             out["threshold"].append(np.full(len(g), t, dtype=np.float32))
     if not out["gains"]:
-        raise ValueError("no remask candidates visited: raise n or lower the thresholds")
+        raise NoRemaskCandidates(
+            "no remask candidates visited (every step committed one token): raise n or lower "
+            "the thresholds"
+        )
     return {k: np.concatenate(v) for k, v in out.items()}
 
 

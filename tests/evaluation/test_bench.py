@@ -37,6 +37,7 @@ def bench(tmp_path_factory):
         collect_n=32,
         controller_epochs=1,
         ppo_timesteps=256,
+        remask_n=8,
         window="block:4",
         setting=DecodeSetting(16, "block:4"),
         grid=((1, "block:4", None), (1, "block:4", 2)),
@@ -52,6 +53,8 @@ def test_outputs_exist_and_parse(bench):
     assert records and all(REQUIRED <= set(r) for r in records)
     families = {r["family"] for r in records}
     assert {"sequential", "threshold", "oracle", "controller", "ppo"} <= families
+    assert "controller-remask" in families  # the learned remask head's sweep
+    assert (out / "controller" / "remask-head" / "remask_head.json").is_file()
     budgets = {r["step_budget"] for r in records}
     assert None in budgets and 8 in budgets
     for r in records:

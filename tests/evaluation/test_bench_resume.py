@@ -17,7 +17,7 @@ def _cfg(out, **kw):
 
 def test_key_holds_every_setting_that_changes_a_result(tmp_path):
     key = bench_key(_cfg(tmp_path))
-    for field in ("n", "seed", "tasks", "setting", "collect_n", "controller_epochs"):
+    for field in ("n", "seed", "tasks", "setting", "collect_n", "controller_epochs", "remask_n"):
         assert field in key
     assert key["backbone"]["name"] == "tiny-testbed" and "device" not in key["backbone"]
     assert bench_key(_cfg(tmp_path, device="cpu", batch_size=7)) == key  # no result changes

@@ -290,6 +290,7 @@ def test_reduced_bench_records_equal_local(tmp_path, executor):
         collect_n=16,
         controller_epochs=1,
         ppo_timesteps=0,
+        remask_n=0,
         window="full",
         grid=((1, "full", 2),),
         progress=False,
