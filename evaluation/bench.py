@@ -105,7 +105,9 @@ class BenchConfig:
         n: Examples per task and setting.
         seed: Seed of every example draw.
         batch_size: Rows per engine batch.
-        collect_n: Prompts decoded for controller traces.
+        collect_n: Prompts decoded for controller traces, per task (round 0; each on-policy
+            round decodes half as many): the controller sees as many per family however many
+            families the bench runs.
         controller_epochs: Controller training epochs.
         ppo_timesteps: PPO environment steps on the first task, warm-started by cloning the
             threshold rule (0 = skip the PPO run).
@@ -130,7 +132,7 @@ class BenchConfig:
     n: int = 64
     seed: int = 0
     batch_size: int = 128
-    collect_n: int = 768
+    collect_n: int = 256
     controller_epochs: int = 6
     ppo_timesteps: int = 8192
     remask_n: int = 64
@@ -158,7 +160,6 @@ class BenchConfig:
             base = cls(
                 mode="full",
                 n=200,
-                collect_n=1536,
                 ppo_timesteps=30_000,
                 remask_n=256,
                 controller_epochs=8,
@@ -638,8 +639,8 @@ def _rounds_config(cfg: BenchConfig, out: Path) -> Any:
         backbone=cfg.backbone_spec,
         tasks=cfg.tasks,
         settings=tuple(mixture),
-        n=cfg.collect_n,
-        on_policy_n=max(1, cfg.collect_n // 2),
+        n=cfg.collect_n * len(cfg.tasks),
+        on_policy_n=max(1, cfg.collect_n * len(cfg.tasks) // 2),
         on_policy_rounds=int(cfg.extra.get("controller_on_policy_rounds", 1)),
         train=TrainConfig(epochs=cfg.controller_epochs, rollout_n=0),
         seed=cfg.seed,

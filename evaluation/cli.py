@@ -225,7 +225,9 @@ def _add_bench(sub: Any) -> None:
     be.add_argument("--gen-length", type=_POSITIVE, default=None)
     be.add_argument("--window", default=None)
     be.add_argument("--n", type=_POSITIVE, default=None, help="examples per task and setting")
-    be.add_argument("--collect-n", type=_POSITIVE, default=None)
+    be.add_argument(
+        "--collect-n", type=_POSITIVE, default=None, help="controller trace prompts per task"
+    )
     be.add_argument("--ppo-timesteps", type=_NONNEGATIVE, default=None)
     be.add_argument(
         "--remask-n",

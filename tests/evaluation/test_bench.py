@@ -34,7 +34,7 @@ def bench(tmp_path_factory):
         out=str(out),
         tasks=("qa", "math"),
         n=4,
-        collect_n=32,
+        collect_n=16,
         controller_epochs=1,
         ppo_timesteps=256,
         remask_n=8,
