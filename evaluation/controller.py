@@ -43,7 +43,8 @@ def deployed_params(directory: str | Path) -> tuple[tuple[str, Any], ...]:
     """The params of a checkpoint's deployed member in :func:`controller_specs`.
 
     ``(("threshold", t),)``, plus ``("thresholds", "per setting")`` when calibration chose
-    thresholds per window kind and step-budget fraction (they are in the checkpoint's
+    thresholds per window kind and step-budget fraction, or ``("thresholds", "per task and
+    setting")`` when it also kept a table per task (they are in the checkpoint's
     ``config.json`` and ``calibration.json``).
     """
     import json
@@ -52,7 +53,8 @@ def deployed_params(directory: str | Path) -> tuple[tuple[str, Any], ...]:
     t = float(meta.get("threshold", 0.5))
     if not meta.get("setting_thresholds"):
         return (("threshold", t),)
-    return (("threshold", t), ("thresholds", "per setting"))
+    scope = "per task and setting" if meta.get("task_thresholds") else "per setting"
+    return (("threshold", t), ("thresholds", scope))
 
 
 def controller_specs(

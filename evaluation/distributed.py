@@ -248,7 +248,9 @@ class ShardRunner:
             refs["ref"] = decode(
                 self.backbone, prompts, TopKPolicy(), sequential, batch_size=batch_size, seeds=seeds
             ).tokens
-        built = policy_for_job(self.backbone, job.spec, config, prompts, batch_size, refs, "ref")
+        built = policy_for_job(
+            self.backbone, job.spec, config, prompts, batch_size, refs, "ref", task=job.task
+        )
         if built is None:
             return None
         policy, config = built

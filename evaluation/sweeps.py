@@ -170,7 +170,14 @@ def run_sweep(
         task = get_task(task_name)
         prompts = [e.prompt for e in examples[task_name]]
         built = policy_for_job(
-            backbone, spec, setting.config(), prompts, batch_size, refs, (task_name, setting)
+            backbone,
+            spec,
+            setting.config(),
+            prompts,
+            batch_size,
+            refs,
+            (task_name, setting),
+            task=task_name,
         )
         if built is None:  # the learned policy does not support this setting
             continue
@@ -214,6 +221,8 @@ def policy_for_job(
     batch_size: int,
     refs: dict[Any, Any],
     ref_key: Any,
+    *,
+    task: str | None = None,
 ) -> tuple[Any, DecodeConfig] | None:
     """Build a job's policy and decode config (``None``: the policy cannot run here).
 
@@ -225,6 +234,9 @@ def policy_for_job(
         batch_size: Rows per engine batch.
         refs: Cache of oracle references, updated in place.
         ref_key: Cache key of ``prompts`` under ``config``.
+        task: The job's task: a learned policy with per-task calibration (``for_task``, see
+            :meth:`commit_env.supervised.policy.ControllerPolicy.for_task`) deploys that task's
+            thresholds.
 
     Returns:
         ``(policy, config)`` or ``None``.
@@ -233,6 +245,8 @@ def policy_for_job(
         policy = spec.factory(config)
         if policy is None:
             return None
+        if task is not None and hasattr(policy, "for_task"):
+            policy = policy.for_task(task)
         return policy, policy.decode_config(config)
     if spec.name == "oracle":
         if ref_key not in refs:

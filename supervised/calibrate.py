@@ -15,8 +15,13 @@ the full window without a budget, ``block@0.25`` block windows (any width) under
 Measured on the testbed, they want different thresholds (full window at G/4: 0.99; sliding at
 G/4: 0.95), so the deployed controller picks its threshold per row
 (:attr:`ControllerPolicy.setting_thresholds`: the row's window kind, nearest budget fraction).
-The result is written into the checkpoint's ``config.json`` (``threshold``,
-``setting_thresholds``, ``calibration``) and every cell's numbers into ``calibration.json``.
+The same rule is also applied per task (``task_thresholds``): one shared threshold per group
+cannot be both strict enough for order-free answers (``insert:any`` wants 0.995 in the full
+window) and loose enough for ``copy`` (0.5 commits its whole canvas in one forward). A caller
+that knows its task deploys that task's table (:meth:`ControllerPolicy.for_task`); any other
+task gets the shared one. The result is written into the checkpoint's ``config.json``
+(``threshold``, ``setting_thresholds``, ``task_thresholds``, ``calibration``) and every cell's
+numbers into ``calibration.json``.
 
 Usage::
 
@@ -47,6 +52,7 @@ __all__ = [
     "CalibrationConfig",
     "setting_group",
     "calibrate_checkpoint",
+    "select_task_thresholds",
     "select_thresholds",
 ]
 
@@ -144,6 +150,21 @@ def select_thresholds(
     return out
 
 
+def select_task_thresholds(
+    cells: Sequence[dict[str, Any]], tolerance: float
+) -> dict[str, dict[str, float]]:
+    """:func:`select_thresholds` on each task's own cells: ``{task: {group: threshold}}``."""
+    return {
+        task: {
+            group: g["threshold"]
+            for group, g in select_thresholds(
+                [c for c in cells if c["task"] == task], tolerance
+            ).items()
+        }
+        for task in sorted({c["task"] for c in cells})
+    }
+
+
 def calibrate_checkpoint(
     directory: str | Path,
     backbone: Backbone,
@@ -161,8 +182,9 @@ def calibrate_checkpoint(
         cfg: Calibration options.
 
     Returns:
-        ``{"threshold", "setting_thresholds", "groups", "cells", "config"}``. ``threshold`` (for
-        window kinds outside the table) is ``full@1``'s, else the highest of the table.
+        ``{"threshold", "setting_thresholds", "task_thresholds", "groups", "cells", "config"}``.
+        ``threshold`` (for window kinds outside the table) is ``full@1``'s, else the highest of
+        the table; ``task_thresholds`` is :func:`select_task_thresholds`.
 
     Raises:
         ValueError: On empty ``tasks`` or ``settings``, or a checkpoint that cannot serve them.
@@ -176,9 +198,11 @@ def calibrate_checkpoint(
     groups = select_thresholds(cells, cfg.tolerance)
     table = {name: g["threshold"] for name, g in groups.items()}
     free = table.get("full@1", max(table.values()))
+    per_task = select_task_thresholds(cells, cfg.tolerance)
     result = {
         "threshold": free,
         "setting_thresholds": table,
+        "task_thresholds": per_task,
         "groups": groups,
         "cells": cells,
         "config": asdict(cfg),
@@ -188,6 +212,7 @@ def calibrate_checkpoint(
     meta.setdefault("label_threshold", meta.get("threshold"))
     meta["threshold"] = free
     meta["setting_thresholds"] = table
+    meta["task_thresholds"] = per_task
     meta["calibration"] = {"groups": groups, "tolerance": cfg.tolerance, "n": cfg.n}
     write_json_atomic(directory / CONFIG_FILE, meta, indent=2)
     return result

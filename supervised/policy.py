@@ -202,6 +202,11 @@ class ControllerPolicy(CommitPolicy):
     ``threshold`` at deployment trades quality for speed: each value is one point of the
     controller's curve.
 
+    Task-aware deployment: calibration also keeps a table per task (``task_thresholds`` in the
+    checkpoint's ``config.json``; a copy family wants a looser threshold than an order-free one in
+    the same setting). A caller that knows the task asks :meth:`for_task` for that task's table;
+    an unknown task keeps the shared ``setting_thresholds``.
+
     End-of-answer tail (Learn2PD): eligible positions that propose an EOS, whose EOS head says
     ``>= max(eos_threshold, threshold)`` and that are followed only by such positions (or
     committed EOS) up to the row's end are committed together (``eos_threshold=None`` turns this
@@ -218,6 +223,7 @@ class ControllerPolicy(CommitPolicy):
     name: ClassVar[str] = "controller"
     threshold: float = 0.5
     setting_thresholds: tuple[tuple[str, float, float], ...] | None = None
+    task_thresholds: dict[str, dict[str, float]] | None = field(default=None, compare=False)
     max_per_step: int | None = None
     fallback: Literal["top1", "confidence", "none"] = "confidence"
     eos_threshold: float | None = 0.9
@@ -315,6 +321,7 @@ class ControllerPolicy(CommitPolicy):
         return cls(
             threshold=thr,
             setting_thresholds=parse_setting_thresholds(table) if table else None,
+            task_thresholds=(meta.get("task_thresholds") or None) if threshold is None else None,
             max_per_step=max_per_step,
             fallback=fallback,
             eos_threshold=eos_threshold,
@@ -325,7 +332,28 @@ class ControllerPolicy(CommitPolicy):
 
     def with_threshold(self, threshold: float) -> ControllerPolicy:
         """The same checkpoint (shared weights) at one deployment threshold for every row."""
-        return dataclasses.replace(self, threshold=threshold, setting_thresholds=None)
+        return dataclasses.replace(
+            self, threshold=threshold, setting_thresholds=None, task_thresholds=None
+        )
+
+    def for_task(self, task: str) -> ControllerPolicy:
+        """The policy to deploy on ``task``: its calibrated per-setting table, when it has one.
+
+        Groups the task's table lacks keep the shared entries; the free threshold becomes the
+        task's ``full@1`` (else stays). Without a task table (an unseen task, a fixed
+        threshold) this is ``self``.
+        """
+        own = (self.task_thresholds or {}).get(task)
+        if not own:
+            return self
+        shared = {f"{k}@{f:g}": t for k, f, t in self.setting_thresholds or ()}
+        table = {**shared, **own}
+        return dataclasses.replace(
+            self,
+            threshold=float(table.get("full@1", self.threshold)),
+            setting_thresholds=parse_setting_thresholds(table),
+            task_thresholds=None,
+        )
 
     def row_thresholds(self, state: TraceState) -> torch.Tensor:
         """float32 ``[B, 1]``: each row's threshold.

@@ -6,8 +6,13 @@ import json
 import pytest
 import torch
 from commit_env.evaluation.controller import controller_specs, deployed_params
-from commit_env.evaluation.sweeps import Setting
-from commit_env.supervised.calibrate import CalibrationConfig, select_thresholds, setting_group
+from commit_env.evaluation.sweeps import PolicySpec, Setting, policy_for_job
+from commit_env.supervised.calibrate import (
+    CalibrationConfig,
+    select_task_thresholds,
+    select_thresholds,
+    setting_group,
+)
 from commit_env.supervised.policy import ControllerPolicy, parse_setting_thresholds
 from commit_env.supervised.rounds import (
     train_controller_rounds,
@@ -70,6 +75,8 @@ def test_final_round_is_calibrated_once_and_the_checkpoint_deploys_it(calibrated
     policy = ControllerPolicy.from_pretrained(ckpt, backbone=tiny)
     assert policy.threshold == meta["threshold"]
     assert policy.setting_thresholds == parse_setting_thresholds(meta["setting_thresholds"])
+    assert meta["task_thresholds"] == cal["task_thresholds"] == policy.task_thresholds
+    assert set(meta["task_thresholds"]) == {"qa"} and set(meta["task_thresholds"]["qa"]) == groups
     stamp = (ckpt / "calibration.json").stat().st_mtime_ns
     train_controller_rounds(cfg, backbone=tiny)  # resumed: nothing recalibrated
     assert (ckpt / "calibration.json").stat().st_mtime_ns == stamp
@@ -132,7 +139,45 @@ def test_controller_specs_hold_the_deployed_member(calibrated, tiny):
     meta = json.loads((result.final / "config.json").read_text())
     assert policy.threshold == meta["threshold"]
     assert policy.setting_thresholds == parse_setting_thresholds(meta["setting_thresholds"])
-    assert dict(deployed)["thresholds"] == "per setting"
+    assert dict(deployed)["thresholds"] == "per task and setting"
+
+
+def test_select_task_thresholds_lets_each_task_pick_its_own():
+    def cell(task, threshold, score, nfe):
+        return {**_cell("full@1", threshold, score, nfe), "task": task}
+
+    cells = [
+        cell("copy", 0.5, 1.0, 1.0),
+        cell("copy", 0.99, 1.0, 1.3),
+        cell("insert", 0.5, 0.6, 3.0),
+        cell("insert", 0.99, 0.9, 6.0),
+    ]
+    assert select_thresholds(cells, 0.01)["full@1"]["threshold"] == 0.99  # the mean needs 0.99
+    assert select_task_thresholds(cells, 0.01) == {
+        "copy": {"full@1": 0.5},
+        "insert": {"full@1": 0.99},
+    }
+
+
+def test_for_task_deploys_the_task_table_and_keeps_shared_groups(calibrated, tiny):
+    _, result = calibrated
+    base = ControllerPolicy.from_pretrained(result.final, backbone=tiny)
+    shared = (("block", 1.0, 0.6), ("full", 0.25, 0.8), ("full", 1.0, 0.9))
+    policy = dataclasses.replace(
+        base, setting_thresholds=shared, task_thresholds={"copy": {"full@1": 0.3}}
+    )
+    copy = policy.for_task("copy")
+    assert copy.threshold == 0.3 and copy.task_thresholds is None
+    assert copy.setting_thresholds == (("block", 1.0, 0.6), ("full", 0.25, 0.8), ("full", 1.0, 0.3))
+    assert policy.for_task("sudoku") is policy  # no table: the shared one
+    assert policy.with_threshold(0.7).for_task("copy").threshold == 0.7  # a fixed member stays
+    spec = PolicySpec("controller", "controller", (), factory=lambda config: policy)
+    built, _ = policy_for_job(
+        tiny, spec, DecodeConfig(gen_length=8), ["a"], 1, {}, "k", task="copy"
+    )
+    assert built.threshold == 0.3 and built.model is base.model  # weights shared, not copied
+    built, _ = policy_for_job(tiny, spec, DecodeConfig(gen_length=8), ["a"], 1, {}, "k")
+    assert built is policy
 
 
 def test_verified_controller_equals_the_controller_when_nothing_fails(calibrated, tiny):
