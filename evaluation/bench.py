@@ -196,6 +196,7 @@ def _quick_heuristics(gen_length: int) -> list[PolicySpec]:
     keep = {
         "topk(k=1)",
         f"topk(k={gen_length})",
+        "topk(schedule=even)",  # LLaDA's even split of the budget: the pacing baseline
         "threshold(threshold=0.7)",
         "threshold(threshold=0.9)",
         "threshold(threshold=0.99)",

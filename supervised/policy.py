@@ -20,7 +20,7 @@ from commit_env.decoding.config import DEFAULT_TOP_K
 from commit_env.decoding.state import WINDOW_CODES
 from commit_env.errors import CorruptCheckpointError, InputNotFound
 from commit_env.io import dumps_json, replace_dir_atomic
-from commit_env.policies import CommitPolicy, top_k_mask
+from commit_env.policies import CommitPolicy, even_schedule_k, top_k_mask
 
 __all__ = [
     "ControllerPolicy",
@@ -213,6 +213,12 @@ class ControllerPolicy(CommitPolicy):
     off). Tying the tail to the deployment threshold keeps one knob: a stricter deployment is
     stricter about the tail too.
 
+    Pacing under a step budget (``pace``, on by default): a budget-limited row commits at least
+    its share ``ceil(masks left / steps left)`` (LLaDA's even schedule,
+    :func:`~commit_env.policies.even_schedule_k`), its most stable positions first. Without it a
+    cautious row defers the rest to the engine's budget fill, which commits every remaining
+    proposal at once on the last step. Rows without a budget are unaffected.
+
     Every :meth:`select` checks that the state is one the checkpoint can serve (vocabulary,
     hidden width, window kinds and budgets seen in training, G up to ``max_extrapolation`` times
     the largest trained G) and raises a ``ValueError`` naming the mismatch otherwise.
@@ -228,6 +234,7 @@ class ControllerPolicy(CommitPolicy):
     fallback: Literal["top1", "confidence", "none"] = "confidence"
     eos_threshold: float | None = 0.9
     max_extrapolation: float = 4.0
+    pace: bool = True
     model: Any = field(default=None, repr=False)
     meta: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -276,6 +283,7 @@ class ControllerPolicy(CommitPolicy):
             "max_per_step": self.max_per_step,
             "fallback": self.fallback,
             "eos_threshold": self.eos_threshold,
+            "pace": self.pace,
         }
 
     @classmethod
@@ -288,6 +296,7 @@ class ControllerPolicy(CommitPolicy):
         fallback: Literal["top1", "confidence", "none"] = "confidence",
         eos_threshold: float | None = 0.9,
         max_extrapolation: float = 4.0,
+        pace: bool = True,
         device: str | torch.device | None = None,
         backbone: Backbone | None = None,
     ) -> ControllerPolicy:
@@ -302,6 +311,7 @@ class ControllerPolicy(CommitPolicy):
             fallback: What a row commits when nothing clears the threshold (:data:`FALLBACKS`).
             eos_threshold: EOS-head probability that commits an EOS tail (None: off).
             max_extrapolation: Largest deployable G as a multiple of the largest trained G.
+            pace: Commit at least the even schedule's share per step under a step budget.
             device: Where to run the controller (default: the backbone's, else CPU).
             backbone: If given, checked now (name, vocabulary, hidden size, EOS ids).
 
@@ -326,6 +336,7 @@ class ControllerPolicy(CommitPolicy):
             fallback=fallback,
             eos_threshold=eos_threshold,
             max_extrapolation=max_extrapolation,
+            pace=pace,
             model=model,
             meta=meta,
         )
@@ -419,6 +430,9 @@ class ControllerPolicy(CommitPolicy):
             commit |= state.eligible & self._eos_tail(state, eos_prob, bar)
         if self.max_per_step is not None:
             commit &= top_k_mask(prob, state.eligible, self.max_per_step)
+        if self.pace:
+            k = torch.where(state.budget_limited, even_schedule_k(state), 0)
+            commit |= top_k_mask(prob, state.eligible, k)
         if self.fallback != "none":
             none = ~commit.any(-1, keepdim=True)  # [B, 1]
             ranking = prob if self.fallback == "top1" else state.confidence

@@ -129,6 +129,26 @@ def test_confidence_fallback_commits_the_most_confident_position(calibrated, tin
     assert commit[0].nonzero().item() == 7 and commit[1].nonzero().item() == 2
 
 
+def test_pacing_commits_the_even_share_of_a_budget_by_stability(calibrated, tiny):
+    _, result = calibrated
+    strict = ControllerPolicy.from_pretrained(result.final, backbone=tiny, threshold=0.999)
+    assert strict.pace and strict.params["pace"]
+    config = strict.decode_config(DecodeConfig(gen_length=8, step_budget=2))
+    state = Decoder(tiny, config).start(["a", "b"], budgets=[2, None])
+    prob = torch.linspace(0.0, 0.7, 8).repeat(2, 1)  # nothing clears 0.999
+    strict.scores = lambda s: (prob, torch.zeros_like(prob))
+    commit = strict.select(state)
+    # the budget row commits ceil(8 masks / 2 steps) = 4, its most stable first; the free row
+    # keeps the confidence fallback's single position
+    assert commit[0].nonzero().flatten().tolist() == [4, 5, 6, 7]
+    assert commit[1].sum() == 1
+    lazy = dataclasses.replace(strict, pace=False)
+    lazy.scores = strict.scores
+    assert lazy.select(state).sum(-1).tolist() == [1, 1]
+    out = decode(tiny, ["a", "b"], strict, config)
+    assert out.nfe.tolist() == [2, 2] and int(out.budget_fills.sum()) <= 4
+
+
 def test_controller_specs_hold_the_deployed_member(calibrated, tiny):
     _, result = calibrated
     specs = controller_specs(result.final, tiny, thresholds=(0.5,))
