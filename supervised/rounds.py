@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +37,7 @@ from commit_env.supervised.train import TrainConfig, train
 from commit_env.backbones.base import Backbone
 from commit_env.backbones.spec import BackboneSpec, resolve_backbone
 from commit_env.decoding import DecodeSetting
-from commit_env.io import write_json_atomic
+from commit_env.io import replace_dir_atomic, write_json_atomic
 from commit_env.policies import make_policy
 
 __all__ = [
@@ -275,7 +276,10 @@ def train_ablations(
     """Retrain the final round's controller with one component removed per ablation.
 
     Each variant trains on the same traces as the final round with :data:`ABLATIONS` overrides;
-    ``no_on_policy`` is the round-0 checkpoint. Finished variants are reused.
+    ``no_on_policy`` is a copy of the round-0 checkpoint. When ``cfg.calibration`` is set, every
+    variant is then calibrated exactly like the final round (same held-out decodes, same rule),
+    so a comparison measures the removed component, not a different deployment threshold.
+    Finished variants (and calibrations) are reused.
 
     Args:
         rounds: The result of :func:`train_controller_rounds`.
@@ -296,11 +300,15 @@ def train_ablations(
     final = rounds.rounds[-1]
     result: dict[str, Path] = {}
     for name in names:
-        if name == "no_on_policy":
-            result[name] = rounds.checkpoints[0]
-            continue
         directory = out / name
-        if not (directory / "summary.json").is_file():
+        if name == "no_on_policy":
+            if not (directory / "best" / "config.json").is_file():
+                # a copy: calibrating it must not change the round-0 checkpoint the bench reports
+                replace_dir_atomic(
+                    directory / "best",
+                    lambda tmp: shutil.copytree(rounds.checkpoints[0], tmp, dirs_exist_ok=True),
+                )
+        elif not (directory / "summary.json").is_file():
             overrides = dict(ABLATIONS[name])
             if "drop_groups" in overrides:
                 overrides["drop_groups"] = tuple(cfg.train.drop_groups) + overrides["drop_groups"]
@@ -317,4 +325,8 @@ def train_ablations(
                 backbone=backbone,
             )
         result[name] = directory / "best"
+        if cfg.calibration is not None and not (result[name] / "calibration.json").is_file():
+            backbone = backbone or resolve_backbone(cfg.backbone, device=cfg.device)
+            calibration = dataclasses.replace(cfg.calibration, progress=cfg.progress)
+            calibrate_checkpoint(result[name], backbone, cfg.tasks, cfg.mixture, calibration)
     return result

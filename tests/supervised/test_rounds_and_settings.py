@@ -180,7 +180,12 @@ def test_ablations_train_and_compare_paired(rounds, tiny):
     cfg, result = rounds
     names = ("no_tau", "no_structure", "no_history", "no_on_policy")
     variants = train_ablations(result, cfg, names=names, backbone=tiny)
-    assert variants["no_on_policy"] == result.checkpoints[0]
+    # round 0's copy, calibrated like every variant; round 0 itself is left as trained
+    assert variants["no_on_policy"] != result.checkpoints[0]
+    assert not (result.checkpoints[0] / "calibration.json").exists()
+    for name in names:
+        cal = json.loads((variants[name] / "calibration.json").read_text())
+        assert cal["config"]["n"] == cfg.calibration.n and cal["setting_thresholds"]
     conf = {n: json.loads((variants[n] / "config.json").read_text()) for n in names[:3]}
     assert conf["no_tau"]["controller"]["use_tau"] is False
     assert conf["no_structure"]["controller"]["use_structure"] is False
