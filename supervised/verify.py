@@ -78,6 +78,14 @@ class VerifiedControllerPolicy(WINOPolicy):
         """The same verification around the controller at another threshold."""
         return dataclasses.replace(self, _drafter=self.drafter.with_threshold(threshold))
 
+    def for_task(self, task: str) -> VerifiedControllerPolicy:
+        """The same verification around the controller's deployment for ``task``.
+
+        See :meth:`~commit_env.supervised.policy.ControllerPolicy.for_task`.
+        """
+        drafter = self.drafter.for_task(task)
+        return self if drafter is self.drafter else dataclasses.replace(self, _drafter=drafter)
+
     def decode_options(self) -> dict[str, Any]:
         """Remasking on, and the controller's hidden-feature width."""
         return {**self.drafter.decode_options(), **super().decode_options()}

@@ -198,6 +198,9 @@ def test_for_task_deploys_the_task_table_and_keeps_shared_groups(calibrated, tin
     assert built.threshold == 0.3 and built.model is base.model  # weights shared, not copied
     built, _ = policy_for_job(tiny, spec, DecodeConfig(gen_length=8), ["a"], 1, {}, "k")
     assert built is policy
+    verified = VerifiedControllerPolicy.wrap(policy)
+    assert verified.for_task("copy").drafter.threshold == 0.3
+    assert verified.for_task("sudoku") is verified
 
 
 def test_verified_controller_equals_the_controller_when_nothing_fails(calibrated, tiny):
