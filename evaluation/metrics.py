@@ -42,6 +42,7 @@ __all__ = [
     "frontier_counts",
     "group_cells",
     "iso_quality_speedups",
+    "oracle_gap_closed",
     "setting_label",
 ]
 
@@ -317,6 +318,71 @@ def family_speedups(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
                 "params_label": None if top is None else top["params_label"],
             }
         )
+    return out
+
+
+def oracle_gap_closed(
+    records: Iterable[Mapping[str, Any]],
+    learned_families: Collection[str] = LEARNED,
+    *,
+    tolerance: float = TOLERANCE,
+    oracle: str = "oracle",
+) -> list[dict[str, Any]]:
+    """How much of the NFE gap between the best heuristic and the oracle each learned family closes.
+
+    At matched score: in each cell, ``H`` is the fewest NFE of any heuristic within
+    ``tolerance`` of the cell's best score (oracle excluded from the best), ``L`` the same for
+    the learned family's members (e.g. its deployment-threshold sweep) and ``O`` the oracle's
+    NFE; the family closes ``(H - L) / (H - O)`` of the gap (1 = the oracle's speed, 0 = the
+    heuristic's, negative = slower than the heuristic). Undefined (None) when no heuristic or
+    no member reaches the bar, or when the oracle is not faster than the heuristic.
+
+    Args:
+        records: Result records (typically one setting per task, e.g. the defaults).
+        learned_families: Families measured.
+        tolerance: The quality bar is the cell's best minus this.
+        oracle: The oracle's family.
+
+    Returns:
+        ``{"family", "task", "setting", "best", "heuristic", "heuristic_nfe", "oracle_nfe",
+        "member", "nfe", "closed"}`` per (learned family with records in the cell, cell).
+    """
+    out = []
+    for (setting, task), rows in group_cells(records).items():
+        best = cell_best(rows, (oracle,))
+        orc = [r for r in rows if r["family"] == oracle]
+        if best is None or not orc:
+            continue
+        bar = best - tolerance - _EPS
+        heur = [
+            r
+            for r in rows
+            if r["family"] not in learned_families
+            and r["family"] != oracle
+            and float(r["score"]) >= bar
+        ]
+        h = min(heur, key=lambda r: float(r["nfe"])) if heur else None
+        o_nfe = min(float(r["nfe"]) for r in orc)
+        for family in dict.fromkeys(r["family"] for r in rows if r["family"] in learned_families):
+            mine = [r for r in rows if r["family"] == family and float(r["score"]) >= bar]
+            m = min(mine, key=lambda r: float(r["nfe"])) if mine else None
+            closed = None
+            if h is not None and m is not None and float(h["nfe"]) > o_nfe + _EPS:
+                closed = (float(h["nfe"]) - float(m["nfe"])) / (float(h["nfe"]) - o_nfe)
+            out.append(
+                {
+                    "family": family,
+                    "task": task,
+                    "setting": setting,
+                    "best": best,
+                    "heuristic": None if h is None else h.get("params_label", h["family"]),
+                    "heuristic_nfe": None if h is None else float(h["nfe"]),
+                    "oracle_nfe": o_nfe,
+                    "member": None if m is None else m.get("params_label", m["family"]),
+                    "nfe": None if m is None else float(m["nfe"]),
+                    "closed": closed,
+                }
+            )
     return out
 
 

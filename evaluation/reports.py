@@ -20,6 +20,7 @@ from commit_env.evaluation.metrics import (
     frontier_counts,
     group_cells,
     iso_quality_speedups,
+    oracle_gap_closed,
     setting_label,
 )
 from commit_env.evaluation.plots import pareto_frontier
@@ -253,6 +254,39 @@ def _speedup_section(
     ]
 
 
+def _oracle_gap_section(
+    base: Sequence[dict[str, Any]], tasks: Sequence[str], tolerance: float
+) -> list[str]:
+    rows = oracle_gap_closed(base, tolerance=tolerance)
+    if not rows:
+        return []
+    lines = [
+        "## Oracle gap closed, default setting",
+        "",
+        f"At matched score (within {100 * tolerance:g} point(s) of the cell's best, oracle "
+        "excluded): the fewest NFE of any heuristic (H), of the learned family's members (L) and "
+        "the oracle's (O); closed = (H - L) / (H - O). `-`: undefined (no heuristic or no member "
+        "reaches the bar). The mean is over the tasks where it is defined.",
+        "",
+        "| family | task | heuristic (H) | oracle (O) | learned member (L) | closed |",
+        "|---|---|---|---|---|---|",
+    ]
+    families = list(dict.fromkeys(r["family"] for r in rows))
+    for family in families:
+        mine = [r for r in rows if r["family"] == family]
+        for task in tasks:
+            for r in (r for r in mine if r["task"] == task):
+                h = "-" if r["heuristic"] is None else f"{r['heuristic']} {r['heuristic_nfe']:.2f}"
+                m = "-" if r["member"] is None else f"{r['member']} {r['nfe']:.2f}"
+                c = "-" if r["closed"] is None else f"{100 * r['closed']:.0f}%"
+                lines.append(f"| {family} | {task} | {h} | {r['oracle_nfe']:.2f} | {m} | {c} |")
+        closed = [r["closed"] for r in mine if r["closed"] is not None]
+        if closed:
+            mean = 100 * sum(closed) / len(closed)
+            lines.append(f"| {family} | mean ({len(closed)} tasks) | | | | {mean:.0f}% |")
+    return [*lines, ""]
+
+
 def _frontier_section(cells: Sequence[dict[str, Any]], tolerance: float) -> list[str]:
     per_task = [c for c in cells if c["task"] != "mean"]
     lines = [
@@ -334,6 +368,7 @@ def render_report(
     tasks = list(dict.fromkeys(r["task"] for r in base))
     lines += _aup_section(base, tasks)
     lines += _speedup_section(base, tasks, tolerance)
+    lines += _oracle_gap_section(base, tasks, tolerance)
     for task in tasks:
         rows = [r for r in base if r["task"] == task]
         g, window = rows[0]["gen_length"], rows[0]["window"]

@@ -20,6 +20,7 @@ from commit_env.evaluation.metrics import (
     frontier_cells,
     frontier_counts,
     iso_quality_speedups,
+    oracle_gap_closed,
     setting_label,
 )
 from commit_env.evaluation.sweeps import Setting
@@ -325,3 +326,26 @@ def test_bench_grid_per_task_default_length():
     assert all(len(v) == 18 for v in testbed.values())
     assert default_setting(16, "sliding:16") == Setting(16, "full", None)
     assert default_setting(24, "block:8") == Setting(24, "block:8", None)
+
+
+def test_oracle_gap_closed_at_matched_score():
+    records = [
+        rec("t", "sequential", 1.00, 16.0, label="topk(k=1)"),
+        rec("t", "threshold", 0.995, 8.0, label="threshold(0.9)"),
+        rec("t", "threshold", 0.90, 3.0, label="threshold(0.5)"),  # cheaper but below the bar
+        rec("t", "oracle", 1.00, 2.0),
+        rec("t", "controller", 1.00, 5.0, label="controller(0.99)"),
+        rec("t", "controller", 0.95, 2.5, label="controller(0.5)"),  # collapsed: not counted
+        rec("t", "ppo", 0.97, 4.0),  # never within a point of the best
+        rec("u", "sequential", 1.00, 16.0),
+        rec("u", "oracle", 1.00, 20.0),  # an oracle slower than the heuristic: undefined
+        rec("u", "controller", 1.00, 10.0),
+    ]
+    rows = {(r["family"], r["task"]): r for r in oracle_gap_closed(records)}
+    c = rows[("controller", "t")]
+    assert c["heuristic"] == "threshold(0.9)" and c["heuristic_nfe"] == 8.0
+    assert c["member"] == "controller(0.99)" and c["oracle_nfe"] == 2.0
+    assert c["closed"] == pytest.approx((8.0 - 5.0) / (8.0 - 2.0))
+    assert rows[("ppo", "t")]["member"] is None and rows[("ppo", "t")]["closed"] is None
+    assert rows[("controller", "u")]["closed"] is None
+    assert ("oracle", "t") not in rows and ("threshold", "t") not in rows

@@ -93,6 +93,7 @@ def test_report_reads_collapse_as_a_loss_and_has_every_section(records):
     for heading in (
         "## AUP (accuracy under parallelism), default setting",
         "## Iso-quality speed-up, default setting",
+        "## Oracle gap closed, default setting",
         "## code: default setting (G=16, full, no budget)",
         "## latin: default setting (G=24, full, no budget)",
         "| policy | score |",
@@ -112,6 +113,14 @@ def test_report_reads_collapse_as_a_loss_and_has_every_section(records):
     iso = text.split("## Iso-quality")[1].split("\n## ")[0]
     iso_row = next(line for line in iso.splitlines() if line.startswith("| all-at-once |"))
     assert iso_row.count("| - ") >= 2  # collapsed: never at iso-quality
+    # oracle gap on latin: threshold(0.9) 6 NFE, oracle 2, controller 5 -> 25%; code collapsed
+    gap = text.split("## Oracle gap closed")[1].split("\n## ")[0]
+    assert (
+        "| controller | latin | threshold(threshold=0.9) 6.00 | 2.00 | controller() 5.00 | 25% |"
+        in gap
+    )
+    assert "| controller | code | threshold(threshold=0.9) 4.00 | 2.00 | - | - |" in gap
+    assert "| controller | mean (1 tasks) | | | | 25% |" in gap
 
 
 def test_aup_table_in_report_matches_the_metric(records):
