@@ -286,6 +286,17 @@ class ControllerPolicy(CommitPolicy):
             "pace": self.pace,
         }
 
+    @property
+    def thresholds_scope(self) -> str | None:
+        """How the deployed thresholds vary.
+
+        ``"per task and setting"`` (calibrated task tables), ``"per setting"`` (a setting table)
+        or None (one threshold).
+        """
+        if not self.setting_thresholds:
+            return None
+        return "per task and setting" if self.task_thresholds else "per setting"
+
     @classmethod
     def from_pretrained(
         cls,

@@ -268,8 +268,8 @@ class LearnedRemaskPolicy(VerifiedControllerPolicy):
     def params(self) -> dict[str, Any]:
         """The controller's thresholds plus ``margin`` (the remask head's bar)."""
         out: dict[str, Any] = {"threshold": self.drafter.threshold}
-        if self.drafter.setting_thresholds:
-            out["thresholds"] = "per setting"
+        if self.drafter.thresholds_scope:
+            out["thresholds"] = self.drafter.thresholds_scope
         out.update(margin=self.margin)
         return out
 

@@ -69,8 +69,8 @@ class VerifiedControllerPolicy(WINOPolicy):
     def params(self) -> dict[str, Any]:
         """The controller's thresholds plus ``verify_threshold`` and ``remask_cap``."""
         out: dict[str, Any] = {"threshold": self.drafter.threshold}
-        if self.drafter.setting_thresholds:
-            out["thresholds"] = "per setting"
+        if self.drafter.thresholds_scope:
+            out["thresholds"] = self.drafter.thresholds_scope
         out.update(verify_threshold=self.verify_threshold, remask_cap=self.remask_cap)
         return out
 

@@ -201,6 +201,10 @@ def test_for_task_deploys_the_task_table_and_keeps_shared_groups(calibrated, tin
     verified = VerifiedControllerPolicy.wrap(policy)
     assert verified.for_task("copy").drafter.threshold == 0.3
     assert verified.for_task("sudoku") is verified
+    # the deployed member's label says what varies: task tables, setting tables, one threshold
+    assert verified.params["thresholds"] == policy.thresholds_scope == "per task and setting"
+    assert copy.thresholds_scope == "per setting"
+    assert "thresholds" not in VerifiedControllerPolicy.wrap(base.with_threshold(0.7)).params
 
 
 def test_verified_controller_equals_the_controller_when_nothing_fails(calibrated, tiny):
