@@ -1,7 +1,8 @@
 r"""``commit-env bench``: the main job.
 
-Heuristic sweeps and the oracle -> trace collection -> controller training -> (optional) a short
-PPO run -> every policy on the same seeded examples over a grid of settings -> ``results.json``,
+Heuristic sweeps and the oracle -> trace collection -> controller training -> (optional) a learned
+remask head for it and a short PPO run -> every policy on the same seeded examples over a grid of
+settings (each learned family at its deployed member) -> ``results.json``,
 ``report.md``, ``pareto.png``, ``cross_setting.png``, ``traces.png`` and TensorBoard logs of every
 training under ``OUT/``.
 
@@ -259,7 +260,6 @@ class _Bench:
     timings: dict[str, float] = field(default_factory=dict)
     executor: Any = None  # where sweeps and collection run (None: this process)
     controller_dir: Path | None = None  # the final controller checkpoint (controller_stage)
-    remask_deployed: str | None = None  # label of the remask head's deployed member
 
     @property
     def defaults(self) -> dict[str, Setting]:
@@ -303,15 +303,18 @@ class LearnedPolicies:
     Attributes:
         controller: The supervised controller (always trained).
         ppo: The PPO agent, or ``None`` when ``ppo_timesteps == 0``.
+        remask: The controller with its learned remask head at the calibrated thresholds, or
+            ``None`` when ``remask_n == 0`` or the head was skipped.
     """
 
     controller: PolicySpec
     ppo: PolicySpec | None = None
+    remask: PolicySpec | None = None
 
     @property
     def specs(self) -> list[PolicySpec]:
-        """Every learned policy, controller first."""
-        return [self.controller] + ([self.ppo] if self.ppo is not None else [])
+        """Every learned policy's deployed member, controller first."""
+        return [s for s in (self.controller, self.remask, self.ppo) if s is not None]
 
 
 def run_bench(cfg: BenchConfig, executor: Any = None, *, force: bool = False) -> dict[str, Any]:
@@ -351,11 +354,9 @@ def _run_bench(cfg: BenchConfig, executor: Any, force: bool) -> dict[str, Any]:
 
     timed("heuristic_sweep", heuristics_stage)
     controller = timed("controller", controller_stage)
-    if cfg.remask_n > 0:
-        timed("remask", remask_stage)
-    learned = LearnedPolicies(controller)
-    if cfg.ppo_timesteps > 0:
-        learned = LearnedPolicies(controller, timed("ppo", ppo_stage))
+    remask = timed("remask", remask_stage) if cfg.remask_n > 0 else None
+    ppo = timed("ppo", ppo_stage) if cfg.ppo_timesteps > 0 else None
+    learned = LearnedPolicies(controller, ppo, remask)
     timed("grid", grid_stage, learned)
     traces = timed("traces", traces_stage, learned)
     return report_stage(bench, learned, traces, t0)
@@ -489,7 +490,7 @@ def controller_stage(bench: _Bench) -> PolicySpec:
 REMASK_THRESHOLDS: tuple[float, ...] = (0.3, 0.5, 0.7, 0.85, 0.95, 0.99)
 
 
-def remask_stage(bench: _Bench) -> None:
+def remask_stage(bench: _Bench) -> PolicySpec | None:
     """Stage 2b: the final controller with a learned remask head, reused when trained.
 
     Trains :class:`~commit_env.supervised.remask_head.RemaskHead` on counterfactual rollouts of
@@ -498,7 +499,8 @@ def remask_stage(bench: _Bench) -> None:
     and sweeps :class:`~commit_env.supervised.remask_head.LearnedRemaskPolicy` over
     :data:`REMASK_THRESHOLDS` on every task's default setting (family ``controller-remask``:
     its curve and AUP next to the plain controller's), plus the head around the controller's
-    calibrated thresholds (the member the cross-setting section judges).
+    calibrated thresholds: the deployed member, returned for the grid (None when the head was
+    skipped), where the cross-setting section judges it like the plain controller.
     """
     from commit_env.supervised.policy import ControllerPolicy
     from commit_env.supervised.remask_head import LearnedRemaskPolicy
@@ -517,7 +519,7 @@ def remask_stage(bench: _Bench) -> None:
             train_remask_head(bench.controller_dir, bb, train_cfg, head_dir)
         except NoRemaskCandidates as err:  # nothing to learn from: the family is left out
             logger.warning("remask head skipped: %s", err)
-            return
+            return None
     deployed = ControllerPolicy.from_pretrained(bench.controller_dir, backbone=bb)
     drafters = [deployed.with_threshold(t) for t in REMASK_THRESHOLDS] + [deployed]
     specs = []
@@ -529,9 +531,9 @@ def remask_stage(bench: _Bench) -> None:
 
         params = tuple(policy.params.items())
         specs.append(PolicySpec("controller-remask", "controller-remask", params, factory=build))
-    bench.remask_deployed = specs[-1].label  # the calibrated thresholds: judged on the grid
     for task, default in bench.defaults.items():
         bench.sweep(specs, [default], tasks=[task])
+    return specs[-1]  # the calibrated thresholds: judged on the grid
 
 
 def ppo_stage(bench: _Bench) -> PolicySpec:
@@ -579,26 +581,13 @@ def report_stage(
     defaults = bench.defaults
     records = read_jsonl(bench.results_path)
     write_json_atomic(out / "results.json", records)
-    families = [s.family for s in learned.specs]
-    ppo_setting = cfg.training_setting
-    trained = {family: [(ppo_setting.gen_length, ppo_setting.window)] for family in families}
-    # the controller is trained on a setting mixture, not on one setting
-    trained["controller"] = [
-        (s.gen_length, s.window, s.step_budget) for s in _rounds_config(cfg, out).mixture
-    ]
-    for family in ("controller-round0", "controller-remask"):  # learned: judged, not rivals
-        if any(r["family"] == family for r in records):
-            families.append(family)
-            trained[family] = trained["controller"]
+    families, trained = _trained_settings(cfg, out, learned, records)
     cells = reports.cross_setting_cells(
         records,
         learned_families=families,
         trained_settings=trained,
         default=defaults,
-        deployed={  # not the threshold sweeps
-            **{s.family: s.label for s in learned.specs},
-            **({"controller-remask": bench.remask_deployed} if bench.remask_deployed else {}),
-        },
+        deployed={s.family: s.label for s in learned.specs},  # not the threshold sweeps
     )
     base = reports.default_records(records, defaults)
     plots.pareto_plot(base, out / "pareto.png", aup=metrics.aup_table(base))
@@ -621,6 +610,28 @@ def report_stage(
     }
     write_json_atomic(out / "summary.json", summary)
     return summary
+
+
+def _trained_settings(
+    cfg: BenchConfig, out: Path, learned: LearnedPolicies, records: Sequence[dict[str, Any]]
+) -> tuple[list[str], dict[str, list[tuple[Any, ...]]]]:
+    """The learned families the report judges, and the settings each trained on."""
+    families = [s.family for s in learned.specs]
+    ppo_setting = cfg.training_setting
+    trained = {family: [(ppo_setting.gen_length, ppo_setting.window)] for family in families}
+    # the controller is trained on a setting mixture, not on one setting
+    trained["controller"] = [
+        (s.gen_length, s.window, s.step_budget) for s in _rounds_config(cfg, out).mixture
+    ]
+    if any(r["family"] == "controller-round0" for r in records):  # learned: judged, not rival
+        families.append("controller-round0")
+        trained["controller-round0"] = trained["controller"]
+    if "controller-remask" in families:  # seen where both parts trained (the head: no budget)
+        from commit_env.supervised.remask_train import RemaskTrainConfig
+
+        head = (RemaskTrainConfig().window, None)
+        trained["controller-remask"] = [s for s in trained["controller"] if s[1:] == head]
+    return families, trained
 
 
 def _rounds_config(cfg: BenchConfig, out: Path) -> Any:

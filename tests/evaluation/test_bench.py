@@ -67,6 +67,29 @@ def test_outputs_exist_and_parse(bench):
     assert "Paired comparisons" in report
 
 
+def test_remask_member_is_judged_on_the_whole_grid(bench):
+    cfg, out, _ = bench
+    records = json.loads((out / "results.json").read_text())
+    remask = [r for r in records if r["family"] == "controller-remask"]
+    off_default = {r["params_label"] for r in remask if r["step_budget"] is not None}
+    assert len(off_default) == 1  # the calibrated member, not the threshold sweep
+    (label,) = off_default
+    settings = {
+        (r["task"], r["gen_length"], r["window"], r["step_budget"])
+        for r in records
+        if r["family"] == "sequential"
+    }
+    mine = {
+        (r["task"], r["gen_length"], r["window"], r["step_budget"])
+        for r in remask
+        if r["params_label"] == label
+    }
+    assert mine == settings  # every task at every grid setting, the default included
+    report = (out / "report.md").read_text()
+    grid = report[report.index("## Cross-setting grid") : report.index("## What wins where")]
+    assert "**controller-remask**: wins" in grid and f"/{len(settings)} cells" in grid
+
+
 def test_images_open(bench):
     _, out, _ = bench
     import matplotlib.image as mpimg
