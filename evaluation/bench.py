@@ -576,6 +576,7 @@ def report_stage(
 ) -> dict[str, Any]:
     """Stage 6: ``results.json``, ``report.md``, the figures and ``summary.json``."""
     from commit_env.evaluation import metrics, plots, reports
+    from commit_env.evaluation.headline import headline
 
     cfg, out = bench.cfg, bench.out
     defaults = bench.defaults
@@ -607,6 +608,7 @@ def report_stage(
         "records": len(records),
         "timings": bench.timings,
         "device": str(bench.backbone.device),
+        "headline": headline(base, cells, families),
     }
     write_json_atomic(out / "summary.json", summary)
     return summary

@@ -528,8 +528,13 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     }
     cfg = BenchConfig.preset(args.mode, **{k: v for k, v in overrides.items() if v is not None})
     summary = _ray_or_local(args, run_bench)(cfg, **({"force": True} if args.force else {}))
+    head = summary.pop("headline", None)
     print(dumps_json(summary, indent=2))
-    print(f"report: {summary['out']}/report.md")
+    if head is not None:
+        from commit_env.evaluation.headline import format_headline
+
+        print(format_headline(head))
+    print(f"report: {summary['out']}/report.md (headline numbers also in summary.json)")
     return 0
 
 

@@ -88,6 +88,11 @@ def test_remask_member_is_judged_on_the_whole_grid(bench):
     report = (out / "report.md").read_text()
     grid = report[report.index("## Cross-setting grid") : report.index("## What wins where")]
     assert "**controller-remask**: wins" in grid and f"/{len(settings)} cells" in grid
+    head = json.loads((out / "summary.json").read_text())["headline"]
+    mine = head["learned"]["controller-remask"]
+    assert mine["grid_cells"] == len(settings)
+    assert f"**controller-remask**: wins {mine['grid_wins']}/{len(settings)} cells" in grid
+    assert set(head["aup"]) == set(cfg.tasks) and "controller" in head["learned"]
 
 
 def test_images_open(bench):
