@@ -189,7 +189,10 @@ def _add_train_backbone(sub: Any) -> None:
         help="continue from this checkpoint's weights (e.g. an annealing stage on --out itself)",
     )
     tb.add_argument(
-        "--mix", choices=("default", "anneal", "focus"), default=None, help="corpus mixture"
+        "--mix",
+        choices=("default", "anneal", "focus", "repair"),
+        default=None,
+        help="corpus mixture",
     )
     tb.add_argument("--lr", type=_number(0, above=True), default=None, help="peak learning rate")
     tb.add_argument("--schedule", choices=("rsqrt", "cosine", "linear"), default=None)

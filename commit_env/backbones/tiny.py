@@ -40,6 +40,7 @@ __all__ = [
     "ANNEAL_MIX",
     "DEFAULT_MIX",
     "FOCUS_MIX",
+    "REPAIR_MIX",
     "MIXES",
     "TINY_CHARS",
     "TINY_SPECIAL_TOKENS",
@@ -152,10 +153,36 @@ FOCUS_MIX: tuple[tuple[str, float], ...] = (
     ("sudoku", 0.05),
 )
 
+# A later stage for the families the focus stages left below the bar (``replace:any`` copies the
+# input unchanged, ``qa:list`` misspells members, ``code`` drifted down); ``latin`` and ``sudoku``
+# keep enough weight not to be forgotten.
+REPAIR_MIX: tuple[tuple[str, float], ...] = (
+    ("qa", 0.03),
+    ("qa:hard", 0.03),
+    ("math", 0.03),
+    ("math:hard", 0.03),
+    ("code", 0.07),
+    ("code:hard", 0.05),
+    ("qa:list", 0.18),
+    ("copy", 0.005),
+    ("reverse", 0.01),
+    ("sort", 0.02),
+    ("shuffle", 0.02),
+    ("insert:index", 0.02),
+    ("insert:any", 0.02),
+    ("remove:index", 0.02),
+    ("remove:any", 0.01),
+    ("replace:index", 0.04),
+    ("replace:any", 0.22),
+    ("latin", 0.12),
+    ("sudoku", 0.05),
+)
+
 MIXES: dict[str, tuple[tuple[str, float], ...]] = {
     "default": DEFAULT_MIX,
     "anneal": ANNEAL_MIX,
     "focus": FOCUS_MIX,
+    "repair": REPAIR_MIX,
 }
 """Named training mixtures (``commit-env train-backbone --mix NAME``)."""
 

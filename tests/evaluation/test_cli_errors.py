@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from commit_env.evaluation.cli import main
+from commit_env.evaluation.cli import build_parser, main
 
 TINY = Path(__file__).resolve().parents[2] / "commit_env" / "backbones" / "data" / "tiny"
 
@@ -266,3 +266,15 @@ def test_cli_fuzz_malformed_arguments_fail_in_one_line(capsys):
         if code != 2 or len(lines) != 1 or "Traceback" in err:
             failures.append((argv, f"exit {code}, stderr {err!r}"))
     assert not failures, failures[:5]
+
+
+def test_train_backbone_offers_every_named_mixture(capsys):
+    from commit_env.backbones.tiny import MIXES
+
+    sub = next(
+        a
+        for a in build_parser()._subparsers._group_actions[0].choices["train-backbone"]._actions
+        if "--mix" in a.option_strings
+    )
+    assert set(sub.choices) == set(MIXES)
+    _fails_in_one_line(capsys, ["train-backbone", "--mix", "nosuch"], "'nosuch'", "repair")
