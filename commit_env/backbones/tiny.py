@@ -40,6 +40,7 @@ __all__ = [
     "ANNEAL_MIX",
     "DEFAULT_MIX",
     "FOCUS_MIX",
+    "LISTS_MIX",
     "REPAIR_MIX",
     "MIXES",
     "TINY_CHARS",
@@ -178,11 +179,36 @@ REPAIR_MIX: tuple[tuple[str, float], ...] = (
     ("sudoku", 0.05),
 )
 
+# A stage for ``qa:list`` alone below the bar: greedy decoding names a member twice
+# (``fox,zebra,fox,fox``). Most weight on it; the rest keep roughly their repair-stage shares.
+LISTS_MIX: tuple[tuple[str, float], ...] = (
+    ("qa", 0.03),
+    ("qa:hard", 0.03),
+    ("math", 0.03),
+    ("math:hard", 0.03),
+    ("code", 0.05),
+    ("code:hard", 0.04),
+    ("qa:list", 0.40),
+    ("copy", 0.005),
+    ("reverse", 0.01),
+    ("sort", 0.02),
+    ("shuffle", 0.02),
+    ("insert:index", 0.02),
+    ("insert:any", 0.02),
+    ("remove:index", 0.02),
+    ("remove:any", 0.01),
+    ("replace:index", 0.025),
+    ("replace:any", 0.10),
+    ("latin", 0.10),
+    ("sudoku", 0.04),
+)
+
 MIXES: dict[str, tuple[tuple[str, float], ...]] = {
     "default": DEFAULT_MIX,
     "anneal": ANNEAL_MIX,
     "focus": FOCUS_MIX,
     "repair": REPAIR_MIX,
+    "lists": LISTS_MIX,
 }
 """Named training mixtures (``commit-env train-backbone --mix NAME``)."""
 
