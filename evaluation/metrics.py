@@ -41,6 +41,7 @@ __all__ = [
     "frontier_cells",
     "frontier_counts",
     "group_cells",
+    "heuristic_yardstick",
     "iso_quality_speedups",
     "oracle_gap_closed",
     "setting_label",
@@ -527,3 +528,48 @@ def frontier_counts(cells: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
             }
         )
     return out
+
+
+def heuristic_yardstick(
+    records: Iterable[Mapping[str, Any]],
+    learned_families: Collection[str] = LEARNED,
+    *,
+    tolerance: float = TOLERANCE,
+    exclude: Collection[str] = NOT_DEPLOYABLE,
+) -> list[dict[str, Any]]:
+    """How often one fixed heuristic setting wins its cells under the learned policies' rule.
+
+    A scale for :func:`frontier_cells`' win rate: with the learned policies removed, each
+    heuristic family in turn is judged as if it were learned (its score within ``tolerance`` of
+    the cell's best, no *other* heuristic reaching it for fewer NFE), one fixed member at a
+    time, and its best member is kept. Picking that member on the judged cells themselves
+    flatters the heuristic, so the rate is an upper reference, not a baseline to beat by luck.
+
+    Args:
+        records: Result records (learned and excluded families are dropped).
+        learned_families: Families removed before judging.
+        tolerance: The quality bar is the cell's best minus this.
+        exclude: Families neither judged nor rivals (the oracle).
+
+    Returns:
+        ``{"family", "params_label", "wins", "cells"}`` per heuristic family, most wins first.
+    """
+    heur = [
+        r for r in records if r["family"] not in learned_families and r["family"] not in exclude
+    ]
+    out = []
+    for family in dict.fromkeys(r["family"] for r in heur):
+        best: dict[str, Any] | None = None
+        members = dict.fromkeys(
+            r.get("params_label", family) for r in heur if r["family"] == family
+        )
+        for member in members:
+            cells = frontier_cells(
+                heur, (family,), tolerance=tolerance, exclude=exclude, deployed={family: member}
+            )
+            wins = sum(c["win"] for c in cells)
+            if cells and (best is None or wins > best["wins"]):
+                best = {"family": family, "params_label": member, "wins": wins, "cells": len(cells)}
+        if best is not None:
+            out.append(best)
+    return sorted(out, key=lambda b: (-b["wins"] / b["cells"], b["family"]))

@@ -19,6 +19,7 @@ from commit_env.evaluation.metrics import (
     frontier_cells,
     frontier_counts,
     group_cells,
+    heuristic_yardstick,
     iso_quality_speedups,
     oracle_gap_closed,
     setting_label,
@@ -332,6 +333,20 @@ def _frontier_section(cells: Sequence[dict[str, Any]], tolerance: float) -> list
     return lines
 
 
+def _yardstick_section(records: Sequence[dict[str, Any]], tolerance: float) -> list[str]:
+    rows = heuristic_yardstick(records, tolerance=tolerance)
+    if not rows:
+        return []
+    text = ", ".join(
+        f"{r['family']} {r['wins']}/{r['cells']} (`{r['params_label']}`)" for r in rows
+    )
+    return [
+        "Yardstick: the same rule among the heuristics alone (learned policies removed), each "
+        "heuristic family judged by its best fixed setting, chosen on these cells: " + text + ".",
+        "",
+    ]
+
+
 def render_report(
     records: Sequence[dict[str, Any]],
     cells: Sequence[dict[str, Any]],
@@ -384,6 +399,8 @@ def render_report(
         lines += ["", "Pareto frontier (oracle excluded): " + " -> ".join(named), ""]
         lines += _paired_section(rows, tolerance)
     lines += _frontier_section(cells, tolerance)
+    if any(c["task"] != "mean" for c in cells):
+        lines += _yardstick_section(records, tolerance)
     lines += [
         "## What wins where",
         "",

@@ -19,6 +19,7 @@ from commit_env.evaluation.metrics import (
     family_speedups,
     frontier_cells,
     frontier_counts,
+    heuristic_yardstick,
     iso_quality_speedups,
     oracle_gap_closed,
     setting_label,
@@ -242,6 +243,31 @@ def test_frontier_edge_cases():
     assert frontier_cells(only_learned) == []  # no heuristic to compare with
     with pytest.raises(ValueError, match="bad setting"):
         frontier_cells(_cell(0.9, 4.0), trained_settings={"controller": [3.5]})
+
+
+def test_heuristic_yardstick_judges_each_fixed_heuristic_member_by_the_learned_rule():
+    t7, t9 = "threshold(0.7)", "threshold(0.9)"
+    records = [
+        # a: the controller and the oracle are dropped; eb wins, threshold 0.9 is beaten by eb
+        rec("a", "threshold", 0.90, 3.0, label=t7),
+        rec("a", "threshold", 1.00, 5.0, label=t9),
+        rec("a", "eb", 1.00, 4.0),
+        rec("a", "controller", 1.00, 2.0),
+        rec("a", "oracle", 1.00, 1.0),
+        # b: both threshold members reach the best (the family's own members are no rivals)
+        rec("b", "threshold", 1.00, 3.0, label=t7),
+        rec("b", "threshold", 1.00, 4.0, label=t9),
+        rec("b", "eb", 0.80, 2.0),
+        # c: eb matches threshold 0.9's score for fewer NFE
+        rec("c", "threshold", 0.50, 2.0, label=t7),
+        rec("c", "threshold", 0.95, 3.0, label=t9),
+        rec("c", "eb", 0.95, 2.5),
+    ]
+    assert heuristic_yardstick(records) == [
+        {"family": "eb", "params_label": "eb()", "wins": 2, "cells": 3},
+        {"family": "threshold", "params_label": t7, "wins": 1, "cells": 3},
+    ]
+    assert heuristic_yardstick([rec("a", "controller", 1.0, 2.0)]) == []
 
 
 def test_cell_best_and_setting_label():

@@ -4,7 +4,7 @@ import math
 
 import pytest
 from commit_env.evaluation import plots
-from commit_env.evaluation.metrics import aup_table
+from commit_env.evaluation.metrics import aup_table, heuristic_yardstick
 from commit_env.evaluation.reports import (
     cross_setting_cells,
     default_records,
@@ -121,6 +121,12 @@ def test_report_reads_collapse_as_a_loss_and_has_every_section(records):
     )
     assert "| controller | code | threshold(threshold=0.9) 4.00 | 2.00 | - | - |" in gap
     assert "| controller | mean (1 tasks) | | | | 25% |" in gap
+    yardstick = text.split("## Cross-setting grid")[1].split("\n## ")[0]
+    first = heuristic_yardstick(records)[0]
+    assert (
+        f"{first['family']} {first['wins']}/{first['cells']} (`{first['params_label']}`)"
+        in (yardstick.split("Yardstick:")[1])
+    )
 
 
 def test_aup_table_in_report_matches_the_metric(records):
@@ -141,6 +147,7 @@ def test_report_without_learned_policies(records):
     heur = [r for r in records if r["family"] != "controller"]
     text = render_report(heur, cross_setting_cells(heur), cfg=CFG, timings={}, default=DEFAULT)
     assert "No learned policy was measured next to heuristics." in text
+    assert "Yardstick" not in text
 
 
 def test_figures_from_new_metrics(records, tmp_path):
