@@ -39,6 +39,7 @@ import torch.nn.functional as F
 __all__ = [
     "ANNEAL_MIX",
     "DEFAULT_MIX",
+    "DISTINCT_MIX",
     "FOCUS_MIX",
     "LISTS_MIX",
     "REPAIR_MIX",
@@ -203,12 +204,38 @@ LISTS_MIX: tuple[tuple[str, float], ...] = (
     ("sudoku", 0.04),
 )
 
+# The stage after ``LISTS_MIX``: that stage lifted ``qa:list`` (0.56 -> 0.81) but ``qa:hard``
+# began naming one member twice (``fox,fox``: 1.0 -> 0.51), so both levels that ask for distinct
+# members share the weight.
+DISTINCT_MIX: tuple[tuple[str, float], ...] = (
+    ("qa", 0.03),
+    ("qa:hard", 0.12),
+    ("math", 0.03),
+    ("math:hard", 0.03),
+    ("code", 0.05),
+    ("code:hard", 0.04),
+    ("qa:list", 0.33),
+    ("copy", 0.005),
+    ("reverse", 0.01),
+    ("sort", 0.02),
+    ("shuffle", 0.02),
+    ("insert:index", 0.02),
+    ("insert:any", 0.02),
+    ("remove:index", 0.02),
+    ("remove:any", 0.01),
+    ("replace:index", 0.025),
+    ("replace:any", 0.09),
+    ("latin", 0.09),
+    ("sudoku", 0.04),
+)
+
 MIXES: dict[str, tuple[tuple[str, float], ...]] = {
     "default": DEFAULT_MIX,
     "anneal": ANNEAL_MIX,
     "focus": FOCUS_MIX,
     "repair": REPAIR_MIX,
     "lists": LISTS_MIX,
+    "distinct": DISTINCT_MIX,
 }
 """Named training mixtures (``commit-env train-backbone --mix NAME``)."""
 
