@@ -33,6 +33,7 @@ __all__ = [
     "default_records",
     "relative_setting_label",
     "render_report",
+    "resolution_note",
     "rescore",
     "setting_label",
 ]
@@ -255,6 +256,37 @@ def _speedup_section(
     ]
 
 
+def resolution_note(records: Sequence[Mapping[str, Any]], tolerance: float = TOLERANCE) -> str:
+    """How many examples "within the tolerance" admits, given the examples per cell.
+
+    On a small sample the tolerance can be finer than one example (64 examples: one is 1.6
+    points), so "within 1 point of the best" means "not one example fewer" and a single puzzle
+    decides a cell. The report says so next to every verdict that uses the tolerance.
+
+    Args:
+        records: Result records (their ``n``: examples per cell).
+        tolerance: The score tolerance on the ``[0, 1]`` scale.
+
+    Returns:
+        One sentence, or ``""`` when no record carries ``n``.
+    """
+    ns = sorted({int(r["n"]) for r in records if r.get("n")})
+    if not ns:
+        return ""
+    n = ns[0]
+    slack = int(tolerance * n + 1e-9)
+    count = f"{ns[0]}" if len(ns) == 1 else f"{ns[0]} to {ns[-1]}"
+    admits = (
+        "not one example fewer than the best: a single example decides a cell"
+        if slack == 0
+        else f"up to {slack} example(s) fewer than the best"
+    )
+    return (
+        f"Resolution: {count} examples per cell, so one example moves a score by "
+        f"{100 / n:.1f} points and the {100 * tolerance:g}-point tolerance admits {admits}."
+    )
+
+
 def _oracle_gap_section(
     base: Sequence[dict[str, Any]], tasks: Sequence[str], tolerance: float
 ) -> list[str]:
@@ -267,7 +299,8 @@ def _oracle_gap_section(
         f"At matched score (within {100 * tolerance:g} point(s) of the cell's best, oracle "
         "excluded): the fewest NFE of any heuristic (H), of the learned family's members (L) and "
         "the oracle's (O); closed = (H - L) / (H - O). `-`: undefined (no heuristic or no member "
-        "reaches the bar). The mean is over the tasks where it is defined.",
+        "reaches the bar). The mean is over the tasks where it is defined. "
+        + resolution_note(base, tolerance),
         "",
         "| family | task | heuristic (H) | oracle (O) | learned member (L) | closed |",
         "|---|---|---|---|---|---|",
@@ -288,7 +321,9 @@ def _oracle_gap_section(
     return [*lines, ""]
 
 
-def _frontier_section(cells: Sequence[dict[str, Any]], tolerance: float) -> list[str]:
+def _frontier_section(
+    cells: Sequence[dict[str, Any]], tolerance: float, resolution: str = ""
+) -> list[str]:
     per_task = [c for c in cells if c["task"] != "mean"]
     lines = [
         "## Cross-setting grid",
@@ -298,7 +333,7 @@ def _frontier_section(cells: Sequence[dict[str, Any]], tolerance: float) -> list
         "*and* no heuristic reaches its score with fewer NFE. `below best`: it lost on quality "
         "(a collapse is a loss, however cheap); `heuristic cheaper`: a heuristic matched it for "
         "fewer NFE. Rival: the cheapest heuristic reaching its score (else, in parentheses, the "
-        "best heuristic).",
+        "best heuristic). " + resolution,
         "",
     ]
     if not per_task:
@@ -398,7 +433,7 @@ def render_report(
             named.append(f"{r['params_label']} ({nfe:.2f} NFE, {score:.3f})")
         lines += ["", "Pareto frontier (oracle excluded): " + " -> ".join(named), ""]
         lines += _paired_section(rows, tolerance)
-    lines += _frontier_section(cells, tolerance)
+    lines += _frontier_section(cells, tolerance, resolution_note(records, tolerance))
     if any(c["task"] != "mean" for c in cells):
         lines += _yardstick_section(records, tolerance)
     lines += [
@@ -488,6 +523,7 @@ def rescore(
     """
     import json
 
+    from commit_env.evaluation.grid import default_setting, task_gen_length
     from commit_env.evaluation.io import read_jsonl
 
     out = Path(out)
@@ -505,7 +541,13 @@ def rescore(
     if default is None:
         if "gen_length" not in cfg or "window" not in cfg:
             raise ValueError(f"pass default=(gen_length, window): {cfg_path} does not name one")
-        default = (cfg["gen_length"], cfg["window"])
+        if cfg["gen_length"] is None:  # each task at its own default G
+            default = {
+                task: default_setting(task_gen_length(task), cfg["window"])
+                for task in dict.fromkeys(r["task"] for r in records)
+            }
+        else:
+            default = (cfg["gen_length"], cfg["window"])
     header = {
         "backbone": cfg.get("backbone", "?"),
         "tasks": cfg.get("tasks") or list(dict.fromkeys(r["task"] for r in records)),

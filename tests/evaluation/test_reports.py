@@ -11,6 +11,7 @@ from commit_env.evaluation.reports import (
     relative_setting_label,
     render_report,
     rescore,
+    resolution_note,
 )
 from commit_env.evaluation.sweeps import Setting
 
@@ -194,3 +195,24 @@ def test_rescore_a_bench_directory_from_its_records(records, tmp_path):
     assert "wins 3/4" in rescore(tmp_path, default=DEFAULT, tolerance=0.0, write=False)
     only_code = rescore(tmp_path, write=False)  # bench_config default: G=16 full for every task
     assert "## code: default setting" in only_code and "## latin: default" not in only_code
+    # a bench at every task's own default G (no --gen-length) records gen_length null
+    (tmp_path / "bench_config.json").write_text(
+        json.dumps({**CFG, "gen_length": None, "window": "full"})
+    )
+    own = rescore(tmp_path, write=False)
+    assert "## code: default setting (G=16" in own and "## latin: default setting (G=24" in own
+
+
+def test_resolution_note_says_how_many_examples_the_tolerance_admits(records):
+    assert resolution_note(records) == ""  # no record says how many examples it scored
+    at = lambda n: [{**r, "n": n} for r in records]  # noqa: E731
+    assert "1.6 points" in resolution_note(at(64))
+    assert "a single example decides a cell" in resolution_note(at(64))
+    assert "up to 2 example(s) fewer" in resolution_note(at(200))
+    assert "64 to 200 examples" in resolution_note(at(64) + at(200))
+    text = render_report(
+        at(64), cross_setting_cells(at(64), ["controller"]), cfg=CFG, timings={}, default=DEFAULT
+    )
+    gap = text.split("## Oracle gap closed")[1].split("\n## ")[0]
+    grid = text.split("## Cross-setting grid")[1].split("\n## ")[0]
+    assert resolution_note(at(64)) in gap and resolution_note(at(64)) in grid
