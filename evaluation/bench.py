@@ -583,12 +583,13 @@ def report_stage(
     records = read_jsonl(bench.results_path)
     write_json_atomic(out / "results.json", records)
     families, trained = _trained_settings(cfg, out, learned, records)
+    deployed = {s.family: s.label for s in learned.specs}  # not the threshold sweeps
     cells = reports.cross_setting_cells(
         records,
         learned_families=families,
         trained_settings=trained,
         default=defaults,
-        deployed={s.family: s.label for s in learned.specs},  # not the threshold sweeps
+        deployed=deployed,
     )
     base = reports.default_records(records, defaults)
     plots.pareto_plot(base, out / "pareto.png", aup=metrics.aup_table(base))
@@ -609,8 +610,10 @@ def report_stage(
         "timings": bench.timings,
         "device": str(bench.backbone.device),
         "headline": headline(base, cells, families),
+        # what the cross-setting verdicts need beyond the records (reports.rescore reads it)
+        "judging": reports.judging_inputs(families, trained, deployed),
     }
-    write_json_atomic(out / "summary.json", summary)
+    write_json_atomic(out / "summary.json", summary, sort_keys=False)  # timings in phase order
     return summary
 
 

@@ -45,6 +45,7 @@ __all__ = [
     "iso_quality_speedups",
     "oracle_gap_closed",
     "setting_label",
+    "setting_label_of",
 ]
 
 TOLERANCE = 0.01
@@ -73,7 +74,7 @@ def setting_label(record: Mapping[str, Any]) -> str:
     return f"G={record['gen_length']} {record['window']} S={record['step_budget'] or '-'}"
 
 
-def _label_of(setting: Any) -> str:
+def setting_label_of(setting: Any) -> str:
     """A setting label from a label, a ``Setting``, a mapping or a ``(G, window, budget)`` tuple."""
     if isinstance(setting, str):
         return setting
@@ -395,7 +396,7 @@ def _seen(record: Mapping[str, Any], setting: str, trained: Mapping[str, set[str
     if record["family"] in trained:
         return setting in trained[record["family"]]
     if record.get("trained_settings") is not None:
-        return setting in {_label_of(s) for s in record["trained_settings"]}
+        return setting in {setting_label_of(s) for s in record["trained_settings"]}
     return None
 
 
@@ -441,7 +442,7 @@ def frontier_cells(
         ValueError: If a trained setting cannot be read as a setting.
     """
     trained = (
-        {f: {_label_of(s) for s in ss} for f, ss in trained_settings.items()}
+        {f: {setting_label_of(s) for s in ss} for f, ss in trained_settings.items()}
         if trained_settings
         else {}
     )

@@ -23,6 +23,7 @@ from commit_env.evaluation.metrics import (
     iso_quality_speedups,
     oracle_gap_closed,
     setting_label,
+    setting_label_of,
 )
 from commit_env.evaluation.plots import pareto_frontier
 from commit_env.evaluation.sweeps import paired_difference
@@ -32,6 +33,7 @@ __all__ = [
     "cross_setting_cells",
     "default_records",
     "relative_setting_label",
+    "judging_inputs",
     "render_report",
     "resolution_note",
     "rescore",
@@ -494,24 +496,60 @@ def _paired_section(rows: Sequence[dict[str, Any]], tolerance: float = TOLERANCE
     return out + [""]
 
 
+def judging_inputs(
+    learned_families: Sequence[str],
+    trained_settings: Mapping[str, Collection[Any]],
+    deployed: Mapping[str, str],
+) -> dict[str, Any]:
+    """What the cross-setting verdicts need beyond the records, as JSON (for :func:`rescore`).
+
+    Args:
+        learned_families: Families judged against the heuristics.
+        trained_settings: ``{family: settings it was trained on}`` (labels, ``Setting`` objects
+            or ``(gen_length, window[, step_budget])`` tuples).
+        deployed: ``{family: params_label}`` of the member judged per family.
+
+    Returns:
+        ``{"learned_families", "trained_settings" (as labels), "deployed"}``.
+    """
+    return {
+        "learned_families": list(learned_families),
+        "trained_settings": {
+            family: [setting_label_of(s) for s in settings]
+            for family, settings in trained_settings.items()
+        },
+        "deployed": dict(deployed),
+    }
+
+
 def rescore(
     out: str | Path,
     *,
     default: DefaultSpec | None = None,
-    learned_families: Collection[str] = LEARNED,
+    learned_families: Collection[str] | None = None,
     tolerance: float = TOLERANCE,
     trained_settings: Mapping[str, Collection[Any]] | None = None,
+    deployed: Mapping[str, str] | None = None,
     write: bool = True,
 ) -> str:
     """Re-render ``report.md`` of a finished bench directory from its records alone.
 
+    A bench writes what its cross-setting verdicts need beyond the records (the judged families,
+    their training settings, the deployed member of each) under ``"judging"`` in
+    ``summary.json``; the arguments left None are taken from there, so a finished run's report
+    is reproduced. Without that key, every member of each learned family is judged.
+
     Args:
         out: The bench output directory (``results.json``, or ``results.jsonl`` of an interrupted
             run; ``bench_config.json`` and ``summary.json`` are read when present).
-        default: The default setting (None: ``gen_length``/``window`` of ``bench_config.json``).
-        learned_families: Families judged in the cross-setting grid.
+        default: The default setting (None: ``gen_length``/``window`` of ``bench_config.json``;
+            each task at its own default G when that ``gen_length`` is null).
+        learned_families: Families judged in the cross-setting grid (None: the bench's, else
+            the usual learned families).
         tolerance: "Within 1 point" on the ``[0, 1]`` score scale.
-        trained_settings: ``{family: settings it was trained on}``.
+        trained_settings: ``{family: settings it was trained on}`` (None: the bench's).
+        deployed: ``{family: params_label}`` of the member judged per family (None: the
+            bench's, else every member).
         write: Write ``out/report.md`` (atomically).
 
     Returns:
@@ -535,9 +573,15 @@ def rescore(
         raise FileNotFoundError(f"no results.json or results.jsonl in {out}")
     cfg_path, summary_path = out / "bench_config.json", out / "summary.json"
     cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
-    timings = (
-        json.loads(summary_path.read_text()).get("timings", {}) if summary_path.is_file() else {}
-    )
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    timings = summary.get("timings", {})
+    judging = summary.get("judging", {})
+    if learned_families is None:
+        learned_families = judging.get("learned_families", LEARNED)
+    if trained_settings is None:
+        trained_settings = judging.get("trained_settings")
+    if deployed is None:
+        deployed = judging.get("deployed")
     if default is None:
         if "gen_length" not in cfg or "window" not in cfg:
             raise ValueError(f"pass default=(gen_length, window): {cfg_path} does not name one")
@@ -561,6 +605,7 @@ def rescore(
         tolerance=tolerance,
         trained_settings=trained_settings,
         default=default,
+        deployed=deployed,
     )
     text = render_report(
         records, cells, cfg=header, timings=timings, default=default, tolerance=tolerance

@@ -95,6 +95,20 @@ def test_remask_member_is_judged_on_the_whole_grid(bench):
     assert set(head["aup"]) == set(cfg.tasks) and "controller" in head["learned"]
 
 
+def test_rescore_reproduces_the_bench_report(bench):
+    from commit_env.evaluation.reports import rescore
+
+    _, out, _ = bench
+    judging = json.loads((out / "summary.json").read_text())["judging"]
+    assert "controller-remask" in judging["learned_families"]
+    assert set(judging["deployed"]) <= set(judging["learned_families"])
+    assert all(isinstance(s, str) for ss in judging["trained_settings"].values() for s in ss)
+    assert rescore(out, write=False) == (out / "report.md").read_text()
+    # without the bench's judging inputs every member of a learned family is judged
+    every = rescore(out, write=False, deployed={})
+    assert every != (out / "report.md").read_text()
+
+
 def test_images_open(bench):
     _, out, _ = bench
     import matplotlib.image as mpimg
