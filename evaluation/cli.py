@@ -190,7 +190,7 @@ def _add_train_backbone(sub: Any) -> None:
     )
     tb.add_argument(
         "--mix",
-        choices=("default", "anneal", "focus", "repair", "lists", "distinct"),
+        choices=("default", "anneal", "focus", "repair", "lists", "distinct", "ends"),
         default=None,
         help="corpus mixture",
     )

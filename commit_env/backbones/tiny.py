@@ -40,6 +40,7 @@ __all__ = [
     "ANNEAL_MIX",
     "DEFAULT_MIX",
     "DISTINCT_MIX",
+    "ENDS_MIX",
     "FOCUS_MIX",
     "LISTS_MIX",
     "REPAIR_MIX",
@@ -48,6 +49,7 @@ __all__ = [
     "TINY_SPECIAL_TOKENS",
     "TinyBackboneTrainConfig",
     "build_tiny_tokenizer",
+    "ANSWER_MODES",
     "corpus_tasks",
     "make_training_batch",
     "train_tiny_backbone",
@@ -230,6 +232,34 @@ DISTINCT_MIX: tuple[tuple[str, float], ...] = (
     ("sudoku", 0.04),
 )
 
+# A stage that gives ``remove:any`` two answer modes. Trained on a removal index drawn uniformly,
+# the model's marginal at answer position j is item j+1 with P(index <= j), which grows with j, so
+# the per-position argmax of an all-at-once decode switches once and always removes one item: a
+# valid answer (0.75 all at once on the 9-stage checkpoint). Trained on removing the first or the
+# last item (``@ends``), every position is a tie between two modes, which is what ParallelBench's
+# random-index families test. ``replace:any`` and ``latin`` give up some weight to make room.
+ENDS_MIX: tuple[tuple[str, float], ...] = (
+    ("qa", 0.03),
+    ("qa:hard", 0.03),
+    ("math", 0.03),
+    ("math:hard", 0.03),
+    ("code", 0.05),
+    ("code:hard", 0.04),
+    ("qa:list", 0.40),
+    ("copy", 0.005),
+    ("reverse", 0.01),
+    ("sort", 0.02),
+    ("shuffle", 0.02),
+    ("insert:index", 0.02),
+    ("insert:any", 0.02),
+    ("remove:index", 0.02),
+    ("remove:any@ends", 0.10),
+    ("replace:index", 0.025),
+    ("replace:any", 0.07),
+    ("latin", 0.07),
+    ("sudoku", 0.04),
+)
+
 MIXES: dict[str, tuple[tuple[str, float], ...]] = {
     "default": DEFAULT_MIX,
     "anneal": ANNEAL_MIX,
@@ -237,6 +267,7 @@ MIXES: dict[str, tuple[tuple[str, float], ...]] = {
     "repair": REPAIR_MIX,
     "lists": LISTS_MIX,
     "distinct": DISTINCT_MIX,
+    "ends": ENDS_MIX,
 }
 """Named training mixtures (``commit-env train-backbone --mix NAME``)."""
 
@@ -323,21 +354,70 @@ class TinyBackboneTrainConfig:
             raise ValueError("mix must be a non-empty list of (task, weight > 0) pairs")
 
 
+ANSWER_MODES: tuple[str, ...] = ("ends",)
+"""Suffixes a mixture entry may carry (``remove:any@ends``) to change which valid answer a
+training row is built on; without one a row uses a uniformly random valid answer."""
+
+
+class _EndsAnswers:
+    """A list family whose training answers are only its first or its last valid answer.
+
+    Everything but :meth:`sample_answer` is the wrapped task's; evaluation never sees this
+    wrapper (the task's score still accepts every valid answer).
+    """
+
+    def __init__(self, task: Any) -> None:
+        if task.name not in ("insert", "remove", "replace") or task.difficulty != "any":
+            # Only these list every valid answer in order of the edited index.
+            raise ValueError(
+                "answer mode 'ends' needs a family that lists its valid answers by index "
+                f"(insert:any, remove:any, replace:any), not {task.name!r}"
+            )
+        self._task = task
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._task, name)
+
+    def __repr__(self) -> str:
+        return f"{self._task!r}@ends"
+
+    def sample_answer(self, example: Any, rng: np.random.Generator) -> str:
+        """The first or the last valid answer, with equal probability."""
+        answers = self._task.valid_answers(example)
+        return ",".join(answers[0] if rng.random() < 0.5 else answers[-1])
+
+
+def _corpus_task(entry: str) -> Any:
+    from commit_env.tasks import get_task
+
+    name, _, mode = entry.partition("@")
+    task = get_task(name)
+    if not mode:
+        return task
+    if mode not in ANSWER_MODES:
+        raise ValueError(
+            f"unknown answer mode {mode!r} in mixture entry {entry!r}; expected one of "
+            f"{list(ANSWER_MODES)}"
+        )
+    return _EndsAnswers(task)
+
+
 def corpus_tasks(mix: tuple[tuple[str, float], ...] = DEFAULT_MIX) -> tuple[list[Any], np.ndarray]:
     """Build the training mixture's tasks and their normalized sampling weights.
 
     Args:
-        mix: ``(task name, weight)`` pairs.
+        mix: ``(task name, weight)`` pairs. A name may end in ``@ends`` (see
+            :data:`ANSWER_MODES`): that family's rows are built on its first or last valid
+            answer instead of a uniformly random one.
 
     Returns:
         ``(tasks, weights)``.
 
     Raises:
-        ValueError: If a task name is unknown or a weight is not positive.
+        ValueError: If a task name or answer mode is unknown, the mode does not fit the task,
+            or a weight is not positive.
     """
-    from commit_env.tasks import get_task
-
-    tasks = [get_task(name) for name, _ in mix]
+    tasks = [_corpus_task(name) for name, _ in mix]
     weights = np.asarray([w for _, w in mix], dtype=float)
     if (weights <= 0).any():
         raise ValueError(f"mixture weights must be > 0, got {weights.tolist()}")

@@ -23,6 +23,7 @@ from safetensors.torch import load_file
 from commit_env.backbones import load_backbone
 from commit_env.backbones.tiny import (
     DEFAULT_MIX,
+    MIXES,
     TinyBackboneTrainConfig,
     build_tiny_tokenizer,
     corpus_tasks,
@@ -265,6 +266,20 @@ def test_corpus_covers_every_family_at_g_and_2g():
     assert n_eos.max() >= 24
 
 
+def test_ends_answer_mode_trains_on_the_first_or_last_valid_answer_only():
+    (task,), _ = corpus_tasks((("remove:any@ends", 1.0),))
+    plain = get_task("remove:any")
+    rng = np.random.default_rng(3)
+    example = task.sample(rng)
+    answers = [",".join(a) for a in plain.valid_answers(example)]
+    drawn = {task.sample_answer(example, rng) for _ in range(200)}
+    assert drawn == {answers[0], answers[-1]}  # both modes, nothing in between
+    # everything else is the family's own: prompt, verifier, generation length
+    assert task.name == "remove" and task.default_gen_length == plain.default_gen_length
+    assert task.score(example, answers[len(answers) // 2]) == 1.0
+    assert "remove:any@ends" in dict(MIXES["ends"])
+
+
 def test_train_backbone_is_seeded_and_loadable(tmp_path):
     from commit_env.backbones.tiny import train_tiny_backbone
 
@@ -313,3 +328,7 @@ def test_bad_train_config():
         TinyBackboneTrainConfig(batch_size=4, micro_batches=5)
     with pytest.raises(ValueError, match="unknown task"):
         corpus_tasks((("nope", 1.0),))
+    with pytest.raises(ValueError, match="unknown answer mode 'middle'.*'ends'"):
+        corpus_tasks((("remove:any@middle", 1.0),))
+    with pytest.raises(ValueError, match="valid answers by index.*'shuffle'"):
+        corpus_tasks((("shuffle@ends", 1.0),))
