@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from commit_env.supervised.inputs import separator_token_ids
 
 from commit_env.backbones.base import Backbone
 from commit_env.backbones.spec import BackboneSpec, resolve_backbone
@@ -449,6 +450,7 @@ def trace_meta(
         "hidden_features": cfg.hidden_features,
         "top_k": cfg.top_k,
         "eos_token_ids": [int(i) for i in backbone.eos_token_ids],
+        "separator_token_ids": separator_token_ids(backbone.tokenizer),
         "hidden_size": int(backbone.hidden_size),
         "gen_length": max(s.gen_length for s in cfg.mixture),
         "window": cfg.mixture[0].window,

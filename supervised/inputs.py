@@ -34,10 +34,12 @@ from commit_env.decoding.state import WINDOW_CODES
 __all__ = [
     "ControllerBatch",
     "SETTING_FEATURES",
+    "SEPARATORS",
     "STRUCTURE_FEATURES",
     "batch_from_state",
     "batch_from_records",
     "setting_features",
+    "separator_token_ids",
     "structure_features",
 ]
 
@@ -64,7 +66,17 @@ STRUCTURE_FEATURES: tuple[str, ...] = (
     "prompt_surplus",  # clamp(count in prompt - count committed, -2, 2) / 2
     "is_eos",  # the proposal is an end-of-answer token
     "eos_left",  # a committed or proposed EOS lies left of the position
+    # Segments are the runs between separator tokens (``;``, ``,``, newline): the rows of a grid,
+    # the items of a list. A grid row must not repeat a symbol, nor may a column (the same offset
+    # in another segment); a list must not repeat an item (offset 0 of another segment).
+    "row_committed",  # the proposal equals a committed token in the same segment
+    "row_proposed",  # ... another masked position's proposal in the same segment (min(n, 2) / 2)
+    "column_committed",  # ... a committed token at the same offset in another segment
+    "column_proposed",  # ... a proposal at the same offset in another segment (min(n, 2) / 2)
 )
+
+#: Strings whose token (when it is a single one) separates segments (:func:`separator_token_ids`).
+SEPARATORS: tuple[str, ...] = (";", ",", "\n")
 
 
 @dataclass
@@ -174,6 +186,7 @@ def structure_features(
     prompt: torch.Tensor,
     prompt_mask: torch.Tensor,
     eos_ids: Sequence[int],
+    separator_ids: Sequence[int] = (),
 ) -> torch.Tensor:
     """Per-position conflict and end-of-answer features (:data:`STRUCTURE_FEATURES`).
 
@@ -186,6 +199,8 @@ def structure_features(
         prompt: int64 ``[B, P]`` prompt ids.
         prompt_mask: bool ``[B, P]`` real prompt tokens.
         eos_ids: End-of-answer token ids.
+        separator_ids: Tokens that end a segment (:func:`separator_token_ids`); none: the whole
+            answer is one segment (the column features are then zero).
 
     Returns:
         float32 ``[B, G, C]``; zero at hidden positions.
@@ -219,8 +234,53 @@ def structure_features(
     eos_left = (any_eos.long().cumsum(-1) - any_eos.long()) > 0
     cols = [dup_prop, dup_comm, same_left, same_right, in_prompt, surplus, is_eos.float()]
     cols.append(eos_left.float())
+    cols += _segment_conflicts(current, proposal, committed, visible, eos, separator_ids)
     out = torch.stack(cols, dim=-1)  # [B, G, C]
     return out * visible[..., None]
+
+
+def _segment_conflicts(
+    current: torch.Tensor,
+    proposal: torch.Tensor,
+    committed: torch.Tensor,
+    visible: torch.Tensor,
+    eos: torch.Tensor,
+    separator_ids: Sequence[int],
+) -> list[torch.Tensor]:
+    """Row and column conflicts of each masked position's proposal (four ``[B, G]`` columns)."""
+    G = current.shape[1]
+    dev = current.device
+    sep = torch.tensor(list(separator_ids) or [-1], device=dev)
+    is_sep = torch.isin(current, sep)
+    idx = torch.arange(G, device=dev).expand_as(current)
+    segment = is_sep.long().cumsum(-1)  # a separator opens the next segment
+    last_sep = torch.where(is_sep, idx, torch.full_like(idx, -1)).cummax(-1).values
+    offset = idx - last_sep - 1
+    # content: visible positions holding neither a separator nor an end-of-answer token
+    content = visible & ~is_sep & ~torch.isin(current, eos)  # [B, G]
+    asks = ~committed & visible & ~torch.isin(proposal, sep) & ~torch.isin(proposal, eos)
+    eye = torch.eye(G, dtype=torch.bool, device=dev)[None]
+    pair = (proposal[:, :, None] == current[:, None, :]) & content[:, None, :] & ~eye
+    pair &= asks[:, :, None]  # [B, G(i), G(j)]: j holds what i proposes
+    same_row = segment[:, :, None] == segment[:, None, :]
+    same_col = (offset[:, :, None] == offset[:, None, :]) & ~same_row
+    by_commit, by_proposal = committed[:, None, :], ~committed[:, None, :]
+    return [
+        (pair & same_row & by_commit).any(-1).float(),
+        (pair & same_row & by_proposal).sum(-1).clamp(max=2).float() / 2.0,
+        (pair & same_col & by_commit).any(-1).float(),
+        (pair & same_col & by_proposal).sum(-1).clamp(max=2).float() / 2.0,
+    ]
+
+
+def separator_token_ids(tokenizer: Any) -> list[int]:
+    """Ids of the :data:`SEPARATORS` the tokenizer encodes as one token each (sorted, unique)."""
+    ids = set()
+    for text in SEPARATORS:
+        encoded = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(encoded) == 1 and encoded[0] != getattr(tokenizer, "unk_token_id", None):
+            ids.add(int(encoded[0]))
+    return sorted(ids)
 
 
 def batch_from_state(state: TraceState, builder: FeatureBuilder) -> ControllerBatch:

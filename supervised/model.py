@@ -31,7 +31,7 @@ from torch import nn
 __all__ = ["ControllerConfig", "StabilityController", "sinusoid"]
 
 #: Version of the input layout; checkpoints of another version are refused at load.
-INPUT_VERSION = 2
+INPUT_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,8 @@ class ControllerConfig:
         vocab_size: V of the backbone the traces came from (token embeddings).
         feature_dim: F, features per position.
         eos_token_ids: End-of-answer ids of that backbone (structure features, EOS head).
+        separator_token_ids: Segment separators of that backbone's tokenizer (the row and
+            column structure features).
         d_model: Width.
         n_layers: Transformer layers.
         n_heads: Attention heads.
@@ -59,6 +61,7 @@ class ControllerConfig:
     vocab_size: int
     feature_dim: int
     eos_token_ids: tuple[int, ...] = ()
+    separator_token_ids: tuple[int, ...] = ()
     d_model: int = 64
     n_layers: int = 2
     n_heads: int = 4
@@ -82,6 +85,8 @@ class ControllerConfig:
                 f"{INPUT_VERSION}; retrain the controller"
             )
         object.__setattr__(self, "eos_token_ids", tuple(int(i) for i in self.eos_token_ids))
+        separators = tuple(int(i) for i in self.separator_token_ids)
+        object.__setattr__(self, "separator_token_ids", separators)
 
 
 def sinusoid(positions: torch.Tensor, dim: int) -> torch.Tensor:
@@ -197,6 +202,7 @@ class StabilityController(nn.Module):
                 batch.prompt,
                 batch.prompt_mask,
                 cfg.eos_token_ids,
+                cfg.separator_token_ids,
             )
             gen = gen + self.token(batch.tokens) + self.token(batch.proposal)
             gen = gen + self.structure(structure)

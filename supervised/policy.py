@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
-from commit_env.supervised.inputs import batch_from_state
+from commit_env.supervised.inputs import batch_from_state, separator_token_ids
 from commit_env.supervised.model import INPUT_VERSION, ControllerConfig, StabilityController
 
 from commit_env.backbones.base import Backbone
@@ -497,6 +497,14 @@ def check_backbone(meta: dict[str, Any], backbone: Backbone) -> None:
             f"controller was trained on a backbone with hidden size {hidden}, this one has "
             f"{backbone.hidden_size}"
         )
+    separators = meta.get("separator_token_ids")
+    if separators is not None:
+        own = separator_token_ids(backbone.tokenizer)
+        if sorted(int(i) for i in separators) != own:
+            raise ValueError(
+                f"controller was trained with separator ids {sorted(separators)}, this "
+                f"backbone's tokenizer has {own}"
+            )
     eos = meta.get("eos_token_ids")
     if eos is not None and sorted(int(i) for i in eos) != sorted(backbone.eos_token_ids):
         raise ValueError(

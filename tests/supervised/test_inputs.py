@@ -41,6 +41,47 @@ def test_structure_features_flag_conflicts_and_eos():
     assert (f[0, 5] == 0).all()  # hidden positions carry nothing
 
 
+def test_structure_features_flag_row_and_column_conflicts():
+    SEP, EOS, MASK = 8, 9, 0
+    # a 2x2 grid "12;21": committed 1 at (0, 0); masked positions propose 1 at (0, 1), the
+    # separator, then 1 at (1, 0) and 2 at (1, 1)
+    tokens = torch.tensor([[1, MASK, MASK, MASK, MASK, MASK]])
+    proposal = torch.tensor([[1, 1, SEP, 1, 2, EOS]])
+    committed = torch.tensor([[True, False, False, False, False, False]])
+    visible = torch.ones(1, 6, dtype=torch.bool)
+    prompt, prompt_mask = torch.tensor([[1, 2]]), torch.ones(1, 2, dtype=torch.bool)
+    f = structure_features(
+        tokens, proposal, committed, visible, prompt, prompt_mask, (EOS,), (SEP,)
+    )
+    assert f.shape == (1, 6, len(STRUCTURE_FEATURES))
+    # (0, 1) repeats the committed 1 of its row; (1, 0) repeats it in its column
+    assert f[0, :, COL["row_committed"]].tolist() == [0, 1, 0, 0, 0, 0]
+    assert f[0, :, COL["column_committed"]].tolist() == [0, 0, 0, 1, 0, 0]
+    # (0, 1) and (1, 0) both propose 1 but share neither row nor column; (1, 1)'s 2 is clean
+    assert f[0, :, COL["row_proposed"]].tolist() == [0.0] * 6
+    assert f[0, :, COL["column_proposed"]].tolist() == [0.0] * 6
+    # without separators the answer is one segment: (1, 0) now shares the row with both 1s
+    one = structure_features(tokens, proposal, committed, visible, prompt, prompt_mask, (EOS,))
+    assert one[0, 3, COL["row_committed"]] == 1 and one[0, 3, COL["row_proposed"]] == 0.5
+    assert (one[..., COL["column_committed"]] == 0).all()
+    # a list "3,4,3": offset 0 of another item repeats (a permutation must not)
+    proposal = torch.tensor([[3, SEP, 4, SEP, 3, EOS]])
+    none = torch.zeros(1, 6, dtype=torch.bool)
+    lst = structure_features(
+        proposal * 0, proposal, none, visible, prompt, prompt_mask, (EOS,), (SEP,)
+    )
+    assert lst[0, :, COL["column_proposed"]].tolist() == [0.5, 0, 0, 0, 0.5, 0]
+
+
+def test_separator_token_ids_are_the_single_token_separators():
+    from commit_env.backbones import load_backbone
+    from commit_env.supervised.inputs import separator_token_ids
+
+    tok = load_backbone("tiny-testbed").tokenizer
+    ids = separator_token_ids(tok)
+    assert tok.convert_ids_to_tokens(ids) == [",", ";"]  # no newline in this vocabulary
+
+
 def test_setting_features_encode_window_budget_and_steps_left():
     f = setting_features(
         window_kind=torch.tensor([WINDOW_CODES["block"], WINDOW_CODES["full"]]),

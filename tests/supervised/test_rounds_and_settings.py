@@ -152,6 +152,12 @@ def test_backbone_and_version_mismatch_are_clear_errors(rounds, tiny, tmp_path):
     (bad / "config.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="hidden size"):
         ControllerPolicy.from_pretrained(bad, backbone=tiny)
+    meta["hidden_size"] = tiny.hidden_size
+    assert meta["separator_token_ids"] == sorted(meta["controller"]["separator_token_ids"])
+    meta["separator_token_ids"] = [7]
+    (bad / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"separator ids \[7\], this backbone's tokenizer has"):
+        ControllerPolicy.from_pretrained(bad, backbone=tiny)
     # a checkpoint of the previous layout (learned position table up to max_gen_length)
     meta["controller"]["max_gen_length"] = 256
     (bad / "config.json").write_text(json.dumps(meta))
