@@ -215,11 +215,14 @@ class ShardRunner:
         if kind == "raise":
             raise RuntimeError("injected shard failure")
 
-    def backbone_info(self) -> tuple[str, int, int, tuple[int, ...], int]:
-        """What a trace manifest records: name, vocabulary size, mask id, EOS ids, hidden size."""
+    def backbone_info(self) -> tuple[str, int, int, tuple[int, ...], int, tuple[int, ...]]:
+        """What a trace manifest records (name, vocabulary, mask, EOS, hidden size, separators)."""
+        from commit_env.supervised.inputs import separator_token_ids
+
         b = self.backbone
         eos = tuple(int(i) for i in b.eos_token_ids)
-        return b.name, b.vocab_size, b.mask_token_id, eos, int(b.hidden_size)
+        separators = tuple(separator_token_ids(b.tokenizer))
+        return b.name, b.vocab_size, b.mask_token_id, eos, int(b.hidden_size), separators
 
     def sweep_shard(
         self, job: SweepJob, n: int, seed: int, batch_size: int, lo: int, hi: int
@@ -694,6 +697,7 @@ class _BackboneInfo:
     mask_token_id: int
     eos_token_ids: tuple[int, ...]
     hidden_size: int
+    separator_token_ids: tuple[int, ...]
 
 
 class LocalExecutor:

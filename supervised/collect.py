@@ -431,6 +431,12 @@ def collect_batch(
     return records, scores
 
 
+def _separators(backbone: Any) -> list[int]:
+    """The backbone's separator ids (a Ray driver's stand-in carries them; it has no tokenizer)."""
+    known = getattr(backbone, "separator_token_ids", None)
+    return list(known) if known is not None else separator_token_ids(backbone.tokenizer)
+
+
 def trace_meta(
     cfg: CollectConfig,
     backbone: Backbone,
@@ -450,7 +456,7 @@ def trace_meta(
         "hidden_features": cfg.hidden_features,
         "top_k": cfg.top_k,
         "eos_token_ids": [int(i) for i in backbone.eos_token_ids],
-        "separator_token_ids": separator_token_ids(backbone.tokenizer),
+        "separator_token_ids": list(_separators(backbone)),
         "hidden_size": int(backbone.hidden_size),
         "gen_length": max(s.gen_length for s in cfg.mixture),
         "window": cfg.mixture[0].window,
