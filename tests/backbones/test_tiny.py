@@ -51,7 +51,10 @@ NEW_FAMILIES = (
     "qa:list",
 )
 MULTI_ANSWER = ("shuffle", "insert:any", "remove:any", "replace:any", "latin", "sudoku", "qa:list")
-HEADROOM_FAMILIES = ("insert:any", "remove:any", "sudoku")
+# Where the oracle needs at most half the NFE of these heuristics on 50 examples (stage 10:
+# insert:any 2.52 vs 8.02, remove:any 2.54 vs 9.32, replace:any 1.98 vs 8.22, latin 3.50 vs 10.84;
+# sudoku no longer does: 1.28 vs 2.20 for threshold 0.9, which reaches the sequential score there).
+HEADROOM_FAMILIES = ("insert:any", "remove:any", "replace:any", "latin")
 # A few of the swept heuristics (the slow test sweeps them all): the fast ones at each quality.
 FAST_HEURISTICS = (
     ("threshold", {"threshold": 0.9}),
@@ -141,16 +144,17 @@ def _evaluate(backbone, family, policy, n, **kwargs):
 
 
 # The testbed checkpoint (8000 steps on DEFAULT_MIX, 8000 + 4000 + 8000 on FOCUS_MIX, 8000 + 8000 on
-# REPAIR_MIX, 8000 on LISTS_MIX and 8000 on DISTINCT_MIX, then 8000 on LISTS_MIX at lr 1e-4, about
-# 8.5 hours on one shared CPU core) meets the 0.90 bar on every family; a family that misses a bar
-# is listed here with its measurement (200 fresh examples, seed SEED, greedy, default G) and stays
-# visible as an xfail instead of a weakened bar (earlier checkpoints: latin 0.02 -> 0.975 with the
-# focus stages, replace:any 0.44 -> 0.965 and code 0.825 -> 1.0 with the repair stages, qa:list
-# 0.56 -> 0.79 -> 0.94 with the lists/distinct stages).
+# REPAIR_MIX, 8000 on LISTS_MIX and 8000 on DISTINCT_MIX, 8000 on LISTS_MIX at lr 1e-4, then 5000 on
+# ENDS_MIX at lr 1e-4, about 9.5 hours on one shared CPU core) meets both bars on every family; a
+# family that misses a bar is listed here with its measurement (200 fresh examples, seed SEED,
+# greedy, default G) and stays visible as an xfail instead of a weakened bar (earlier checkpoints:
+# latin 0.02 -> 0.975 with the focus stages, replace:any 0.44 -> 0.965 and code 0.825 -> 1.0 with
+# the repair stages, qa:list 0.56 -> 0.79 -> 0.94 with the lists/distinct stages, 0.90 after the
+# ends stage).
 SEQUENTIAL_MISSED: dict[str, float] = {}
-# remove:any: per-position argmax of "remove item i" for a uniform i removes the middle item, a
-# valid answer; the family's marginals agree, so all-at-once cannot collapse there.
-ALL_AT_ONCE_MISSED = {"remove:any": 0.75}
+# remove:any collapsed all at once only after the ends stage (0.75 -> 0.085): trained on a uniform
+# removal index, the per-position argmax removes the middle item, a valid answer.
+ALL_AT_ONCE_MISSED: dict[str, float] = {}
 
 
 def _bar(family, missed, bar):

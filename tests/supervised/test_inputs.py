@@ -74,8 +74,9 @@ def test_structure_features_flag_row_and_column_conflicts():
 
 
 def test_separator_token_ids_are_the_single_token_separators():
-    from commit_env.backbones import load_backbone
     from commit_env.supervised.inputs import separator_token_ids
+
+    from commit_env.backbones import load_backbone
 
     tok = load_backbone("tiny-testbed").tokenizer
     ids = separator_token_ids(tok)
