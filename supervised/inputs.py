@@ -73,10 +73,6 @@ STRUCTURE_FEATURES: tuple[str, ...] = (
     "row_proposed",  # ... another masked position's proposal in the same segment (min(n, 2) / 2)
     "column_committed",  # ... a committed token at the same offset in another segment
     "column_proposed",  # ... a proposal at the same offset in another segment (min(n, 2) / 2)
-    # Prompt order around committed anchors (an edited list keeps the prompt's order: once an item
-    # is committed, its neighbours are the prompt's neighbours, whichever item was removed).
-    "follows_committed",  # the committed token d = 1 or 2 left of it precedes it by d in the prompt
-    "precedes_committed",  # it precedes by d in the prompt the committed token d = 1 or 2 right
 )
 
 #: Strings whose token (when it is a single one) separates segments (:func:`separator_token_ids`).
@@ -239,7 +235,6 @@ def structure_features(
     cols = [dup_prop, dup_comm, same_left, same_right, in_prompt, surplus, is_eos.float()]
     cols.append(eos_left.float())
     cols += _segment_conflicts(current, proposal, committed, visible, eos, separator_ids)
-    cols += _prompt_order(tokens, proposal, committed, visible, prompt, prompt_mask, eos)
     out = torch.stack(cols, dim=-1)  # [B, G, C]
     return out * visible[..., None]
 
@@ -276,39 +271,6 @@ def _segment_conflicts(
         (pair & same_col & by_commit).any(-1).float(),
         (pair & same_col & by_proposal).sum(-1).clamp(max=2).float() / 2.0,
     ]
-
-
-def _prompt_order(
-    tokens: torch.Tensor,
-    proposal: torch.Tensor,
-    committed: torch.Tensor,
-    visible: torch.Tensor,
-    prompt: torch.Tensor,
-    prompt_mask: torch.Tensor,
-    eos: torch.Tensor,
-) -> list[torch.Tensor]:
-    """Whether a masked proposal sits next to a committed anchor as it does in the prompt."""
-    asks = ~committed & visible & ~torch.isin(proposal, eos)  # [B, G]
-    anchor = committed & visible & ~torch.isin(tokens, eos)
-    follows = torch.zeros_like(asks)
-    precedes = torch.zeros_like(asks)
-    P = prompt.shape[1]
-    for d in (1, 2):  # two offsets, not positions: the loop is over a constant
-        if P <= d:
-            continue
-        first, second = prompt[:, :-d], prompt[:, d:]  # [B, P - d]
-        pair_ok = prompt_mask[:, :-d] & prompt_mask[:, d:]
-        pad = torch.zeros_like(tokens[:, :d])
-        left = torch.cat([pad, tokens[:, :-d]], dim=1)  # token d to the left
-        left_anchor = torch.cat([pad.bool(), anchor[:, :-d]], dim=1)
-        right = torch.cat([tokens[:, d:], pad], dim=1)
-        right_anchor = torch.cat([anchor[:, d:], pad.bool()], dim=1)
-        prop = proposal[:, :, None]
-        fol = (left[:, :, None] == first[:, None, :]) & (prop == second[:, None, :])
-        pre = (prop == first[:, None, :]) & (right[:, :, None] == second[:, None, :])
-        follows |= (fol & pair_ok[:, None, :]).any(-1) & left_anchor
-        precedes |= (pre & pair_ok[:, None, :]).any(-1) & right_anchor
-    return [(follows & asks).float(), (precedes & asks).float()]
 
 
 def separator_token_ids(tokenizer: Any) -> list[int]:

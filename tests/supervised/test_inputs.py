@@ -73,28 +73,6 @@ def test_structure_features_flag_row_and_column_conflicts():
     assert lst[0, :, COL["column_proposed"]].tolist() == [0.5, 0, 0, 0, 0.5, 0]
 
 
-def test_structure_features_flag_prompt_order_around_committed_anchors():
-    SEP, EOS, MASK = 8, 9, 0
-    # "remove one from 1,2,3,4": with 3 committed at answer position 2, the proposal 2 two to
-    # its left precedes it in the prompt and the proposal 4 two to its right follows it
-    prompt = torch.tensor([[1, SEP, 2, SEP, 3, SEP, 4]])
-    prompt_mask = torch.ones_like(prompt, dtype=torch.bool)
-    tokens = torch.tensor([[MASK, MASK, 3, MASK, MASK, MASK]])
-    committed = torch.tensor([[False, False, True, False, False, False]])
-    visible = torch.ones(1, 6, dtype=torch.bool)
-    args = (prompt, prompt_mask, (EOS,), (SEP,))
-    f = structure_features(
-        tokens, torch.tensor([[2, SEP, 3, SEP, 4, EOS]]), committed, visible, *args
-    )
-    assert f[0, :, COL["precedes_committed"]].tolist() == [1, 1, 0, 0, 0, 0]  # "2," and ",3"
-    assert f[0, :, COL["follows_committed"]].tolist() == [0, 0, 0, 1, 1, 0]  # "3," and "3,4"
-    # proposals out of the prompt's order (1 before 3, 2 after it) are not flagged
-    f = structure_features(
-        tokens, torch.tensor([[1, SEP, 3, SEP, 2, EOS]]), committed, visible, *args
-    )
-    assert f[0, 0, COL["precedes_committed"]] == 0 and f[0, 4, COL["follows_committed"]] == 0
-
-
 def test_separator_token_ids_are_the_single_token_separators():
     from commit_env.supervised.inputs import separator_token_ids
 
