@@ -207,9 +207,13 @@ def test_for_task_deploys_the_task_table_and_keeps_shared_groups(calibrated, tin
     assert "thresholds" not in VerifiedControllerPolicy.wrap(base.with_threshold(0.7)).params
 
 
-def test_verified_controller_equals_the_controller_when_nothing_fails(calibrated, tiny):
+def test_verified_controller_equals_the_controller_when_nothing_fails(
+    calibrated, tiny, drafter_threshold
+):
     _, result = calibrated
-    plain = ControllerPolicy.from_pretrained(result.final, backbone=tiny, threshold=0.7)
+    plain = ControllerPolicy.from_pretrained(
+        result.final, backbone=tiny, threshold=drafter_threshold
+    )
     never = VerifiedControllerPolicy.wrap(plain, verify_threshold=0.0)  # q < 0 never happens
     prompts = ["name a fruit:", "what is 2+3?", "name a colour:"]
     config = never.decode_config(DecodeConfig(gen_length=12))
@@ -227,7 +231,7 @@ def test_verified_controller_equals_the_controller_when_nothing_fails(calibrated
     assert int(c.remasks.sum()) > 0  # every verified token fails: something is taken back
     assert not (c.tokens == tiny.mask_token_id).any()
     assert always.params == {
-        "threshold": 0.7,
+        "threshold": drafter_threshold,
         "verify_threshold": 1.0,
         "remask_cap": always.remask_cap,
     }

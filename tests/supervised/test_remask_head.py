@@ -38,9 +38,11 @@ def _constant_head(value: float) -> RemaskHead:
 
 
 @pytest.fixture(scope="module")
-def plain(calibrated, tiny):
+def plain(calibrated, tiny, drafter_threshold):
     _, result = calibrated
-    return ControllerPolicy.from_pretrained(result.final, backbone=tiny, threshold=0.7)
+    return ControllerPolicy.from_pretrained(
+        result.final, backbone=tiny, threshold=drafter_threshold
+    )
 
 
 def test_candidates_need_a_low_verified_probability_and_a_multi_token_step():
@@ -78,6 +80,7 @@ def test_fit_head_learns_where_remasking_pays():
 
 
 def test_a_head_that_never_pays_decodes_like_the_plain_controller(plain, tiny):
+    th = plain.threshold
     never = LearnedRemaskPolicy.wrap_head(plain, _constant_head(-3.0))
     config = never.decode_config(DecodeConfig(gen_length=12))
     a = decode(tiny, PROMPTS, plain, plain.decode_config(DecodeConfig(gen_length=12)))
@@ -86,7 +89,7 @@ def test_a_head_that_never_pays_decodes_like_the_plain_controller(plain, tiny):
     always = LearnedRemaskPolicy.wrap_head(plain, _constant_head(3.0), candidate_q=1.0)
     c = decode(tiny, PROMPTS, always, config)
     assert int(c.remasks.sum()) > 0 and not (c.tokens == tiny.mask_token_id).any()
-    assert always.params == {"threshold": 0.7, "margin": 0.05}
+    assert always.params == {"threshold": th, "margin": 0.05}
     assert always.with_margin(0.5).margin == 0.5
     assert always.with_threshold(0.8).drafter.threshold == 0.8
     with pytest.raises(ValueError, match="wrap_head"):
@@ -97,7 +100,12 @@ def test_a_head_that_never_pays_decodes_like_the_plain_controller(plain, tiny):
 
 def test_rollout_data_is_deterministic_and_labels_score_changes(plain, tiny):
     cfg = RemaskTrainConfig(
-        tasks=("qa",), n=12, thresholds=(0.7,), candidate_q=1.0, batch_size=6, progress=False
+        tasks=("qa",),
+        n=12,
+        thresholds=(plain.threshold,),
+        candidate_q=1.0,
+        batch_size=6,
+        progress=False,
     )
     a = collect_remask_data(tiny, plain, cfg)
     b = collect_remask_data(tiny, plain, cfg)
@@ -105,7 +113,7 @@ def test_rollout_data_is_deterministic_and_labels_score_changes(plain, tiny):
     assert n > 0 and a["features"].shape == (n, len(VERIFY_FEATURES))
     assert np.array_equal(a["gains"], b["gains"]) and np.array_equal(a["features"], b["features"])
     assert ((a["gains"] >= -1) & (a["gains"] <= 1)).all()
-    assert (a["threshold"] == np.float32(0.7)).all() and (a["task"] == 0).all()
+    assert (a["threshold"] == np.float32(plain.threshold)).all() and (a["task"] == 0).all()
     assert ((a["features"][:, 0] >= 0) & (a["features"][:, 0] < 1.0)).all()  # q of candidates
 
 
@@ -118,12 +126,12 @@ def test_config_rejects_bad_values():
         RemaskTrainConfig(n=0)
 
 
-def test_cli_trains_a_head_that_deploys(calibrated, tiny, tmp_path, capsys):
+def test_cli_trains_a_head_that_deploys(calibrated, tiny, drafter_threshold, tmp_path, capsys):
     _, result = calibrated
     out = tmp_path / "head"
     base = ["train-remask-head", "--controller", str(result.final), "--backbone", "tiny"]
-    args = [*base, "--tasks", "qa", "--n", "12", "--thresholds", "0.7", "--epochs", "5"]
-    assert main([*args, "--out", str(out), "--no-progress"]) == 0
+    args = [*base, "--tasks", "qa", "--n", "12", "--thresholds", str(drafter_threshold)]
+    assert main([*args, "--epochs", "5", "--out", str(out), "--no-progress"]) == 0
     meta = json.loads(capsys.readouterr().out)
     assert meta["candidates"] > 0 and meta["helps"] + meta["hurts"] <= meta["candidates"]
     assert meta["backbone"] == tiny.name and (out / "remask_head.safetensors").is_file()
