@@ -73,12 +73,6 @@ STRUCTURE_FEATURES: tuple[str, ...] = (
     "row_proposed",  # ... another masked position's proposal in the same segment (min(n, 2) / 2)
     "column_committed",  # ... a committed token at the same offset in another segment
     "column_proposed",  # ... a proposal at the same offset in another segment (min(n, 2) / 2)
-    # Copy alignment: an edited copy of a prompt list (an item removed, inserted or replaced) copies
-    # each stretch of the prompt at one constant displacement, so a proposal that copies the prompt
-    # at the displacement of the nearest committed item is likely part of the same stretch, however
-    # far away that item is. A confidence heuristic sees each position alone.
-    "copy_aligned_left",  # copies the prompt at a displacement of the nearest committed item left
-    "copy_aligned_right",  # ... of the nearest committed item right
 )
 
 #: Strings whose token (when it is a single one) separates segments (:func:`separator_token_ids`).
@@ -241,7 +235,6 @@ def structure_features(
     cols = [dup_prop, dup_comm, same_left, same_right, in_prompt, surplus, is_eos.float()]
     cols.append(eos_left.float())
     cols += _segment_conflicts(current, proposal, committed, visible, eos, separator_ids)
-    cols += _copy_alignment(current, committed, visible, prompt, prompt_mask, eos, separator_ids)
     out = torch.stack(cols, dim=-1)  # [B, G, C]
     return out * visible[..., None]
 
@@ -278,51 +271,6 @@ def _segment_conflicts(
         (pair & same_col & by_commit).any(-1).float(),
         (pair & same_col & by_proposal).sum(-1).clamp(max=2).float() / 2.0,
     ]
-
-
-def _copy_alignment(
-    current: torch.Tensor,
-    committed: torch.Tensor,
-    visible: torch.Tensor,
-    prompt: torch.Tensor,
-    prompt_mask: torch.Tensor,
-    eos: torch.Tensor,
-    separator_ids: Sequence[int],
-) -> list[torch.Tensor]:
-    """Copy alignment of each masked proposal with its nearest committed items (two ``[B, G]``).
-
-    A proposal is aligned with the nearest committed item on its left (right) when both copy the
-    prompt at one displacement: answer position t copying prompt position j has displacement
-    ``j - t``, and a token that occurs several times in the prompt has several. Separators and
-    end-of-answer tokens occur everywhere and carry no alignment: they neither anchor nor ask.
-    """
-    B, G = current.shape
-    P = prompt.shape[1]
-    dev = current.device
-    sep = torch.tensor(list(separator_ids) or [-1], device=dev)
-    content = visible & ~torch.isin(current, sep) & ~torch.isin(current, eos)  # [B, G]
-    copies = (current[:, :, None] == prompt[:, None, :]) & prompt_mask[:, None, :]
-    copies &= content[:, :, None]  # [B, G, P]
-    # Re-index prompt position j as displacement k = j - t + G - 1 in [0, P + G - 1).
-    pos = torch.arange(G, device=dev)
-    k_of = torch.arange(P, device=dev)[None, :] - pos[:, None] + G - 1  # [G, P]
-    disp = torch.zeros(B, G, P + G - 1, dtype=torch.bool, device=dev)
-    disp.scatter_(2, k_of[None].expand(B, G, P), copies)
-    anchor = committed & content
-    asks = ~committed & content
-    idx = pos.expand(B, G)
-    none = torch.full_like(idx, -1)
-    left = torch.where(anchor, idx, none).cummax(-1).values  # nearest anchor at or left of t
-    left = torch.cat([none[:, :1], left[:, :-1]], dim=1)  # strictly left
-    rev = torch.where(anchor, G - 1 - idx, none).flip(-1).cummax(-1).values.flip(-1)
-    right = torch.where(rev >= 0, G - 1 - rev, none)  # nearest anchor at or right of t
-    right = torch.cat([right[:, 1:], none[:, :1]], dim=1)  # strictly right
-    out = []
-    for near in (left, right):  # two directions, not a loop over positions
-        at = near.clamp(min=0)[:, :, None].expand(B, G, disp.shape[2])
-        shared = (disp & disp.gather(1, at)).any(-1)  # [B, G]
-        out.append((shared & asks & (near >= 0)).float())
-    return out
 
 
 def separator_token_ids(tokenizer: Any) -> list[int]:

@@ -73,41 +73,6 @@ def test_structure_features_flag_row_and_column_conflicts():
     assert lst[0, :, COL["column_proposed"]].tolist() == [0.5, 0, 0, 0, 0.5, 0]
 
 
-def test_copy_alignment_follows_the_nearest_committed_items_displacement():
-    SEP, EOS, MASK = 1, 2, 0
-    # prompt "remove one from a,b,c,d" (instruction 50, 51); the answer drops b: "a,c,d"
-    prompt = torch.tensor([[50, 51, 10, SEP, 11, SEP, 12, SEP, 13]])
-    prompt_mask = torch.ones_like(prompt, dtype=torch.bool)
-    proposal = torch.tensor([[10, SEP, 12, SEP, 13, EOS]])  # a , c , d EOS
-    wrong = torch.tensor([[10, SEP, 11, SEP, 13, EOS]])  # item 1 proposes b, kept by mistake
-    visible = torch.ones(1, 6, dtype=torch.bool)
-
-    def aligned(proposal, committed, visible=visible):
-        tokens = torch.where(committed, proposal, MASK)
-        f = structure_features(
-            tokens, proposal, committed, visible, prompt, prompt_mask, (EOS,), (SEP,)
-        )
-        return f[0, :, COL["copy_aligned_left"]].tolist(), f[
-            0, :, COL["copy_aligned_right"]
-        ].tolist()
-
-    sep_eos = torch.tensor([[False, True, False, True, False, True]])
-    # c committed: d copies the prompt one item on, like c; a sits before the gap, so it does not
-    c = sep_eos.clone()
-    c[0, 2] = True
-    assert aligned(proposal, c) == ([0, 0, 0, 0, 1, 0], [0, 0, 0, 0, 0, 0])
-    # d committed: c is aligned with it on the right, a wrong b is not, however far d is
-    d = sep_eos.clone()
-    d[0, 4] = True
-    assert aligned(proposal, d) == ([0.0] * 6, [0, 0, 1, 0, 0, 0])
-    assert aligned(wrong, d) == ([0.0] * 6, [0.0] * 6)
-    # separators and the EOS anchor nothing; a hidden anchor neither
-    assert aligned(proposal, sep_eos) == ([0.0] * 6, [0.0] * 6)
-    hidden = visible.clone()
-    hidden[0, 4:] = False
-    assert aligned(proposal, d, hidden) == ([0.0] * 6, [0.0] * 6)
-
-
 def test_separator_token_ids_are_the_single_token_separators():
     from commit_env.supervised.inputs import separator_token_ids
 
