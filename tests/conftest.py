@@ -39,3 +39,13 @@ def build_random_backbone_dir(path: Path, seed: int = 0) -> Path:
 def random_backbone_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random tiny BERT checkpoint directory, usable as ``hf:<dir>``."""
     return build_random_backbone_dir(tmp_path_factory.mktemp("random_bert"))
+
+
+@pytest.fixture(autouse=True)
+def _sb3_logdir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keep SB3's default logger folders out of the system temp dir.
+
+    ``learn()`` without ``tensorboard_log`` creates ``$TMPDIR/SB3-<date>`` unless ``SB3_LOGDIR``
+    names a folder; point it at pytest's own (cleaned) temp tree.
+    """
+    monkeypatch.setenv("SB3_LOGDIR", str(tmp_path_factory.getbasetemp() / "sb3-logs"))
