@@ -52,12 +52,14 @@ def test_headline_reports_aup_winners_gap_and_grid_counts():
     assert ctrl["aup_best"] == ["a"] and ppo["aup_best"] == ["b"]
     assert ctrl["oracle_gap_closed"] == pytest.approx(0.5) and ctrl["oracle_gap_tasks"] == 1
     assert ppo["oracle_gap_closed"] == pytest.approx(0.0) and ppo["oracle_gap_tasks"] == 1
+    # b: the heuristic reaches the bar, no controller member does: named, not averaged away
+    assert ctrl["oracle_gap_missed"] == ["b"] and ppo["oracle_gap_missed"] == ["a"]
     # a: win (default), win (block:8, cheaper); b: collapse, heuristic cheaper
     assert (ctrl["grid_wins"], ctrl["grid_cells"]) == (2, 4)
     assert (ctrl["unseen_wins"], ctrl["unseen_cells"]) == (1, 2)
     text = format_headline(h)
     assert "a: controller (" in text and "b: threshold, ppo (4.00)" in text
-    assert "controller: gap 50% over 1 task(s); grid 2/4 (unseen 1/2)" in text
+    assert "controller: gap 50% over 1 task(s), misses the bar on b; grid 2/4 (unseen 1/2)" in text
 
 
 def test_headline_without_learned_records_is_empty_not_an_error():

@@ -121,7 +121,7 @@ def test_report_reads_collapse_as_a_loss_and_has_every_section(records):
         in gap
     )
     assert "| controller | code | threshold(threshold=0.9) 4.00 | 2.00 | - | - |" in gap
-    assert "| controller | mean (1 tasks) | | | | 25% |" in gap
+    assert "| controller | mean (1 tasks; misses the bar on code) | | | | 25% |" in gap
     yardstick = text.split("## Cross-setting grid")[1].split("\n## ")[0]
     first = heuristic_yardstick(records)[0]
     assert (
