@@ -602,6 +602,7 @@ def report_stage(
         cfg=dataclasses.asdict(cfg),
         timings=bench.timings,
         default=defaults,
+        ablations=reports.load_ablation_table(out),
     )
     write_text_atomic(out / "report.md", report)
     summary = {

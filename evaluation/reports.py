@@ -35,6 +35,7 @@ __all__ = [
     "default_records",
     "relative_setting_label",
     "judging_inputs",
+    "load_ablation_table",
     "render_report",
     "resolution_note",
     "rescore",
@@ -398,6 +399,7 @@ def render_report(
     timings: dict[str, float],
     default: DefaultSpec,
     tolerance: float = TOLERANCE,
+    ablations: str | None = None,
 ) -> str:
     """The bench report in markdown.
 
@@ -410,6 +412,9 @@ def render_report(
         timings: Seconds per phase.
         default: The default setting, see :data:`DefaultSpec`.
         tolerance: "Within 1 point" on the ``[0, 1]`` score scale.
+        ablations: The controller's ablation table
+            (:func:`commit_env.evaluation.controller.ablation_table`; ``--full`` only), put in its
+            own section; None leaves the section out.
 
     Returns:
         Markdown text.
@@ -444,6 +449,8 @@ def render_report(
     lines += _frontier_section(cells, tolerance, resolution_note(records, tolerance))
     if any(c["task"] != "mean" for c in cells):
         lines += _yardstick_section(records, tolerance)
+    if ablations:
+        lines += _ablation_section(ablations)
     lines += [
         "## What wins where",
         "",
@@ -465,6 +472,33 @@ def render_report(
         "",
     ]
     return "\n".join(lines)
+
+
+def _ablation_section(table: str) -> list[str]:
+    return [
+        "## Controller ablations",
+        "",
+        "Each variant is the controller retrained without one component (`no_history`, "
+        "`no_hidden`: those input groups zeroed; `no_structure`: no token ids or structure "
+        "features; `no_tau`: no learned per-state threshold; `no_on_policy`: round 0 only), "
+        "deployed at its own calibrated thresholds on every task's default setting, on "
+        "the same examples as the full controller. Differences are variant minus full, with 95% "
+        "paired bootstrap intervals over the examples (`*`: the interval excludes 0). Raw "
+        "records: `controller/ablations.jsonl`.",
+        "",
+        table.strip(),
+        "",
+    ]
+
+
+def load_ablation_table(out: str | Path) -> str | None:
+    """The ablation table of a bench directory (``controller/ablations.jsonl``), or None."""
+    from commit_env.evaluation.controller import ablation_table
+    from commit_env.evaluation.io import read_jsonl
+
+    path = Path(out) / "controller" / "ablations.jsonl"
+    records = read_jsonl(path) if path.is_file() else []
+    return ablation_table(records) if records else None
 
 
 def _paired_section(rows: Sequence[dict[str, Any]], tolerance: float = TOLERANCE) -> list[str]:
@@ -614,7 +648,13 @@ def rescore(
         deployed=deployed,
     )
     text = render_report(
-        records, cells, cfg=header, timings=timings, default=default, tolerance=tolerance
+        records,
+        cells,
+        cfg=header,
+        timings=timings,
+        default=default,
+        tolerance=tolerance,
+        ablations=load_ablation_table(out),
     )
     if write:
         _write_text_atomic(out / "report.md", text)

@@ -216,3 +216,32 @@ def test_resolution_note_says_how_many_examples_the_tolerance_admits(records):
     gap = text.split("## Oracle gap closed")[1].split("\n## ")[0]
     grid = text.split("## Cross-setting grid")[1].split("\n## ")[0]
     assert resolution_note(at(64)) in gap and resolution_note(at(64)) in grid
+
+
+def test_report_carries_the_controller_ablations_of_a_full_bench(records, tmp_path):
+    import json
+
+    (tmp_path / "results.json").write_text(json.dumps(records))
+    (tmp_path / "bench_config.json").write_text(
+        json.dumps({**CFG, "gen_length": 16, "window": "full"})
+    )
+    assert "## Controller ablations" not in rescore(tmp_path, write=False)  # quick: none
+
+    def ablation(variant, scores, nfes):
+        r = rec("latin", f"ablation:{variant}", sum(scores) / 4, sum(nfes) / 4, g=24)
+        return {**r, "scores": scores, "nfe_per_example": nfes}
+
+    rows = [
+        ablation("full", [1, 1, 1, 1], [5, 5, 5, 5]),
+        ablation("no_tau", [0, 0, 0, 0], [9, 9, 9, 9]),  # every example worse: interval excludes 0
+    ]
+    (tmp_path / "controller").mkdir()
+    (tmp_path / "controller" / "ablations.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in rows)
+    )
+    text = rescore(tmp_path, write=False)
+    section = text.split("## Controller ablations")[1].split("\n## ")[0]
+    assert "paired bootstrap" in section
+    no_tau = next(line for line in section.splitlines() if line.startswith("| no_tau |"))
+    assert "| latin | G=24 full S=- | 0.000 | 9.00 | -1.000" in no_tau and "*" in no_tau
+    assert "| full | latin |" in section
