@@ -20,6 +20,7 @@ model's forward (so they always match the visible window, also after a training 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -73,6 +74,11 @@ STRUCTURE_FEATURES: tuple[str, ...] = (
     "row_proposed",  # ... another masked position's proposal in the same segment (min(n, 2) / 2)
     "column_committed",  # ... a committed token at the same offset in another segment
     "column_proposed",  # ... a proposal at the same offset in another segment (min(n, 2) / 2)
+    # Whole items: the position's segment, read as committed tokens and proposals, spells the same
+    # item as another segment (a list of words must not repeat one; a character-level tokenizer
+    # makes "pear,pear" no token-level conflict).
+    "item_committed",  # ... the same item as a fully committed segment
+    "item_proposed",  # ... the same item as a segment that still holds proposals
 )
 
 #: Strings whose token (when it is a single one) separates segments (:func:`separator_token_ids`).
@@ -235,6 +241,7 @@ def structure_features(
     cols = [dup_prop, dup_comm, same_left, same_right, in_prompt, surplus, is_eos.float()]
     cols.append(eos_left.float())
     cols += _segment_conflicts(current, proposal, committed, visible, eos, separator_ids)
+    cols += _item_repeats(current, committed, visible, eos, separator_ids)
     out = torch.stack(cols, dim=-1)  # [B, G, C]
     return out * visible[..., None]
 
@@ -270,6 +277,70 @@ def _segment_conflicts(
         (pair & same_row & by_proposal).sum(-1).clamp(max=2).float() / 2.0,
         (pair & same_col & by_commit).any(-1).float(),
         (pair & same_col & by_proposal).sum(-1).clamp(max=2).float() / 2.0,
+    ]
+
+
+#: Rolling-hash modulus and base of :func:`_item_repeats`: a prime below 2^31, so a product of two
+#: residues and a sum of up to 2^20 reduced terms stay inside int64.
+_HASH_MOD, _HASH_BASE = 2_147_483_629, 1_000_003
+
+
+@functools.lru_cache(maxsize=16)
+def _hash_powers(length: int) -> torch.Tensor:
+    """``_HASH_BASE ** k % _HASH_MOD`` for ``k < length`` (int64, CPU; cached per length)."""
+    powers, value = [], 1
+    for _ in range(length):
+        powers.append(value)
+        value = value * _HASH_BASE % _HASH_MOD
+    return torch.tensor(powers, dtype=torch.long)
+
+
+def _item_repeats(
+    current: torch.Tensor,
+    committed: torch.Tensor,
+    visible: torch.Tensor,
+    eos: torch.Tensor,
+    separator_ids: Sequence[int],
+) -> list[torch.Tensor]:
+    """Whether each masked position's segment spells the same item as another segment.
+
+    A segment's item is the sequence of its content tokens (committed token, else proposal); two
+    segments match when their lengths and rolling hashes agree. Returns two ``[B, G]`` columns: a
+    match with a fully committed segment, and a match with one that still holds proposals.
+    """
+    B, G = current.shape
+    dev = current.device
+    if not separator_ids:
+        zero = torch.zeros(B, G, device=dev)
+        return [zero, zero]
+    sep = torch.tensor(list(separator_ids), device=dev)
+    is_sep = torch.isin(current, sep)
+    idx = torch.arange(G, device=dev).expand_as(current)
+    segment = is_sep.long().cumsum(-1)  # [B, G] in 0..G
+    last_sep = torch.where(is_sep, idx, torch.full_like(idx, -1)).cummax(-1).values
+    offset = idx - last_sep - 1
+    content = visible & ~is_sep & ~torch.isin(current, eos)
+    powers = _hash_powers(G).to(dev)
+    terms = ((current.clamp(min=0) + 1) % _HASH_MOD) * powers[offset.clamp(min=0)] % _HASH_MOD
+    terms = terms * content
+    n_seg = G + 1
+    seg_hash = torch.zeros(B, n_seg, dtype=torch.long, device=dev).scatter_add_(1, segment, terms)
+    seg_hash = seg_hash % _HASH_MOD
+    seg_len = torch.zeros(B, n_seg, dtype=torch.long, device=dev)
+    seg_len.scatter_add_(1, segment, content.long())
+    open_ = torch.zeros(B, n_seg, dtype=torch.long, device=dev)
+    open_.scatter_add_(1, segment, (content & ~committed).long())
+    pos_hash, pos_len = seg_hash.gather(1, segment), seg_len.gather(1, segment)
+    pos_open = open_.gather(1, segment) > 0  # the segment still holds a proposal
+    # j stands for its segment: compare i's segment with every content position's segment
+    match = (pos_hash[:, :, None] == pos_hash[:, None, :]) & (
+        pos_len[:, :, None] == pos_len[:, None, :]
+    )
+    match &= (segment[:, :, None] != segment[:, None, :]) & content[:, None, :]
+    match &= (content & ~committed)[:, :, None]  # only masked positions ask
+    return [
+        (match & ~pos_open[:, None, :]).any(-1).float(),
+        (match & pos_open[:, None, :]).any(-1).float(),
     ]
 
 

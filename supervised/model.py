@@ -31,7 +31,7 @@ from torch import nn
 __all__ = ["ControllerConfig", "StabilityController", "sinusoid"]
 
 #: Version of the input layout; checkpoints of another version are refused at load.
-INPUT_VERSION = 3
+INPUT_VERSION = 4
 
 
 @dataclass(frozen=True)

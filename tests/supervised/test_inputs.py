@@ -73,6 +73,44 @@ def test_structure_features_flag_row_and_column_conflicts():
     assert lst[0, :, COL["column_proposed"]].tolist() == [0.5, 0, 0, 0, 0.5, 0]
 
 
+def test_structure_features_flag_whole_items_repeated_across_segments():
+    SEP, EOS, MASK = 8, 9, 0
+    # "pe,pe,pa": the first item committed, the rest proposed; a character-level tokenizer
+    # makes the repeated word no token-level conflict at offset 1 ("e" vs "a" differ only there)
+    proposal = torch.tensor([[1, 2, SEP, 1, 2, SEP, 1, 3, EOS]])
+    committed = torch.tensor([[True, True, True] + [False] * 6])
+    tokens = torch.where(committed, proposal, torch.full_like(proposal, MASK))
+    visible = torch.ones(1, 9, dtype=torch.bool)
+    prompt, prompt_mask = torch.tensor([[1, 2, 3]]), torch.ones(1, 3, dtype=torch.bool)
+    f = structure_features(
+        tokens, proposal, committed, visible, prompt, prompt_mask, (EOS,), (SEP,)
+    )
+    assert f.shape == (1, 9, len(STRUCTURE_FEATURES))
+    # the second item repeats the committed first; "pa" repeats nothing; committed ask nothing
+    assert f[0, :, COL["item_committed"]].tolist() == [0, 0, 0, 1, 1, 0, 0, 0, 0]
+    assert (f[0, :, COL["item_proposed"]] == 0).all()
+    # nothing committed: the two "pe" segments repeat each other as proposals
+    none = torch.zeros_like(committed)
+    g = structure_features(
+        proposal * 0, proposal, none, visible, prompt, prompt_mask, (EOS,), (SEP,)
+    )
+    assert g[0, :, COL["item_proposed"]].tolist() == [1, 1, 0, 1, 1, 0, 0, 0, 0]
+    assert (g[0, :, COL["item_committed"]] == 0).all()
+    # a prefix is not the same item ("pe" vs "p"), and hiding the repeat removes the flag
+    short = torch.tensor([[1, 2, SEP, 1, SEP, 3, 3, 3, EOS]])
+    h = structure_features(short * 0, short, none, visible, prompt, prompt_mask, (EOS,), (SEP,))
+    assert (h[0, :, COL["item_proposed"]] == 0).all()
+    hidden = visible.clone()
+    hidden[0, 3:] = False
+    k = structure_features(
+        proposal * 0, proposal, none, hidden, prompt, prompt_mask, (EOS,), (SEP,)
+    )
+    assert (k[..., COL["item_proposed"]] == 0).all()
+    # without separators there are no items
+    one = structure_features(tokens, proposal, committed, visible, prompt, prompt_mask, (EOS,))
+    assert (one[..., COL["item_committed"]] == 0).all()
+
+
 def test_separator_token_ids_are_the_single_token_separators():
     from commit_env.supervised.inputs import separator_token_ids
 
