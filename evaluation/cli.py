@@ -275,6 +275,13 @@ def _add_collect(sub: Any) -> None:
         "--hidden-features", type=_NONNEGATIVE, default=16, help="0 = no hidden features"
     )
     co.add_argument("--batch-size", type=_POSITIVE, default=128)
+    co.add_argument(
+        "--labels",
+        choices=("final", "nearest"),
+        default="final",
+        help="final: stable = equals the decode's final token; nearest: equals the valid "
+        "answer the state's committed tokens and proposals point to (tasks that list answers)",
+    )
     _add_sandbox_arg(co)
     _add_ray_args(co)
 
@@ -686,6 +693,7 @@ def _cmd_collect(args: argparse.Namespace) -> int:
         hidden_features=args.hidden_features,
         batch_size=args.batch_size,
         device=args.device,
+        labels=args.labels,
     )
     summary = _ray_or_local(args, collect_traces)(cfg)
     print(dumps_json({k: v for k, v in summary.items() if k != "config"}, indent=2))

@@ -268,6 +268,7 @@ class ShardRunner:
             ``([(trace record, step records)], scores, compute seconds)``.
         """
         from commit_env.supervised.collect import collect_batch, draw_examples, draw_settings
+        from commit_env.supervised.labels import AnswerTokens
 
         from commit_env.decoding import Decoder
         from commit_env.policies import make_policy
@@ -282,6 +283,9 @@ class ShardRunner:
                 "tasks": {name: get_task(name) for name in cfg.tasks},
                 "decoder": Decoder(self.backbone, cfg.decode_config()),
                 "builder": cfg.feature_builder(),
+                "answers": AnswerTokens(self.backbone, cfg.nearest_margin)
+                if cfg.labels == "nearest"
+                else None,
             }
         c = self._collect
         reference = make_policy(cfg.reference, **dict(cfg.reference_params))
@@ -297,6 +301,7 @@ class ShardRunner:
                 c["examples"][b_lo:b_hi],
                 b_lo,
                 settings=c["settings"][b_lo:b_hi],  # per-row settings of a mixture
+                answers=c["answers"],
             )
             records += recs
             scores.append(sc)

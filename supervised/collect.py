@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 from commit_env.supervised.inputs import separator_token_ids
+from commit_env.supervised.labels import LABEL_KINDS, AnswerTokens, nearest_targets
 
 from commit_env.backbones.base import Backbone
 from commit_env.backbones.spec import BackboneSpec, resolve_backbone
@@ -123,6 +124,13 @@ class CollectConfig:
         batch_size: Rows per engine batch.
         shard_traces: Traces per shard.
         device: Backbone device (None = CUDA if available).
+        labels: ``final``: a proposal is stable when it equals the final token of the completed
+            decode (TraceLock's future stability); ``nearest``: when it equals the valid answer
+            the state points to (:mod:`commit_env.supervised.labels`; tasks that do not
+            enumerate their answers keep the final-token label).
+        nearest_margin: With ``nearest`` labels: None, one answer per state; m, a position is
+            stable only where every answer within m agreements of the best agrees
+            (:func:`~commit_env.supervised.labels.nearest_targets`).
     """
 
     out: str = "traces/round0"
@@ -140,10 +148,16 @@ class CollectConfig:
     batch_size: int = 128
     shard_traces: int = 256
     device: str | None = None
+    labels: str = "final"
+    nearest_margin: int | None = None
 
     def __post_init__(self) -> None:
         if self.n < 1 or self.batch_size < 1:
             raise ValueError("n and batch_size must be >= 1")
+        if self.labels not in LABEL_KINDS:
+            raise ValueError(f"labels must be one of {list(LABEL_KINDS)}, got {self.labels!r}")
+        if self.nearest_margin is not None and self.nearest_margin < 0:
+            raise ValueError(f"nearest_margin must be >= 0, got {self.nearest_margin}")
         if not self.tasks:
             raise ValueError("tasks must name at least one task")
         for s in self.settings:
@@ -335,6 +349,7 @@ def _collect(
     row_settings = draw_settings(cfg.mixture, cfg.n, cfg.seed)
     tasks = {name: get_task(name) for name in cfg.tasks}
     decoder = Decoder(backbone, config)
+    answers = AnswerTokens(backbone, cfg.nearest_margin) if cfg.labels == "nearest" else None
     start = writer.examples_done
     scores: list[float] = []
     bar = tqdm(total=cfg.n, initial=start, desc="collect", unit="ex", disable=not progress)
@@ -353,6 +368,7 @@ def _collect(
             behaviour,
             relabel_with_reference,
             settings=row_settings[lo : lo + len(batch)],
+            answers=answers,
         )
         new = [i for i, (trace, _) in enumerate(records) if trace["example_index"] >= start]
         scores.extend(batch_scores[new].tolist())
@@ -382,6 +398,7 @@ def collect_batch(
     relabel_with_reference: bool = False,
     *,
     settings: Sequence[DecodeSetting] | None = None,
+    answers: AnswerTokens | None = None,
 ) -> tuple[list[tuple[dict[str, Any], list[dict[str, Any]]]], np.ndarray]:
     """Decode one batch of examples (rows ``lo ..``) and build its trace and step records.
 
@@ -400,6 +417,8 @@ def collect_batch(
         relabel_with_reference: See :func:`collect_traces`.
         settings: One decode setting per row (its slice of :func:`draw_settings`); default:
             every row uses the decoder's own setting.
+        answers: Answer-set tokens for nearest-answer labels (``CollectConfig.labels ==
+            "nearest"``); None: final-token labels.
 
     Returns:
         ``([(trace record, step records)], scores)`` in example order.
@@ -427,7 +446,25 @@ def collect_batch(
     scores = _score_batch(tasks, batch, completion_text(backbone, state.gen_tokens))
     targets = _relabel_targets(decoder, recorder, reference) if relabel_with_reference else None
     eos_ids = np.asarray(backbone.eos_token_ids or (-1,), dtype=np.int32)
-    records = _batch_records(backbone, batch, lo, final, scores, recorder.steps, targets, eos_ids)
+    row_answers = None
+    if answers is not None:
+        lengths = state.gen_len.tolist()
+        row_answers = [
+            answers(name, tasks[name], example, g)
+            for (name, example), g in zip(batch, lengths, strict=True)
+        ]
+    records = _batch_records(
+        backbone,
+        batch,
+        lo,
+        final,
+        scores,
+        recorder.steps,
+        targets,
+        eos_ids,
+        row_answers,
+        None if answers is None else answers.margin,
+    )
     return records, scores
 
 
@@ -466,6 +503,8 @@ def trace_meta(
         "tasks": list(cfg.tasks),
         "seed": cfg.seed,
         "on_policy": on_policy,
+        "labels": cfg.labels,
+        "nearest_margin": cfg.nearest_margin,
     }
 
 
@@ -504,10 +543,22 @@ def _batch_records(
     steps: list[dict[str, np.ndarray]],
     targets: list[np.ndarray] | None,
     eos_ids: np.ndarray,
+    row_answers: list[np.ndarray | None] | None = None,
+    margin: int | None = None,
 ) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
     per_trace: dict[int, list[dict[str, Any]]] = {lo + i: [] for i in range(len(batch))}
     for s, step in enumerate(steps):
         target = targets[s] if targets is not None else final[step["row"] - lo]  # [b, G]
+        if row_answers is not None:
+            rows = (step["row"] - lo).tolist()
+            target, _ = nearest_targets(
+                step["tokens"],
+                step["proposal"],
+                step["masked"],
+                [row_answers[i] for i in rows],
+                target,
+                margin,
+            )
         stable = step["proposal"] == target
         label = np.where(step["masked"], stable.astype(np.int8), np.int8(-1)).astype(np.int8)
         eos_label = np.isin(target, eos_ids).astype(np.int8)  # [b, G] Learn2PD's EOS target

@@ -98,6 +98,9 @@ class RoundsConfig:
         batch_size: Rows per engine batch.
         device: Backbone device.
         progress: Progress bars.
+        labels: Label kind of every round's traces (``final`` or ``nearest``; see
+            :class:`~commit_env.supervised.collect.CollectConfig`).
+        nearest_margin: Ambiguity margin of ``nearest`` labels (see ``CollectConfig``).
     """
 
     out: str = "runs/controller-rounds"
@@ -116,6 +119,8 @@ class RoundsConfig:
     batch_size: int = 128
     device: str | None = None
     progress: bool = True
+    labels: str = "final"
+    nearest_margin: int | None = None
 
     def __post_init__(self) -> None:
         if self.on_policy_rounds < 0:
@@ -143,6 +148,8 @@ class RoundsConfig:
             hidden_features=self.hidden_features,
             batch_size=self.batch_size,
             device=self.device,
+            labels=self.labels,
+            nearest_margin=self.nearest_margin,
         )
 
 

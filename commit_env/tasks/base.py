@@ -119,3 +119,12 @@ class EmbeddedTask:
     def sample_answer(self, example: Example, rng: np.random.Generator) -> str:
         """Return a uniformly random valid answer to ``example``."""
         raise NotImplementedError
+
+    def answer_set(self, example: Example) -> list[str] | None:
+        """Every valid answer to ``example`` as text, or ``None`` where the set is not enumerated.
+
+        The controller's nearest-answer labels
+        (:class:`~commit_env.supervised.collect.CollectConfig`'s ``labels="nearest"``) read it;
+        families whose answer sets are too large to list (``shuffle``: k! - 1) return ``None``.
+        """
+        return None

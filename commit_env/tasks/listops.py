@@ -133,6 +133,10 @@ class ListTask(EmbeddedTask):
         """Every valid answer (as item lists) of ``example``, reference first."""
         raise NotImplementedError
 
+    def answer_set(self, example: Example) -> list[str] | None:
+        """Every valid answer as text (see :meth:`EmbeddedTask.answer_set`)."""
+        return [_join(items) for items in self.valid_answers(example)]
+
     def sample(self, rng: np.random.Generator) -> Example:
         """Draw one example; see :class:`~commit_env.tasks.base.Task`."""
         prompt, meta = self._make(rng, self._k(rng))
@@ -209,6 +213,10 @@ class ShuffleList(_Unary):
         """The reference only (the answer set has k! - 1 members; see :meth:`score`)."""
         items = list(example.meta["items"])
         return [items[1:] + items[:1]]
+
+    def answer_set(self, example: Example) -> list[str] | None:
+        """Not enumerated: k! - 1 permutations."""
+        return None
 
     def sample_answer(self, example: Example, rng: np.random.Generator) -> str:
         """A uniformly random permutation different from the input."""

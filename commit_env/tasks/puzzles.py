@@ -104,6 +104,14 @@ class LatinSquare(EmbeddedTask):
         symbols = example.meta["symbols"]
         return _render(["".join(symbols[v] for v in row) for row in square])
 
+    def answer_set(self, example: Example) -> list[str] | None:
+        """All 576 Latin squares over the example's symbols."""
+        symbols = example.meta["symbols"]
+        return [
+            _render(["".join(symbols[v] for v in row) for row in square])
+            for square in latin_squares()
+        ]
+
     def score(self, example: Example, completion: str) -> float:
         """1.0 when every row and column holds each given symbol once, else 0.0."""
         rows = parse_grid(completion)
@@ -172,6 +180,10 @@ class Sudoku4(EmbeddedTask):
         """A uniformly random solution."""
         options = self.solutions(example)
         return options[int(rng.integers(len(options)))]
+
+    def answer_set(self, example: Example) -> list[str] | None:
+        """Every solution (:meth:`solutions`)."""
+        return self.solutions(example)
 
     def score(self, example: Example, completion: str) -> float:
         """1.0 for a valid sudoku grid that keeps every given digit, else 0.0."""

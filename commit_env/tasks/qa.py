@@ -9,6 +9,8 @@ category.
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 from commit_env.tasks.base import EmbeddedTask, Example
@@ -113,6 +115,12 @@ class CategoryQA(EmbeddedTask):
         k = int(example.meta.get("k", self.n_items))
         picks = rng.choice(len(members), size=k, replace=False)
         return ",".join(members[int(i)] for i in picks)
+
+    def answer_set(self, example: Example) -> list[str] | None:
+        """Every ordered choice of k distinct members (at most 10 * 9 * 8 * 7 * 6 = 30240)."""
+        members = CATEGORIES[example.meta["category"]]
+        k = int(example.meta.get("k", self.n_items))
+        return [",".join(words) for words in itertools.permutations(members, k)]
 
     def score(self, example: Example, completion: str) -> float:
         """Return 1.0 for the right number of distinct category members, else 0.0."""
