@@ -110,6 +110,9 @@ class BenchConfig:
             round decodes half as many): the controller sees as many per family however many
             families the bench runs.
         controller_epochs: Controller training epochs.
+        controller_labels: Label kind of the controller's traces (``final`` or ``nearest``;
+            :class:`~commit_env.supervised.collect.CollectConfig`).
+        controller_nearest_margin: Ambiguity margin of ``nearest`` labels (None: one answer).
         ppo_timesteps: PPO environment steps on the first task, warm-started by cloning the
             threshold rule (0 = skip the PPO run).
         remask_n: Prompts per task and controller threshold whose counterfactual rollouts train
@@ -135,11 +138,26 @@ class BenchConfig:
     batch_size: int = 128
     collect_n: int = 256
     controller_epochs: int = 6
+    controller_labels: str = "final"
+    controller_nearest_margin: int | None = None
     ppo_timesteps: int = 8192
     remask_n: int = 64
     grid: str | GridSpec = "quick"
     progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        from commit_env.supervised.labels import LABEL_KINDS
+
+        # checked here, not hours later when the controller stage builds its collection
+        if self.controller_labels not in LABEL_KINDS:
+            raise ValueError(
+                f"controller_labels must be one of {list(LABEL_KINDS)}, "
+                f"got {self.controller_labels!r}"
+            )
+        margin = self.controller_nearest_margin
+        if margin is not None and margin < 0:
+            raise ValueError(f"controller_nearest_margin must be >= 0, got {margin}")
 
     @classmethod
     def preset(cls, mode: str, **overrides: Any) -> BenchConfig:
@@ -661,6 +679,8 @@ def _rounds_config(cfg: BenchConfig, out: Path) -> Any:
         on_policy_n=max(1, cfg.collect_n * len(cfg.tasks) // 2),
         on_policy_rounds=int(cfg.extra.get("controller_on_policy_rounds", 1)),
         train=TrainConfig(epochs=cfg.controller_epochs, rollout_n=0),
+        labels=cfg.controller_labels,
+        nearest_margin=cfg.controller_nearest_margin,
         seed=cfg.seed,
         batch_size=cfg.batch_size,
         device=cfg.device,

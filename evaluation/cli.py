@@ -231,6 +231,18 @@ def _add_bench(sub: Any) -> None:
     be.add_argument(
         "--collect-n", type=_POSITIVE, default=None, help="controller trace prompts per task"
     )
+    be.add_argument(
+        "--controller-labels",
+        choices=("final", "nearest"),
+        default=None,
+        help="label kind of the controller's traces (default: final; see `collect --labels`)",
+    )
+    be.add_argument(
+        "--controller-nearest-margin",
+        type=_NONNEGATIVE,
+        default=None,
+        help="with nearest labels: stable only where every answer within M agreements agrees",
+    )
     be.add_argument("--ppo-timesteps", type=_NONNEGATIVE, default=None)
     be.add_argument(
         "--remask-n",
@@ -530,6 +542,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         "tasks": _bench_tasks(args),
         "n": args.n,
         "collect_n": args.collect_n,
+        "controller_labels": args.controller_labels,
+        "controller_nearest_margin": args.controller_nearest_margin,
         "ppo_timesteps": args.ppo_timesteps,
         "remask_n": args.remask_n,
         "batch_size": args.batch_size,

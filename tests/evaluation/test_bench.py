@@ -184,3 +184,19 @@ def test_backbone_options_reach_the_ppo_stage(monkeypatch, tmp_path):
     assert seen["backbone"] is loaded  # the loaded backbone itself, not a re-load of the name
     assert seen["cfg"].backbone == expected  # and the full spec is recorded in config.json
     assert seen["cfg"].setting == cfg.training_setting
+
+
+def test_bench_passes_the_controller_label_kind_to_its_rounds(tmp_path):
+    from commit_env.evaluation.bench import _rounds_config
+
+    cfg = BenchConfig.preset(
+        "quick", controller_labels="nearest", controller_nearest_margin=1, tasks=("remove:any",)
+    )
+    rounds = _rounds_config(cfg, tmp_path)
+    collect = rounds.collect_config(0)
+    assert (collect.labels, collect.nearest_margin) == ("nearest", 1)
+    assert BenchConfig.preset("quick").controller_labels == "final"
+    with pytest.raises(ValueError, match="controller_labels must be one of"):
+        BenchConfig.preset("quick", controller_labels="gold")
+    with pytest.raises(ValueError, match="controller_nearest_margin must be >= 0"):
+        BenchConfig.preset("quick", controller_nearest_margin=-2)
