@@ -340,6 +340,12 @@ def oracle_gap_closed(
     heuristic's, negative = slower than the heuristic). Undefined (None) when no heuristic or
     no member reaches the bar, or when the oracle is not faster than the heuristic.
 
+    A cell whose best score is the learned family's own, more than ``tolerance`` above every
+    heuristic, is undefined by that rule. ``closed_at_heuristic_best`` measures it the other
+    way round, at the best *heuristic* score instead (same tolerance): the same value wherever a
+    heuristic sets the cell's best, and defined where the family out-scores every heuristic. It
+    is a secondary reading; the headline stays ``closed``.
+
     Args:
         records: Result records (typically one setting per task, e.g. the defaults).
         learned_families: Families measured.
@@ -348,7 +354,8 @@ def oracle_gap_closed(
 
     Returns:
         ``{"family", "task", "setting", "best", "heuristic", "heuristic_nfe", "oracle_nfe",
-        "member", "nfe", "closed"}`` per (learned family with records in the cell, cell).
+        "member", "nfe", "closed", "heuristic_best", "closed_at_heuristic_best"}`` per (learned
+        family with records in the cell, cell).
     """
     out = []
     for (setting, task), rows in group_cells(records).items():
@@ -356,22 +363,18 @@ def oracle_gap_closed(
         orc = [r for r in rows if r["family"] == oracle]
         if best is None or not orc:
             continue
-        bar = best - tolerance - _EPS
-        heur = [
-            r
-            for r in rows
-            if r["family"] not in learned_families
-            and r["family"] != oracle
-            and float(r["score"]) >= bar
+        every_heuristic = [
+            r for r in rows if r["family"] not in learned_families and r["family"] != oracle
         ]
-        h = min(heur, key=lambda r: float(r["nfe"])) if heur else None
         o_nfe = min(float(r["nfe"]) for r in orc)
+        h_best = cell_best(every_heuristic, ())
+        h, _, _ = _gap_at(every_heuristic, [], best, tolerance, o_nfe)
         for family in dict.fromkeys(r["family"] for r in rows if r["family"] in learned_families):
-            mine = [r for r in rows if r["family"] == family and float(r["score"]) >= bar]
-            m = min(mine, key=lambda r: float(r["nfe"])) if mine else None
-            closed = None
-            if h is not None and m is not None and float(h["nfe"]) > o_nfe + _EPS:
-                closed = (float(h["nfe"]) - float(m["nfe"])) / (float(h["nfe"]) - o_nfe)
+            mine = [r for r in rows if r["family"] == family]
+            _, m, closed = _gap_at(every_heuristic, mine, best, tolerance, o_nfe)
+            closed_h = None
+            if h_best is not None:
+                closed_h = _gap_at(every_heuristic, mine, h_best, tolerance, o_nfe)[2]
             out.append(
                 {
                     "family": family,
@@ -384,9 +387,32 @@ def oracle_gap_closed(
                     "member": None if m is None else m.get("params_label", m["family"]),
                     "nfe": None if m is None else float(m["nfe"]),
                     "closed": closed,
+                    "heuristic_best": h_best,
+                    "closed_at_heuristic_best": closed_h,
                 }
             )
     return out
+
+
+def _gap_at(
+    heuristics: Sequence[Mapping[str, Any]],
+    members: Sequence[Mapping[str, Any]],
+    best: float,
+    tolerance: float,
+    oracle_nfe: float,
+) -> tuple[Mapping[str, Any] | None, Mapping[str, Any] | None, float | None]:
+    """Cheapest heuristic and member within ``tolerance`` of ``best``, and the gap closed."""
+    bar = best - tolerance - _EPS
+
+    def cheapest(rows: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+        ok = [r for r in rows if float(r["score"]) >= bar]
+        return min(ok, key=lambda r: float(r["nfe"])) if ok else None
+
+    h, m = cheapest(heuristics), cheapest(members)
+    closed = None
+    if h is not None and m is not None and float(h["nfe"]) > oracle_nfe + _EPS:
+        closed = (float(h["nfe"]) - float(m["nfe"])) / (float(h["nfe"]) - oracle_nfe)
+    return h, m, closed
 
 
 def missed_bar(row: Mapping[str, Any]) -> bool:

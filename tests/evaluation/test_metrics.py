@@ -21,6 +21,7 @@ from commit_env.evaluation.metrics import (
     frontier_counts,
     heuristic_yardstick,
     iso_quality_speedups,
+    missed_bar,
     oracle_gap_closed,
     setting_label,
 )
@@ -375,3 +376,23 @@ def test_oracle_gap_closed_at_matched_score():
     assert rows[("ppo", "t")]["member"] is None and rows[("ppo", "t")]["closed"] is None
     assert rows[("controller", "u")]["closed"] is None
     assert ("oracle", "t") not in rows and ("threshold", "t") not in rows
+    # where a heuristic sets the cell's best, the secondary reading is the same number
+    assert c["heuristic_best"] == 1.0 and c["closed_at_heuristic_best"] == c["closed"]
+    assert rows[("ppo", "t")]["closed_at_heuristic_best"] is None
+
+
+def test_oracle_gap_at_heuristic_best_defines_cells_the_learned_family_out_scores():
+    records = [
+        rec("t", "sequential", 0.90, 16.0),
+        rec("t", "threshold", 0.895, 8.0, label="threshold(0.9)"),
+        rec("t", "threshold", 0.80, 3.0),
+        rec("t", "oracle", 0.90, 2.0),
+        rec("t", "controller", 0.95, 6.0),  # the cell's best: no heuristic within a point
+        rec("t", "controller", 0.90, 4.0),  # matches the heuristics' best
+        rec("t", "controller", 0.70, 2.5),
+    ]
+    (row,) = oracle_gap_closed(records)
+    assert row["best"] == 0.95 and row["heuristic"] is None and row["closed"] is None
+    assert not missed_bar(row)
+    assert row["heuristic_best"] == 0.90
+    assert row["closed_at_heuristic_best"] == pytest.approx((8.0 - 4.0) / (8.0 - 2.0))

@@ -117,11 +117,13 @@ def test_report_reads_collapse_as_a_loss_and_has_every_section(records):
     # oracle gap on latin: threshold(0.9) 6 NFE, oracle 2, controller 5 -> 25%; code collapsed
     gap = text.split("## Oracle gap closed")[1].split("\n## ")[0]
     assert (
-        "| controller | latin | threshold(threshold=0.9) 6.00 | 2.00 | controller() 5.00 | 25% |"
-        in gap
+        "| controller | latin | threshold(threshold=0.9) 6.00 | 2.00 | controller() 5.00 | 25% "
+        "| 25% |" in gap
     )
-    assert "| controller | code | threshold(threshold=0.9) 4.00 | 2.00 | - | - |" in gap
-    assert "| controller | mean (1 tasks; misses the bar on code) | | | | 25% |" in gap
+    assert "| controller | code | threshold(threshold=0.9) 4.00 | 2.00 | - | - | - |" in gap
+    assert (
+        "| controller | mean (1 tasks; misses the bar on code) | | | | 25% | 25% (1 tasks) |" in gap
+    )
     yardstick = text.split("## Cross-setting grid")[1].split("\n## ")[0]
     first = heuristic_yardstick(records)[0]
     assert (
