@@ -1,7 +1,7 @@
 import json
 
 import pytest
-from commit_env.evaluation.bench import BenchConfig, run_bench
+from commit_env.evaluation.bench import REMASK_THRESHOLDS, BenchConfig, run_bench
 from commit_env.evaluation.io import read_jsonl
 
 from commit_env.decoding import DecodeSetting
@@ -73,6 +73,8 @@ def test_remask_member_is_judged_on_the_whole_grid(bench):
     remask = [r for r in records if r["family"] == "controller-remask"]
     off_default = {r["params_label"] for r in remask if r["step_budget"] is not None}
     assert len(off_default) == 1  # the calibrated member, not the threshold sweep
+    swept = {r["params"]["threshold"] for r in remask if r["step_budget"] is None}
+    assert set(REMASK_THRESHOLDS) <= swept  # the head rides the controller's whole curve
     (label,) = off_default
     settings = {
         (r["task"], r["gen_length"], r["window"], r["step_budget"])
