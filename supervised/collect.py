@@ -25,7 +25,12 @@ from typing import Any
 import numpy as np
 import torch
 from commit_env.supervised.inputs import separator_token_ids
-from commit_env.supervised.labels import LABEL_KINDS, AnswerTokens, nearest_targets
+from commit_env.supervised.labels import (
+    LABEL_KINDS,
+    AnswerTokens,
+    PermutationAnswers,
+    nearest_targets,
+)
 
 from commit_env.backbones.base import Backbone
 from commit_env.backbones.spec import BackboneSpec, resolve_backbone
@@ -543,7 +548,7 @@ def _batch_records(
     steps: list[dict[str, np.ndarray]],
     targets: list[np.ndarray] | None,
     eos_ids: np.ndarray,
-    row_answers: list[np.ndarray | None] | None = None,
+    row_answers: list[np.ndarray | PermutationAnswers | None] | None = None,
     margin: int | None = None,
 ) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
     per_trace: dict[int, list[dict[str, Any]]] = {lo + i: [] for i in range(len(batch))}

@@ -128,3 +128,12 @@ class EmbeddedTask:
         families whose answer sets are too large to list (``shuffle``: k! - 1) return ``None``.
         """
         return None
+
+    def answer_permutation(self, example: Example) -> tuple[str, list[str]] | None:
+        """``(text, items)`` for a permutation family, else ``None``.
+
+        ``text`` is the one answer that is *not* valid (the prompt's order) and ``items`` its items
+        in that order: every other order of the items, written like ``text``, is valid. The
+        nearest-answer labels use it where :meth:`answer_set` would be too large to list.
+        """
+        return None

@@ -218,6 +218,11 @@ class ShuffleList(_Unary):
         """Not enumerated: k! - 1 permutations."""
         return None
 
+    def answer_permutation(self, example: Example) -> tuple[str, list[str]] | None:
+        """The prompt's order (the one permutation that is not an answer) and its items."""
+        items = list(example.meta["items"])
+        return _join(items), items
+
     def sample_answer(self, example: Example, rng: np.random.Generator) -> str:
         """A uniformly random permutation different from the input."""
         items = list(example.meta["items"])

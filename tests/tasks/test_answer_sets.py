@@ -47,3 +47,19 @@ def test_tasks_without_a_listed_answer_set_return_none():
     for name in ("shuffle", "math"):
         task = get_task(name)
         assert task.answer_set(task.sample(np.random.default_rng(0))) is None
+
+
+def test_shuffle_names_its_permutation_instead_of_listing_it():
+    task = get_task("shuffle")
+    rng = np.random.default_rng(3)
+    for _ in range(5):
+        example = task.sample(rng)
+        text, items = task.answer_permutation(example)
+        assert task.score(example, text) == 0.0  # the prompt's order is the one non-answer
+        assert items == list(example.meta["items"])
+        for _ in range(3):
+            order = [items[int(i)] for i in rng.permutation(len(items))]
+            assert task.score(example, ",".join(order)) == float(order != items)
+    for name in ("copy", "remove:any", "latin", "qa:list"):
+        other = get_task(name)
+        assert other.answer_permutation(other.sample(rng)) is None
