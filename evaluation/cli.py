@@ -229,13 +229,17 @@ def _add_bench(sub: Any) -> None:
     be.add_argument("--window", default=None)
     be.add_argument("--n", type=_POSITIVE, default=None, help="examples per task and setting")
     be.add_argument(
-        "--collect-n", type=_POSITIVE, default=None, help="controller trace prompts per task"
+        "--collect-n",
+        type=_POSITIVE,
+        default=None,
+        help="controller trace prompts per task (default: 256, --full: 1024)",
     )
     be.add_argument(
         "--controller-labels",
         choices=("final", "nearest"),
         default=None,
-        help="label kind of the controller's traces (default: final; see `collect --labels`)",
+        help="label kind of the controller's traces (default: final, --full: nearest; "
+        "see `collect --labels`)",
     )
     be.add_argument(
         "--controller-nearest-margin",

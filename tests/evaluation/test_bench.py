@@ -198,6 +198,10 @@ def test_bench_passes_the_controller_label_kind_to_its_rounds(tmp_path):
     collect = rounds.collect_config(0)
     assert (collect.labels, collect.nearest_margin) == ("nearest", 1)
     assert BenchConfig.preset("quick").controller_labels == "final"
+    full = BenchConfig.preset("full")
+    assert (full.controller_labels, full.collect_n) == ("nearest", 1024)
+    assert _rounds_config(full, tmp_path).collect_config(0).labels == "nearest"
+    assert BenchConfig.preset("full", controller_labels="final").controller_labels == "final"
     with pytest.raises(ValueError, match="controller_labels must be one of"):
         BenchConfig.preset("quick", controller_labels="gold")
     with pytest.raises(ValueError, match="controller_nearest_margin must be >= 0"):
